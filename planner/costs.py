@@ -1,0 +1,182 @@
+"""Pure cost functions: a measured :class:`CostModel` scaled by a :class:`DeviceProfile`.
+
+The planner, the verifier and the runtime's simulated clock all use these formulas, so a
+plan's predicted times and the clock agree by construction.
+
+Notation: ``L`` layers, layer ``l = 0..L-1`` from the embeddings up; depth ``d`` trains the
+top ``d`` layers ``L-d..L-1``; ``b`` samples per step; ``s_i`` the device's
+``compute_scale``; ``f_l``, ``g_l`` the per-sample forward and LoRA-backward seconds of
+layer ``l``; ``e`` embeddings; ``h`` the head's forward + backward; ``o`` the optimizer
+step per trained layer; ``a`` adapter bytes per layer; ``H`` head bytes.
+
+(C1) Local step (seconds)::
+
+    step_i(d) = s_i * ( b * (e + sum_{l<L} f_l + sum_{l>=L-d} g_l + h) + d * o )
+
+    A real device runs the whole forward (its frozen prefix too) every step; backward
+    stops at layer L-d. (The simulator's frozen-prefix cache is a host-side trick and
+    does not change the simulated clock.) Per-sample costs scale linearly in ``b``.
+
+(C2) Bytes exchanged per aggregation, each way::
+
+    bytes(d) = d * a + H
+
+(C3) Exchange with the group aggregator (seconds)::
+
+    exchange_i(d) = 8 * bytes(d) / (1e6 * up_i) + 8 * bytes(d) / (1e6 * down_i) + intra_latency
+
+(C4) Peak training memory (bytes)::
+
+    mem(d) = base_model + d * (a + optimizer_per_layer) + 4 * H + b * (d + 1) * act
+
+    Frozen weights, trained adapters with their gradients and optimizer state, the head
+    with its gradient and two Adam moments, and activations kept for backward by the top
+    ``d`` layers plus one layer's transient activations in the frozen forward.
+
+(C5) One intra-group round of group k (local steps ``I``; the slowest member sets it)::
+
+    t_k(d) = max_{i in k} ( I * step_i(d) + exchange_i(d) )
+
+(C6) Global aggregation: every group aggregator sends its merged adapter to the server and
+receives the merge over the backhaul::
+
+    t_glob = max_k 2 * 8 * bytes(d_k) / (1e6 * backhaul) + global_latency
+
+(C7) Global round::
+
+    T = max_k tau_k * t_k(d_k) + t_glob
+
+(C8) Device traffic per global round (bytes, up + down, all devices of group k)::
+
+    traffic_k = tau_k * |k| * 2 * bytes(d_k)
+
+Examples
+--------
+>>> cm = CostModel(model_name="toy", num_layers=2, batch_size=4, seq_len=8,
+...     embedding_forward_s=0.0, layer_forward_s=(0.01, 0.01), layer_backward_s=(0.02, 0.02),
+...     head_step_s=0.0, layer_optimizer_s=0.0, adapter_bytes_per_layer=1000, head_bytes=0,
+...     activation_bytes_per_sample_per_layer=10, optimizer_bytes_per_layer=2000,
+...     base_model_bytes=100)
+>>> round(step_time_s(cm, compute_scale=2.0, depth=1, batch_size=4), 4)  # 2 * 4 * (0.02 + 0.02)
+0.32
+>>> adapter_bytes(cm, depth=2)
+2000
+>>> peak_memory_bytes(cm, depth=1, batch_size=4)  # 100 + 3000 + 0 + 4 * 2 * 10
+3180
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from hierfedlora.planner.types import CostModel, DeviceProfile
+
+__all__ = [
+    "adapter_bytes",
+    "exchange_time_s",
+    "global_aggregation_s",
+    "group_traffic_bytes",
+    "intra_round_time_s",
+    "peak_memory_bytes",
+    "round_time_s",
+    "step_time_s",
+    "step_time_table_s",
+    "exchange_time_table_s",
+]
+
+MEGABIT = 1e6
+
+
+def _per_sample_s(cost: CostModel, depth: int) -> float:
+    top = cost.num_layers - depth
+    return (
+        cost.embedding_forward_s
+        + sum(cost.layer_forward_s)
+        + sum(cost.layer_backward_s[top:])
+        + cost.head_step_s
+    )
+
+
+def step_time_s(cost: CostModel, *, compute_scale: float, depth: int, batch_size: int) -> float:
+    """(C1) Seconds of one local step at ``depth`` on a device ``compute_scale`` x the host."""
+    return compute_scale * (batch_size * _per_sample_s(cost, depth) + depth * cost.layer_optimizer_s)
+
+
+def adapter_bytes(cost: CostModel, *, depth: int) -> int:
+    """(C2) Bytes of the adapters (and head) a depth-``depth`` device sends or receives."""
+    return depth * cost.adapter_bytes_per_layer + cost.head_bytes
+
+
+def exchange_time_s(cost: CostModel, device: DeviceProfile, *, depth: int, latency_s: float) -> float:
+    """(C3) Upload plus download of the adapters over the device's links, plus latency."""
+    bits = 8.0 * adapter_bytes(cost, depth=depth)
+    return bits / (MEGABIT * device.uplink_mbps) + bits / (MEGABIT * device.downlink_mbps) + latency_s
+
+
+def peak_memory_bytes(cost: CostModel, *, depth: int, batch_size: int) -> int:
+    """(C4) Peak training memory at ``depth`` (the same on every device: it is the model's)."""
+    return (
+        cost.base_model_bytes
+        + depth * (cost.adapter_bytes_per_layer + cost.optimizer_bytes_per_layer)
+        + 4 * cost.head_bytes
+        + batch_size * (depth + 1) * cost.activation_bytes_per_sample_per_layer
+    )
+
+
+def intra_round_time_s(
+    cost: CostModel,
+    devices: Sequence[DeviceProfile],
+    *,
+    depth: int,
+    local_steps: int,
+    batch_size: int,
+    latency_s: float,
+) -> float:
+    """(C5) One intra-group round: the slowest member's local steps plus its exchange."""
+    return max(
+        local_steps * step_time_s(cost, compute_scale=d.compute_scale, depth=depth, batch_size=batch_size)
+        + exchange_time_s(cost, d, depth=depth, latency_s=latency_s)
+        for d in devices
+    )
+
+
+def global_aggregation_s(cost: CostModel, depths: Sequence[int], *, backhaul_mbps: float, latency_s: float) -> float:
+    """(C6) Groups' aggregators exchange their merged adapters with the server."""
+    largest = max(adapter_bytes(cost, depth=d) for d in depths)
+    return 2 * 8.0 * largest / (MEGABIT * backhaul_mbps) + latency_s
+
+
+def round_time_s(intra_round_s: Sequence[float], intra_rounds: Sequence[int], global_s: float) -> float:
+    """(C7) A global round: the slowest group's ``tau * t`` plus the global aggregation."""
+    return max(t * tau for t, tau in zip(intra_round_s, intra_rounds, strict=True)) + global_s
+
+
+def group_traffic_bytes(cost: CostModel, *, num_devices: int, depth: int, intra_rounds: int) -> int:
+    """(C8) Bytes all devices of a group move per global round, up plus down."""
+    return intra_rounds * num_devices * 2 * adapter_bytes(cost, depth=depth)
+
+
+def step_time_table_s(
+    cost: CostModel, compute_scales: NDArray[np.float64], depths: Sequence[int], batch_size: int
+) -> NDArray[np.float64]:
+    """(C1) for many devices at once: an ``(N, len(depths))`` array of step seconds."""
+    per_depth = np.array([batch_size * _per_sample_s(cost, d) + d * cost.layer_optimizer_s for d in depths])
+    return np.outer(np.asarray(compute_scales, dtype=float), per_depth)
+
+
+def exchange_time_table_s(
+    cost: CostModel,
+    uplink_mbps: NDArray[np.float64],
+    downlink_mbps: NDArray[np.float64],
+    depths: Sequence[int],
+    latency_s: float,
+) -> NDArray[np.float64]:
+    """(C3) for many devices at once: an ``(N, len(depths))`` array of exchange seconds."""
+    bits = 8.0 * np.array([adapter_bytes(cost, depth=d) for d in depths], dtype=float)
+    inverse_rate = 1.0 / (MEGABIT * np.asarray(uplink_mbps, dtype=float)) + 1.0 / (
+        MEGABIT * np.asarray(downlink_mbps, dtype=float)
+    )
+    return np.outer(inverse_rate, bits) + latency_s

@@ -1,0 +1,234 @@
+"""JSON round-trips for every contract type, and atomic file writes.
+
+``to_dict`` turns a contract dataclass into plain JSON data (tuples become lists, enums
+their names); ``from_dict`` parses it back, collecting *every* problem (missing keys,
+unknown keys with a "did you mean" hint, wrong shapes, broken field rules) into one
+:class:`InvalidInputError` whose paths point into the data. ``write_json`` writes through
+a temporary file in the same folder, ``fsync`` and ``os.replace``, so a reader never sees
+a half-written file.
+
+Examples
+--------
+>>> from hierfedlora.planner.types import SolverOptions
+>>> from_dict(SolverOptions, to_dict(SolverOptions(seed=3))) == SolverOptions(seed=3)
+True
+>>> from_dict(SolverOptions, {"time_limt_s": 5})
+Traceback (most recent call last):
+...
+hierfedlora.planner.errors.InvalidInputError: time_limt_s must be a known field of SolverOptions; got 'time_limt_s' (did you mean 'time_limit_s'?)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import hashlib
+import json
+import math
+import os
+import tempfile
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hierfedlora.planner.errors import InvalidInputError, Issue
+
+__all__ = [
+    "atomic_write_text",
+    "canonical_json",
+    "from_dict",
+    "from_json",
+    "read_json",
+    "sha256_of",
+    "to_dict",
+    "to_json",
+    "write_json",
+]
+
+T = TypeVar("T")
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain JSON data for a contract object (recursively)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, tuple | list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, Mapping):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise ValueError(f"cannot write non-finite number {obj!r} to JSON")  # internal: rules forbid it
+    return obj
+
+
+def to_json(obj: Any, *, indent: int | None = 2) -> str:
+    """JSON text for a contract object (strict JSON: no NaN)."""
+    return json.dumps(to_dict(obj), indent=indent, allow_nan=False)
+
+
+def canonical_json(obj: Any) -> str:
+    """Compact, key-sorted JSON, for hashing."""
+    return json.dumps(to_dict(obj), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def sha256_of(obj: Any) -> str:
+    """SHA-256 hex digest of ``canonical_json(obj)``."""
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.issues: list[Issue] = []
+
+    def add(self, path: str, expected: str, got: object, hint: str = "") -> None:
+        self.issues.append(Issue(path, expected, got, hint))
+
+
+_MISSING = object()
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _parse(tp: Any, value: Any, path: str, out: _Collector) -> Any:
+    """Convert JSON data to ``tp``; record structural problems; return _MISSING on failure."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _parse(inner[0], value, path, out) if len(inner) == 1 else value
+    if dataclasses.is_dataclass(tp):
+        return _parse_dataclass(tp, value, path, out)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        names = [m.value for m in tp]
+        if value in names:
+            return tp(value)
+        out.add(path, f"one of {', '.join(map(repr, names))}", value)
+        return _MISSING
+    if origin is tuple:
+        if not isinstance(value, list):
+            # Leave scalars for the field rule to describe; it knows the whole rule.
+            return value
+        element_types = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(element_types) != len(value):
+            out.add(path, f"a list of {len(element_types)} items", value)
+            return _MISSING
+        parsed = [_parse(t, v, f"{path}[{i}]", out) for i, (t, v) in enumerate(zip(element_types, value, strict=True))]
+        return _MISSING if any(p is _MISSING for p in parsed) else tuple(parsed)
+    if origin is dict:
+        if not isinstance(value, dict):
+            out.add(path, "an object", value)
+            return _MISSING
+        return {k: _parse(args[1], v, f"{path}.{k}", out) for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # JSON writes 2.0 as 2 in some tools
+    return value
+
+
+def _parse_dataclass(cls: Any, value: Any, path: str, out: _Collector) -> Any:
+    if not isinstance(value, dict):
+        out.add(path or "(top level)", f"an object ({cls.__name__})", value)
+        return _MISSING
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    start = len(out.issues)
+    for key in value:
+        if key not in fields:
+            close = difflib.get_close_matches(key, list(fields), n=1)
+            out.add(_join(path, key), f"a known field of {cls.__name__}", key, f"did you mean {close[0]!r}?" if close else "")
+    kwargs: dict[str, Any] = {}
+    for name, field in fields.items():
+        if name not in value:
+            has_default = field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
+            if not has_default:
+                out.add(_join(path, name), "present (a required field)", "missing")
+            continue
+        parsed = _parse(hints[name], value[name], _join(path, name), out)
+        if parsed is not _MISSING:
+            kwargs[name] = parsed
+    if len(out.issues) > start:
+        return _MISSING
+    try:
+        return cls(**kwargs)
+    except InvalidInputError as err:
+        out.issues.extend(issue.with_prefix(path) for issue in err.issues)
+        return _MISSING
+
+
+def from_dict(cls: type[T], data: Any, *, source: str | None = None) -> T:
+    """Parse JSON data into ``cls``, reporting every problem at once.
+
+    Raises
+    ------
+    InvalidInputError
+        Listing each missing, unknown or broken field with its path.
+    """
+    out = _Collector()
+    result = _parse_dataclass(cls, data, "", out)
+    if out.issues or result is _MISSING:
+        raise InvalidInputError(out.issues or [Issue("(top level)", f"an object ({cls.__name__})", data)], source)
+    return typing.cast(T, result)
+
+
+def from_json(cls: type[T], text: str, *, source: str | None = None) -> T:
+    """Parse JSON text into ``cls``; malformed JSON is an :class:`InvalidInputError` too."""
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInputError([Issue(f"line {getattr(exc, 'lineno', '?')}", "valid JSON", str(exc))], source) from None
+    return from_dict(cls, data, source=source)
+
+
+def read_json(cls: type[T], path: str | os.PathLike[str]) -> T:
+    """Read and parse a JSON file into ``cls``; errors name the file."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidInputError([Issue("path", "an existing file", str(file))], file.name) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInputError([Issue("path", "a readable UTF-8 file", f"{file}: {exc}")], file.name) from None
+    return from_json(cls, text, source=file.name)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` atomically: temp file in the same folder, fsync, replace."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, target)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write a contract object as indented JSON, atomically."""
+    atomic_write_text(path, to_json(obj) + "\n")

@@ -1,0 +1,311 @@
+"""Outcome contract types: solver status, groups, plans and round reports.
+
+A :class:`Plan` exists only with a feasible solution. As MathOpt's results do, it checks
+that ``status`` is ``OPTIMAL`` or ``FEASIBLE``, that ``limit`` is set if and only if the
+status is ``FEASIBLE``, and that every device is in exactly one group. ``relative_gap`` is
+derived from ``objective_value`` and ``dual_bound``, never stored.
+
+Examples
+--------
+>>> g = Group(group_id=0, device_ids=("a", "b"), depth=2, intra_rounds=4, local_steps=5,
+...           label_skew=Skew(kl=0.01, l1=0.1, hellinger=0.05), predicted_intra_round_s=3.0)
+>>> p = Plan(groups=(g,), predicted_round_time_s=12.5, predicted_rounds_to_target=40.0,
+...          objective_value=500.0, dual_bound=490.0, status=SolveStatus.FEASIBLE,
+...          limit=Limit.TIME, solve_time_s=1.0, solver="cpsat+highs", seed=0)
+>>> round(p.relative_gap, 3)
+0.02
+>>> p.plan_id == dataclasses.replace(p, solve_time_s=9.0).plan_id  # content, not timing
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import math
+
+from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.rules import (
+    FINITE_NON_NEGATIVE,
+    FINITE_POSITIVE,
+    NON_EMPTY_STRING,
+    NON_NEGATIVE_INT,
+    POSITIVE_INT,
+    Rule,
+    check_fields,
+    is_number,
+)
+from hierfedlora.planner.types import SCHEMA_RULE, SCHEMA_VERSION
+
+__all__ = [
+    "GroupRoundResult",
+    "Group",
+    "Grouping",
+    "Limit",
+    "Plan",
+    "RoundReport",
+    "Skew",
+    "SolveStatus",
+]
+
+
+class SolveStatus(enum.Enum):
+    """Why the solver stopped (kept apart from which limit stopped it)."""
+
+    OPTIMAL = "OPTIMAL"
+    FEASIBLE = "FEASIBLE"
+    INFEASIBLE = "INFEASIBLE"
+    NO_SOLUTION = "NO_SOLUTION"
+
+
+class Limit(enum.Enum):
+    """Which limit ended a search early."""
+
+    TIME = "TIME"
+    NODE = "NODE"
+    INTERRUPTED = "INTERRUPTED"
+
+
+def _raise_if(issues: list[Issue]) -> None:
+    if issues:
+        raise InvalidInputError(issues)
+
+
+SKEW_RULES = {"kl": FINITE_NON_NEGATIVE, "l1": FINITE_NON_NEGATIVE, "hellinger": FINITE_NON_NEGATIVE}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Skew:
+    """Divergence of a group's pooled label distribution from the global one.
+
+    ``kl`` is KL(group || global) in nats, ``l1`` the L1 distance (twice total variation,
+    in [0, 2]), ``hellinger`` the Hellinger distance (in [0, 1]).
+    """
+
+    kl: float
+    l1: float
+    hellinger: float
+
+    def __post_init__(self) -> None:
+        _raise_if(check_fields(self, SKEW_RULES))
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Grouping:
+    """The outcome of grouping (``planner.grouping``), before depths are assigned.
+
+    ``members[k]`` holds the *positions* (into ``problem.devices``) of group k's devices,
+    sorted; groups are ordered by their smallest member. ``objective`` and ``bound`` are in
+    the grouping objective's units (see ``grouping.py``); ``bound`` is a proven lower bound.
+    """
+
+    members: tuple[tuple[int, ...], ...]
+    objective: float
+    bound: float
+    status: SolveStatus
+    limit: Limit | None
+    solve_time_s: float
+    method: str
+
+    @property
+    def relative_gap(self) -> float:
+        """``(objective - bound) / max(objective, 1e-9)``."""
+        return max(0.0, self.objective - self.bound) / max(abs(self.objective), 1e-9)
+
+
+GROUP_RULES: dict[str, Rule] = {
+    "group_id": NON_NEGATIVE_INT,
+    "device_ids": Rule(
+        "a non-empty list of device ids (strings)",
+        lambda v: isinstance(v, tuple) and len(v) > 0 and all(isinstance(x, str) and x for x in v),
+        ((), ("",), (3,)),
+    ),
+    "depth": POSITIVE_INT,
+    "intra_rounds": POSITIVE_INT,
+    "local_steps": POSITIVE_INT,
+    "predicted_intra_round_s": FINITE_NON_NEGATIVE,
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Group:
+    """One group of a plan: its devices and what they do every global round.
+
+    ``predicted_intra_round_s`` is the predicted time of one intra-group round (local
+    steps of the slowest member plus its adapter exchange).
+    """
+
+    group_id: int
+    device_ids: tuple[str, ...]
+    depth: int
+    intra_rounds: int
+    local_steps: int
+    label_skew: Skew
+    predicted_intra_round_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        _raise_if(check_fields(self, GROUP_RULES))
+
+
+PLAN_RULES: dict[str, Rule] = {
+    "predicted_round_time_s": FINITE_NON_NEGATIVE,
+    "predicted_rounds_to_target": FINITE_POSITIVE,
+    "objective_value": Rule("a finite number", lambda v: is_number(v) and math.isfinite(v), (math.nan, math.inf)),
+    "dual_bound": Rule("a finite number", lambda v: is_number(v) and math.isfinite(v), (math.nan, -math.inf)),
+    "solve_time_s": FINITE_NON_NEGATIVE,
+    "solver": NON_EMPTY_STRING,
+    "seed": NON_NEGATIVE_INT,
+    "batch_size": POSITIVE_INT,
+    "schema_version": SCHEMA_RULE,
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    """A feasible plan: groups with their depth and intra-group rounds, and provenance.
+
+    ``objective_value`` is the predicted time to reach the target (seconds of simulated
+    time); ``dual_bound`` a proven lower bound on it. ``plan_id`` is derived from the
+    content (groups, model, fleet, objective), so the same inputs give the same id;
+    ``parent_plan_id`` names the plan this one re-planned.
+    """
+
+    groups: tuple[Group, ...]
+    predicted_round_time_s: float
+    predicted_rounds_to_target: float
+    objective_value: float
+    dual_bound: float
+    status: SolveStatus
+    limit: Limit | None = None
+    solve_time_s: float
+    solver: str
+    seed: int
+    batch_size: int = 16
+    model_name: str = ""
+    cost_model_sha256: str = ""
+    fleet_sha256: str = ""
+    grouping_objective: float = 0.0
+    grouping_bound: float = 0.0
+    parent_plan_id: str | None = None
+    reason: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        issues = check_fields(self, PLAN_RULES)
+        if not isinstance(self.status, SolveStatus) or self.status not in (SolveStatus.OPTIMAL, SolveStatus.FEASIBLE):
+            issues.append(Issue("status", "OPTIMAL or FEASIBLE (a plan needs a feasible solution)", self.status))
+        else:
+            optimal = self.status is SolveStatus.OPTIMAL  # a limit ends a search early; OPTIMAL finished it
+            if (self.limit is None) != optimal:
+                expected = "null" if optimal else "a Limit (TIME, NODE or INTERRUPTED)"
+                issues.append(Issue("limit", f"{expected} when status is {self.status.name}", self.limit))
+        if not self.groups:
+            issues.append(Issue("groups", "a non-empty list of groups", self.groups))
+        seen: dict[str, int] = {}
+        for idx, group in enumerate(self.groups):
+            for device_id in group.device_ids:
+                if device_id in seen:
+                    issues.append(Issue(f"groups[{idx}].device_ids", f"devices in exactly one group ({device_id!r} is also in groups[{seen[device_id]}])", device_id))
+                seen[device_id] = idx
+        if [g.group_id for g in self.groups] != list(range(len(self.groups))):
+            issues.append(Issue("groups", "group_id 0, 1, ... in order", [g.group_id for g in self.groups]))
+        _raise_if(issues)
+
+    @property
+    def relative_gap(self) -> float:
+        """``|objective - bound| / max(|objective|, 1e-9)``; 0 for a proven optimum."""
+        return abs(self.objective_value - self.dual_bound) / max(abs(self.objective_value), 1e-9)
+
+    @property
+    def device_ids(self) -> tuple[str, ...]:
+        """Every device in the plan, group by group."""
+        return tuple(d for g in self.groups for d in g.device_ids)
+
+    @property
+    def plan_id(self) -> str:
+        """Content hash (12 hex digits) of groups, provenance and objective; not of timing."""
+        content = {
+            "groups": [[g.device_ids, g.depth, g.intra_rounds, g.local_steps] for g in self.groups],
+            "model": self.cost_model_sha256,
+            "fleet": self.fleet_sha256,
+            "batch_size": self.batch_size,
+            "parent": self.parent_plan_id,
+            "objective": round(self.objective_value, 6),
+        }
+        digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+        return digest[:12]
+
+
+GROUP_ROUND_RULES: dict[str, Rule] = {
+    "group_id": NON_NEGATIVE_INT,
+    "loss": FINITE_NON_NEGATIVE,
+    "accuracy": Rule("a number in [0, 1]", lambda v: is_number(v) and 0 <= v <= 1, (1.5, math.nan)),
+    "upload_bytes": NON_NEGATIVE_INT,
+    "download_bytes": NON_NEGATIVE_INT,
+    "sim_time_s": FINITE_NON_NEGATIVE,
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class GroupRoundResult:
+    """One group's part of a global round: its training loss, its model's test accuracy,
+    bytes its devices moved, and its simulated time (``intra_rounds`` intra-group rounds)."""
+
+    group_id: int
+    loss: float
+    accuracy: float
+    upload_bytes: int
+    download_bytes: int
+    sim_time_s: float
+
+    def __post_init__(self) -> None:
+        _raise_if(check_fields(self, GROUP_ROUND_RULES))
+
+
+REPORT_RULES: dict[str, Rule] = {
+    "plan_id": NON_EMPTY_STRING,
+    "global_round": POSITIVE_INT,
+    "sim_time_s": FINITE_NON_NEGATIVE,
+    "wall_time_s": FINITE_NON_NEGATIVE,
+    "eval_loss": FINITE_NON_NEGATIVE,
+    "eval_accuracy": GROUP_ROUND_RULES["accuracy"],
+    "seed": NON_NEGATIVE_INT,
+    "schema_version": SCHEMA_RULE,
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RoundReport:
+    """What one global round did; one JSON line per round in ``reports.jsonl``.
+
+    ``sim_time_s`` is the simulated clock *after* the round; ``wall_time_s`` the host
+    seconds the round took. ``measured_step_s`` maps device id to its mean measured
+    local-step seconds on this host in this round.
+    """
+
+    plan_id: str
+    global_round: int
+    sim_time_s: float
+    wall_time_s: float
+    groups: tuple[GroupRoundResult, ...]
+    measured_step_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    eval_loss: float
+    eval_accuracy: float
+    dropped_device_ids: tuple[str, ...] = ()
+    seed: int = 0
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        _raise_if(check_fields(self, REPORT_RULES))
+
+    @property
+    def upload_bytes(self) -> int:
+        """Bytes all devices sent this round."""
+        return sum(g.upload_bytes for g in self.groups)
+
+    @property
+    def download_bytes(self) -> int:
+        """Bytes all devices received this round."""
+        return sum(g.download_bytes for g in self.groups)

@@ -1,0 +1,443 @@
+"""Input contract types: devices, fleets, measured costs and the planning problem.
+
+All are frozen, slotted, keyword-only dataclasses with tuples (not lists) and units in
+field names. ``__post_init__`` checks every field against its declared :class:`Rule` and
+raises one :class:`InvalidInputError` listing every broken field. Rules that span several
+objects (equal class counts across devices, depth choices within the model's layers,
+unique ids) live in :mod:`hierfedlora.planner.checks`.
+
+Examples
+--------
+>>> d = DeviceProfile(device_id="d0", label_counts=(3, 1), compute_scale=2.0,
+...                   memory_bytes=2**30, uplink_mbps=10.0, downlink_mbps=50.0)
+>>> d.num_samples
+4
+>>> DeviceProfile(device_id="d1", label_counts=(3, 1), compute_scale=float("nan"),
+...               memory_bytes=2**30, uplink_mbps=10.0, downlink_mbps=50.0)
+Traceback (most recent call last):
+...
+hierfedlora.planner.errors.InvalidInputError: compute_scale must be a finite number > 0; got nan
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.rules import (
+    ANY_STRING,
+    FINITE_NON_NEGATIVE,
+    FINITE_POSITIVE,
+    FRACTION,
+    NON_EMPTY_STRING,
+    NON_NEGATIVE_INT,
+    OPTIONAL_FINITE_POSITIVE,
+    OPTIONAL_POSITIVE_INT,
+    POSITIVE_INT,
+    Rule,
+    check_fields,
+    finite_tuple,
+    int_tuple,
+    is_int,
+    optional,
+)
+
+__all__ = [
+    "COST_MODEL_RULES",
+    "DEVICE_RULES",
+    "SCHEMA_VERSION",
+    "ConvergenceParams",
+    "CostModel",
+    "DatasetSpec",
+    "DeviceProfile",
+    "Fleet",
+    "GroupingMethod",
+    "PlanningProblem",
+    "SolverOptions",
+]
+
+SCHEMA_VERSION = 1
+"""Version of every JSON file this package writes; readers refuse other versions."""
+
+GroupingMethod = Literal["auto", "cpsat", "flow", "random"]
+
+
+def _raise_if(issues: list[Issue]) -> None:
+    if issues:
+        raise InvalidInputError(issues)
+
+
+def _windows_ok(value: object) -> bool:
+    return value is None or (
+        isinstance(value, tuple)
+        and all(
+            isinstance(w, tuple)
+            and len(w) == 2
+            and all(isinstance(x, int | float) and math.isfinite(x) and x >= 0 for x in w)
+            and w[0] < w[1]
+            for w in value
+        )
+    )
+
+
+SCHEMA_RULE = Rule(f"{SCHEMA_VERSION} (this package's schema version)", lambda v: v == SCHEMA_VERSION, (0, 2, "1"))
+
+DEVICE_RULES: dict[str, Rule] = {
+    "device_id": NON_EMPTY_STRING,
+    "label_counts": Rule(
+        "a non-empty list of integers >= 0 with at least one sample",
+        lambda v: isinstance(v, tuple) and len(v) > 0 and all(is_int(x) and x >= 0 for x in v) and sum(v) > 0,
+        ((), (0, 0), (-1, 2), (1.5,), "3"),
+    ),
+    "compute_scale": FINITE_POSITIVE,
+    "memory_bytes": POSITIVE_INT,
+    "uplink_mbps": FINITE_POSITIVE,
+    "downlink_mbps": FINITE_POSITIVE,
+    "tier": optional(NON_EMPTY_STRING),
+    "availability": Rule(
+        "null, or a list of [start_s, end_s] windows with 0 <= start_s < end_s",
+        _windows_ok,
+        (((5.0, 1.0),), ((math.nan, 1.0),), "always"),
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceProfile:
+    """One device: its data (label counts) and how it differs from the profiling host.
+
+    Parameters
+    ----------
+    device_id : str
+        Unique name within a fleet.
+    label_counts : tuple of int
+        Training samples the device holds, per class (same class order fleet-wide).
+    compute_scale : float
+        Multiplier on the host's measured step time: 1.0 is as fast as the host that
+        measured the :class:`CostModel`, 3.0 is three times slower.
+    memory_bytes : int
+        Memory the device can give to fine-tuning (bytes).
+    uplink_mbps, downlink_mbps : float
+        Link bandwidths to its group aggregator (megabits per second).
+    tier : str or None
+        Name of the device class it was drawn from (informational).
+    availability : tuple of (start_s, end_s) or None
+        Windows of simulated time when the device is online; ``None`` means always.
+    """
+
+    device_id: str
+    label_counts: tuple[int, ...]
+    compute_scale: float
+    memory_bytes: int
+    uplink_mbps: float
+    downlink_mbps: float
+    tier: str | None = None
+    availability: tuple[tuple[float, float], ...] | None = None
+
+    def __post_init__(self) -> None:
+        _raise_if(check_fields(self, DEVICE_RULES))
+
+    @property
+    def num_samples(self) -> int:
+        """Total training samples on the device."""
+        return sum(self.label_counts)
+
+
+DATASET_RULES: dict[str, Rule] = {
+    "kind": Rule("one of 'wordnet', 'csv', 'jsonl'", lambda v: v in ("wordnet", "csv", "jsonl"), ("parquet", 3)),
+    "path": NON_EMPTY_STRING,
+    "text_field": NON_EMPTY_STRING,
+    "label_field": NON_EMPTY_STRING,
+    "num_samples": POSITIVE_INT,
+    "sha256": ANY_STRING,
+    "test_indices": int_tuple(0, non_empty=False),
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class DatasetSpec:
+    """Where a fleet's samples come from, so the runtime can load exactly them.
+
+    ``sha256`` is the digest of the data file (empty when not recorded); ``test_indices``
+    is the held-out evaluation split (row positions in the file, never given to devices).
+    """
+
+    kind: Literal["wordnet", "csv", "jsonl"]
+    path: str
+    text_field: str = "text"
+    label_field: str = "label"
+    num_samples: int
+    sha256: str = ""
+    test_indices: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _raise_if(check_fields(self, DATASET_RULES))
+
+
+FLEET_RULES: dict[str, Rule] = {
+    "schema_version": SCHEMA_RULE,
+    "class_names": Rule("a non-empty list of strings", lambda v: isinstance(v, tuple) and len(v) > 0 and all(isinstance(x, str) for x in v), ((), (1, 2))),
+    "partition": ANY_STRING,
+    "seed": NON_NEGATIVE_INT,
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Fleet:
+    """Devices plus (optionally) the data partition that produced their label counts.
+
+    ``sample_indices[i]`` holds the row positions of device ``devices[i]``'s samples in the
+    data set; it is empty when the fleet was written by hand or imported from a trace.
+    """
+
+    devices: tuple[DeviceProfile, ...]
+    class_names: tuple[str, ...]
+    dataset: DatasetSpec | None = None
+    sample_indices: tuple[tuple[int, ...], ...] = ()
+    partition: str = ""
+    seed: int = 0
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        issues = check_fields(self, FLEET_RULES)
+        if not self.devices:
+            issues.append(Issue("devices", "a non-empty list of devices", self.devices))
+        if self.sample_indices and len(self.sample_indices) != len(self.devices):
+            issues.append(Issue("sample_indices", f"one list per device ({len(self.devices)})", f"{len(self.sample_indices)} lists"))
+        _raise_if(issues)
+
+
+COST_MODEL_RULES: dict[str, Rule] = {
+    "model_name": NON_EMPTY_STRING,
+    "model_sha256": ANY_STRING,
+    "measured_on": ANY_STRING,
+    "num_layers": POSITIVE_INT,
+    "batch_size": POSITIVE_INT,
+    "seq_len": POSITIVE_INT,
+    "embedding_forward_s": FINITE_NON_NEGATIVE,
+    "layer_forward_s": finite_tuple(positive=True),
+    "layer_backward_s": finite_tuple(positive=True),
+    "head_step_s": FINITE_NON_NEGATIVE,
+    "layer_optimizer_s": FINITE_NON_NEGATIVE,
+    "adapter_bytes_per_layer": POSITIVE_INT,
+    "head_bytes": NON_NEGATIVE_INT,
+    "activation_bytes_per_sample_per_layer": POSITIVE_INT,
+    "optimizer_bytes_per_layer": NON_NEGATIVE_INT,
+    "base_model_bytes": POSITIVE_INT,
+    "lora_rank": POSITIVE_INT,
+    "schema_version": SCHEMA_RULE,
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class CostModel:
+    """Per-layer costs measured on one host (``models.profiling``); plain numbers.
+
+    Layer tuples run from the layer next to the embeddings (index 0) to the output layer
+    (index ``num_layers - 1``). Times are seconds **per sample** at ``batch_size`` and
+    ``seq_len`` on the host named in ``measured_on``, except ``layer_optimizer_s``, which is
+    seconds per optimizer step per trained layer.
+
+    Parameters
+    ----------
+    embedding_forward_s : float
+        Embedding lookup and norm, per sample.
+    layer_forward_s, layer_backward_s : tuple of float
+        Forward of each layer; backward of each layer when it carries LoRA (input and
+        adapter gradients), per sample.
+    head_step_s : float
+        Classification head forward + backward, per sample.
+    adapter_bytes_per_layer, head_bytes : int
+        Bytes of one layer's LoRA tensors and of the trainable head (what travels).
+    activation_bytes_per_sample_per_layer : int
+        Activations a trained layer keeps for backward, per sample.
+    optimizer_bytes_per_layer : int
+        Gradient and optimizer state for one layer's adapters.
+    base_model_bytes : int
+        Frozen weights held in memory.
+    """
+
+    model_name: str
+    model_sha256: str = ""
+    measured_on: str = ""
+    num_layers: int
+    batch_size: int
+    seq_len: int
+    embedding_forward_s: float
+    layer_forward_s: tuple[float, ...]
+    layer_backward_s: tuple[float, ...]
+    head_step_s: float
+    layer_optimizer_s: float
+    adapter_bytes_per_layer: int
+    head_bytes: int
+    activation_bytes_per_sample_per_layer: int
+    optimizer_bytes_per_layer: int
+    base_model_bytes: int
+    lora_rank: int = 8
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        issues = check_fields(self, COST_MODEL_RULES)
+        if is_int(self.num_layers):
+            for name in ("layer_forward_s", "layer_backward_s"):
+                value = getattr(self, name)
+                if isinstance(value, tuple) and len(value) != self.num_layers:
+                    issues.append(Issue(name, f"one entry per layer ({self.num_layers})", f"{len(value)} entries"))
+        _raise_if(issues)
+
+
+SOLVER_RULES: dict[str, Rule] = {
+    "time_limit_s": FINITE_POSITIVE,
+    "relative_gap_tolerance": FRACTION,
+    "threads": POSITIVE_INT,
+    "seed": NON_NEGATIVE_INT,
+    "grouping_method": Rule(
+        "one of 'auto', 'cpsat', 'flow', 'random'", lambda v: v in ("auto", "cpsat", "flow", "random"), ("kmeans", 1)
+    ),
+    "exact_grouping_max_devices": POSITIVE_INT,
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class SolverOptions:
+    """How hard and how reproducibly to solve.
+
+    ``grouping_method="auto"`` uses the exact CP-SAT model up to
+    ``exact_grouping_max_devices`` devices and the scalable flow method beyond.
+    ``time_limit_s`` bounds each solver call (grouping and assignment separately).
+    """
+
+    time_limit_s: float = 30.0
+    relative_gap_tolerance: float = 1e-4
+    threads: int = 1
+    seed: int = 0
+    grouping_method: GroupingMethod = "auto"
+    exact_grouping_max_devices: int = 60
+
+    def __post_init__(self) -> None:
+        _raise_if(check_fields(self, SOLVER_RULES))
+
+
+CONVERGENCE_RULES: dict[str, Rule] = {
+    "depth_exponent": FINITE_POSITIVE,
+    "skew_sensitivity": FINITE_NON_NEGATIVE,
+    "reference_rounds": FINITE_POSITIVE,
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ConvergenceParams:
+    """Constants of the convergence model (``planner.convergence``); refit by feedback.
+
+    Progress of group k per global round is ``w_k * (d_k / L) ** depth_exponent *
+    tau_k / (1 + skew_sensitivity * skew_k * (tau_k - 1))``; rounds to target are
+    ``reference_rounds / sum_k progress_k``.
+    """
+
+    depth_exponent: float = 0.5
+    skew_sensitivity: float = 4.0
+    reference_rounds: float = 30.0
+
+    def __post_init__(self) -> None:
+        _raise_if(check_fields(self, CONVERGENCE_RULES))
+
+
+PROBLEM_RULES: dict[str, Rule] = {
+    "num_groups": OPTIONAL_POSITIVE_INT,
+    "min_group_size": POSITIVE_INT,
+    "max_group_size": OPTIONAL_POSITIVE_INT,
+    "min_group_samples": optional(NON_NEGATIVE_INT),
+    "max_group_samples": OPTIONAL_POSITIVE_INT,
+    "max_speed_ratio": Rule("a finite number >= 1, or null", lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 1), (0.5, math.nan, math.inf, "2")),
+    "depth_choices": optional(int_tuple(1)),
+    "intra_rounds_choices": int_tuple(1),
+    "local_steps": POSITIVE_INT,
+    "batch_size": OPTIONAL_POSITIVE_INT,
+    "round_budget_s": OPTIONAL_FINITE_POSITIVE,
+    "traffic_budget_bytes": OPTIONAL_FINITE_POSITIVE,
+    "backhaul_mbps": FINITE_POSITIVE,
+    "intra_latency_s": FINITE_NON_NEGATIVE,
+    "global_latency_s": FINITE_NON_NEGATIVE,
+    "speed_spread_weight": FINITE_NON_NEGATIVE,
+    "schema_version": SCHEMA_RULE,
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class PlanningProblem:
+    """Everything the planner needs; immutable so what-if sweeps re-solve variations.
+
+    Parameters
+    ----------
+    devices : tuple of DeviceProfile
+    cost_model : CostModel
+    num_groups : int or None
+        Number of groups K; ``None`` picks ``round(N / 10)`` within the size bounds.
+    min_group_size, max_group_size : int
+        Devices per group (bounds inclusive; ``max_group_size=None`` is unbounded).
+    min_group_samples, max_group_samples : int or None
+        Training samples per group (bounds inclusive).
+    max_speed_ratio : float or None
+        Side constraint: within a group, slowest ``compute_scale`` / fastest <= this.
+    depth_choices : tuple of int or None
+        Allowed LoRA depths (top layers fine-tuned); ``None`` is ``1..num_layers``.
+    intra_rounds_choices : tuple of int
+        Allowed group aggregations per global round.
+    local_steps : int
+        Local optimizer steps between two group aggregations.
+    batch_size : int or None
+        Samples per local step; ``None`` uses the cost model's.
+    round_budget_s, traffic_budget_bytes : float or None
+        Per-global-round limits on simulated time and on bytes moved (all devices, up + down).
+    backhaul_mbps : float
+        Link from each group aggregator to the server (megabits per second).
+    intra_latency_s, global_latency_s : float
+        Fixed latency of one intra-group aggregation (edge, LAN) and of one global
+        aggregation (WAN round trip and server synchronisation), in seconds.
+    speed_spread_weight : float
+        Weight of the compute-speed spread term in the grouping objective (0 ignores it).
+    convergence : ConvergenceParams
+    solver : SolverOptions
+    """
+
+    devices: tuple[DeviceProfile, ...]
+    cost_model: CostModel
+    num_groups: int | None = None
+    min_group_size: int = 1
+    max_group_size: int | None = None
+    min_group_samples: int | None = None
+    max_group_samples: int | None = None
+    max_speed_ratio: float | None = None
+    depth_choices: tuple[int, ...] | None = None
+    intra_rounds_choices: tuple[int, ...] = (1, 2, 4, 8)
+    local_steps: int = 5
+    batch_size: int | None = None
+    round_budget_s: float | None = None
+    traffic_budget_bytes: float | None = None
+    backhaul_mbps: float = 20.0
+    intra_latency_s: float = 0.05
+    global_latency_s: float = 1.0
+    speed_spread_weight: float = 0.0
+    convergence: ConvergenceParams = dataclasses.field(default_factory=ConvergenceParams)
+    solver: SolverOptions = dataclasses.field(default_factory=SolverOptions)
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        issues = check_fields(self, PROBLEM_RULES)
+        if not (isinstance(self.devices, tuple) and self.devices):
+            issues.append(Issue("devices", "a non-empty list of devices", self.devices))
+        _raise_if(issues)
+
+    @property
+    def effective_batch_size(self) -> int:
+        """``batch_size``, or the cost model's when absent."""
+        return self.batch_size if self.batch_size is not None else self.cost_model.batch_size
+
+    @property
+    def effective_depth_choices(self) -> tuple[int, ...]:
+        """``depth_choices``, or every depth ``1..num_layers`` when absent (sorted, unique)."""
+        if self.depth_choices is None:
+            return tuple(range(1, self.cost_model.num_layers + 1))
+        return tuple(sorted(set(self.depth_choices)))
