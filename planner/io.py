@@ -115,8 +115,10 @@ def _parse(tp: Any, value: Any, path: str, out: _Collector) -> Any:
         return _MISSING
     if origin is tuple:
         if not isinstance(value, list):
-            # Leave scalars for the field rule to describe; it knows the whole rule.
-            return value
+            if args and dataclasses.is_dataclass(args[0]):
+                out.add(path, f"a list of {args[0].__name__} objects", value)
+                return _MISSING
+            return value  # a list of scalars: the field's rule knows the whole rule and says it
         element_types = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
         if len(element_types) != len(value):
             out.add(path, f"a list of {len(element_types)} items", value)

@@ -1,0 +1,109 @@
+"""The ``hierfedlora`` command line: profile | fleet | plan | validate | run | demo.
+
+Every command reads and writes JSON, checks input at the boundary and exits with a code
+that says what went wrong: 0 ok, 2 invalid input, 3 infeasible or no solution, 4 solver
+failure, 5 resume mismatch, 130 interrupted. Anything else is a bug: one line saying so,
+the version, and the path of a saved traceback. This module owns logging handlers and
+progress bars and is the only place that calls ``sys.exit``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import tempfile
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from hierfedlora import __version__
+from hierfedlora.planner.errors import (
+    HierFedLoraError,
+    InfeasibleError,
+    InvalidInputError,
+    NoSolutionError,
+    ResumeMismatchError,
+    RunInterruptedError,
+    SolverFailedError,
+)
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("hierfedlora")
+
+EXIT_CODES: tuple[tuple[type[HierFedLoraError], int], ...] = (
+    (InvalidInputError, 2),
+    (InfeasibleError, 3),
+    (NoSolutionError, 3),
+    (SolverFailedError, 4),
+    (ResumeMismatchError, 5),
+    (RunInterruptedError, 130),
+)
+
+
+COMMAND_MODULES = ("profile", "fleet", "plan", "demo")
+"""Modules under ``hierfedlora.commands``; each has ``register(commands)``, which adds its subparser."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="hierfedlora",
+        description="Plan and run hierarchical federated LoRA fine-tuning on heterogeneous devices.",
+    )
+    parser.add_argument("--version", action="version", version=f"hierfedlora {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"hierfedlora.commands.{name}").register(commands)
+    return parser
+
+
+def _exit_code(error: HierFedLoraError) -> int:
+    for error_type, code in EXIT_CODES:
+        if isinstance(error, error_type):
+            return code
+    return 1
+
+
+def _report_bug(exc: BaseException) -> int:
+    folder = Path(tempfile.gettempdir())
+    path = folder / f"hierfedlora-traceback-{__version__}.txt"
+    try:
+        path.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+    except OSError:
+        path = Path("(could not save the traceback)")
+    print(
+        f"hierfedlora {__version__}: internal error ({type(exc).__name__}: {exc}); this is a bug. "
+        f"Traceback saved to {path}",
+        file=sys.stderr,
+    )
+    return 70
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code (the console script exits with it)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if getattr(args, "handler", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except HierFedLoraError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return _exit_code(error)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into a line and a file
+        return _report_bug(exc)
+
+

@@ -1,0 +1,54 @@
+"""The dependency arrows hold: planner <- models <- runtime <- validation <- cli."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# package -> packages it must never import
+FORBIDDEN = {
+    "planner": ("torch", "transformers", "peft", "flwr", "ray", "hierfedlora.runtime", "hierfedlora.models",
+                "hierfedlora.validation", "hierfedlora.cli", "hierfedlora.commands"),
+    "models": ("hierfedlora.runtime", "hierfedlora.validation", "hierfedlora.cli", "cvxpy", "ortools"),
+    "runtime": ("hierfedlora.validation", "hierfedlora.cli", "cvxpy", "ortools", "highspy",
+                "hierfedlora.planner.grouping", "hierfedlora.planner.assignment", "hierfedlora.planner.plan"),
+    "validation": ("hierfedlora.cli", "hierfedlora.commands"),
+}
+
+
+def _imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+def test_no_import_points_the_wrong_way():
+    """An AST walk over every module finds no import against the arrows."""
+    violations = []
+    for package, forbidden in FORBIDDEN.items():
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for name in _imports(path):
+                if any(name == bad or name.startswith(bad + ".") for bad in forbidden):
+                    violations.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert violations == []
+
+
+def test_importing_the_planner_pulls_no_torch():
+    """A fresh interpreter importing hierfedlora.planner (and its solvers) never loads torch or flwr."""
+    code = (
+        "import sys, importlib, pkgutil, hierfedlora.planner as p\n"
+        "for m in pkgutil.iter_modules(p.__path__): importlib.import_module('hierfedlora.planner.' + m.name)\n"
+        "bad = [m for m in ('torch', 'flwr', 'transformers', 'peft') if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
