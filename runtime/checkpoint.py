@@ -1,0 +1,400 @@
+"""Checkpoints and the round report log: nothing lost, nothing reported twice.
+
+A run folder holds::
+
+    checkpoint.json                                 manifest: RunState, tensor file name and sha256
+    checkpoint-{round:06d}-{sha256[:12]}.safetensors the round's tensors (never pickle)
+    reports.jsonl                                   one RoundReport per line
+
+Tensor names are the caller's: by convention ``global.<adapter key>``, ``optimizer.<device position>.<name>``
+and :data:`TORCH_RNG_KEY` for ``torch.Generator.get_state()`` (uint8). The numpy generator state is JSON in
+:attr:`RunState.numpy_rng_state` (:func:`numpy_rng_state`, :func:`restore_numpy_rng`).
+
+Commit protocol of global round ``k`` (the engine follows it; every write is temp file in the same
+folder, flush, fsync, ``os.replace``, fsync of the folder):
+
+    (P1) ``save_checkpoint``: the tensor file, under a new name, then the manifest naming it. Replacing
+         the manifest is the commit point; a crash before it leaves round ``k-1``'s checkpoint whole,
+         because its tensor file is deleted only after (P1) has replaced the manifest.
+    (P2) ``ReportLog.append(report k)``: one line, flushed and fsynced.
+    (P3) only then is report ``k`` yielded.
+
+Invariants, with ``c`` the round in ``checkpoint.json`` (0 when absent):
+
+    (R1) At any instant, even right after a SIGKILL, the complete lines of ``reports.jsonl`` are rounds
+         ``1..m`` once each, in order, with ``m = c`` or ``m = c - 1``; at most one partial line follows.
+    (R2) After ``ReportLog.open(path, resume_state=state)`` the log holds exactly rounds ``1..c`` once
+         each: a partial line and lines past ``c`` are cut, and when ``m = c - 1`` report ``c`` is
+         appended again from ``state.last_report``, which every checkpoint carries for this reason.
+         Report ``c`` may therefore be yielded twice across a crash (once before it, once on resume)
+         but is written to the log once.
+
+Examples
+--------
+>>> import numpy as np
+>>> rng = np.random.default_rng(5); _ = rng.random()
+>>> restore_numpy_rng(numpy_rng_state(rng)).random() == rng.random()
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+from hierfedlora.planner import rules
+from hierfedlora.planner.errors import InvalidInputError, Issue, ResumeMismatchError
+from hierfedlora.planner.io import from_dict, from_json, to_json
+from hierfedlora.planner.outcomes import RoundReport
+from hierfedlora.planner.types import SCHEMA_RULE, SCHEMA_VERSION
+
+__all__ = [
+    "MANIFEST_NAME",
+    "REPORTS_NAME",
+    "RUN_STATE_RULES",
+    "TORCH_RNG_KEY",
+    "ReportLog",
+    "RunState",
+    "load_checkpoint",
+    "numpy_rng_state",
+    "read_reports",
+    "restore_numpy_rng",
+    "save_checkpoint",
+]
+
+MANIFEST_NAME = "checkpoint.json"
+REPORTS_NAME = "reports.jsonl"
+TORCH_RNG_KEY = "rng.torch"
+_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")
+
+
+def numpy_rng_state(rng: np.random.Generator) -> str:
+    """The generator's bit-generator state as JSON text (arrays as lists)."""
+    return json.dumps(rng.bit_generator.state, sort_keys=True, default=lambda a: np.asarray(a).tolist())
+
+
+def restore_numpy_rng(text: str) -> np.random.Generator:
+    """A generator in the state :func:`numpy_rng_state` wrote."""
+    state = json.loads(text)
+    bit_generator = getattr(np.random, state["bit_generator"])()
+    bit_generator.state = state
+    return np.random.Generator(bit_generator)
+
+
+def _is_rng_state(value: object) -> bool:
+    try:
+        state = json.loads(value) if isinstance(value, str) else None
+    except json.JSONDecodeError:
+        return False
+    return isinstance(state, dict) and state.get("bit_generator") in _BIT_GENERATORS and "state" in state
+
+
+RUN_STATE_RULES: dict[str, rules.Rule] = {
+    "plan_id": rules.NON_EMPTY_STRING,
+    "fleet_sha256": rules.ANY_STRING,
+    "model_sha256": rules.ANY_STRING,
+    "global_round": rules.NON_NEGATIVE_INT,
+    "sim_time_s": rules.FINITE_NON_NEGATIVE,
+    "seed": rules.NON_NEGATIVE_INT,
+    "numpy_rng_state": rules.Rule(
+        f"JSON text of a numpy bit generator state (one of {', '.join(_BIT_GENERATORS)})",
+        _is_rng_state,
+        ("", "{}", '{"bit_generator": "Xorshift", "state": 1}', 3),
+    ),
+    "schema_version": SCHEMA_RULE,
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RunState:
+    """What a run needs to resume after ``global_round``, its last committed round (0: none yet).
+
+    ``plan_id``, ``fleet_sha256`` and ``model_sha256`` identify the run (resume refuses others);
+    ``sim_time_s`` is the simulated clock after the round; ``numpy_rng_state`` the JSON of the numpy
+    generator (:func:`numpy_rng_state`); ``last_report`` the report of round ``global_round``, ``None``
+    exactly at round 0, so resume can re-append it (R2). Tensors travel beside it, in safetensors.
+    """
+
+    plan_id: str
+    fleet_sha256: str
+    model_sha256: str
+    global_round: int
+    sim_time_s: float
+    seed: int
+    numpy_rng_state: str
+    last_report: RoundReport | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        issues = rules.check_fields(self, RUN_STATE_RULES)
+        if RUN_STATE_RULES["global_round"].accepts(self.global_round):
+            if self.last_report is None and self.global_round > 0:
+                issues.append(Issue("last_report", f"the report of round {self.global_round}", None))
+            elif self.last_report is not None and not isinstance(self.last_report, RoundReport):
+                issues.append(Issue("last_report", "a RoundReport or null", type(self.last_report).__name__))
+            elif self.last_report is not None and self.last_report.global_round != self.global_round:
+                expected = f"{self.global_round} (the checkpoint's round)" if self.global_round else "null at round 0"
+                issues.append(Issue("last_report.global_round", expected, self.last_report.global_round))
+        if issues:
+            raise InvalidInputError(issues)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class _Manifest:
+    state: RunState
+    tensor_file: str
+    tensor_sha256: str
+    schema_version: int = SCHEMA_VERSION
+
+
+def _invalid(path: str, expected: str, got: object, source: str | None = None, hint: str = "") -> InvalidInputError:
+    return InvalidInputError([Issue(path, expected, got, hint)], source)
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Temp file in the same folder, flush, fsync, ``os.replace``, fsync the folder."""
+    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    _fsync_folder(path.parent)
+
+
+def save_checkpoint(run_dir: str | os.PathLike[str], state: RunState, tensors: dict[str, torch.Tensor]) -> Path:
+    """Commit ``state`` and ``tensors`` as the run's only checkpoint (P1); return the manifest's path.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``state`` is not a RunState or a tensor name or value is not a non-empty string and a tensor.
+    """
+    issues = [] if isinstance(state, RunState) else [Issue("state", "a RunState", type(state).__name__)]
+    for name, value in tensors.items():
+        if not (isinstance(name, str) and name) or not isinstance(value, torch.Tensor):
+            issues.append(Issue(f"tensors[{name!r}]", "a tensor under a non-empty string name", type(value).__name__))
+    if issues:
+        raise InvalidInputError(issues)
+    folder = Path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    # clone: safetensors refuses views and tensors sharing memory; adapters are small
+    payload = safetensors.torch.save({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()})
+    digest = hashlib.sha256(payload).hexdigest()
+    # the digest in the name: re-saving a round never overwrites the file the current manifest names
+    tensor_file = f"checkpoint-{state.global_round:06d}-{digest[:12]}.safetensors"
+    _atomic_write_bytes(folder / tensor_file, payload)
+    manifest = _Manifest(state=state, tensor_file=tensor_file, tensor_sha256=digest)
+    _atomic_write_bytes(folder / MANIFEST_NAME, (to_json(manifest) + "\n").encode())  # the commit point
+    for stale in [*folder.glob("checkpoint-*.safetensors"), *folder.glob(".checkpoint*.tmp")]:
+        if stale.name != tensor_file:
+            stale.unlink(missing_ok=True)
+    return folder / MANIFEST_NAME
+
+
+def _read_manifest(path: Path) -> _Manifest:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        hint = "no committed checkpoint: the run never finished a round there"
+        raise _invalid("run_dir", f"a folder holding {MANIFEST_NAME}", str(path.parent), hint=hint) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _invalid("(file)", "a readable UTF-8 file", str(exc), str(path)) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _invalid(f"line {exc.lineno}", "valid JSON", exc.msg, str(path)) from None
+    for found in (data, data.get("state") if isinstance(data, dict) else None):
+        if isinstance(found, dict) and "schema_version" in found and found["schema_version"] != SCHEMA_VERSION:
+            raise ResumeMismatchError("schema_version", SCHEMA_VERSION, found["schema_version"])
+    return from_dict(_Manifest, data, source=str(path))
+
+
+def load_checkpoint(
+    run_dir: str | os.PathLike[str],
+    *,
+    expected_plan_id: str,
+    expected_fleet_sha256: str,
+    expected_model_sha256: str,
+) -> tuple[RunState, dict[str, torch.Tensor]]:
+    """Read the run's committed checkpoint and prove it belongs to this run.
+
+    Raises
+    ------
+    ResumeMismatchError
+        If its ``schema_version``, ``plan_id``, ``fleet_sha256`` or ``model_sha256`` differs
+        (``field``, ``expected``, ``found``), checked in that order.
+    InvalidInputError
+        If the manifest is missing, not JSON, or breaks a field rule, or the tensor file it names is
+        missing, does not match its sha256, or is not safetensors.
+    """
+    manifest_path = Path(run_dir) / MANIFEST_NAME
+    manifest = _read_manifest(manifest_path)
+    state = manifest.state
+    identity = (
+        ("plan_id", expected_plan_id),
+        ("fleet_sha256", expected_fleet_sha256),
+        ("model_sha256", expected_model_sha256),
+    )
+    for field, value in identity:
+        if getattr(state, field) != value:
+            raise ResumeMismatchError(field, value, getattr(state, field))
+    source, name = str(manifest_path), manifest.tensor_file
+    if Path(name).name != name:
+        raise _invalid("tensor_file", "a file name next to the manifest", name, source)
+    try:
+        payload = (manifest_path.parent / name).read_bytes()
+    except OSError as exc:
+        raise _invalid("tensor_file", "an existing, readable file", f"{name}: {exc.strerror}", source) from None
+    digest = hashlib.sha256(payload).hexdigest()
+    if digest != manifest.tensor_sha256:
+        expected = f"the sha256 of {name} ({digest})"
+        raise _invalid("tensor_sha256", expected, manifest.tensor_sha256, source, "the file is corrupt")
+    try:
+        tensors = safetensors.torch.load(payload)
+    except Exception as exc:  # SafetensorError is not importable by a stable path
+        raise _invalid("tensor_file", "a safetensors file", f"{name}: {exc}", source) from None
+    return state, tensors
+
+
+def _parse_report(line: bytes, where: str) -> RoundReport:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _invalid("(line)", "UTF-8 text", str(exc), where) from None
+    return from_json(RoundReport, text, source=where)
+
+
+def read_reports(path: str | os.PathLike[str]) -> list[RoundReport]:
+    """Every complete line of a report log; a trailing partial line (never committed) is skipped.
+
+    Raises
+    ------
+    InvalidInputError
+        If the file is missing or a complete line is not a valid RoundReport (its line number named).
+    """
+    file = Path(path)
+    try:
+        lines = file.read_bytes().split(b"\n")[:-1]
+    except OSError as exc:
+        raise _invalid("path", "an existing, readable report log", f"{file}: {exc.strerror}") from None
+    return [_parse_report(line, f"{file.name} line {idx}") for idx, line in enumerate(lines, start=1)]
+
+
+class ReportLog:
+    """The append-only ``reports.jsonl``: a line per round, flushed and fsynced before ``append`` returns.
+
+    Open it with :meth:`open`; use it as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, path: Path, last_round: int) -> None:
+        self.path = path
+        self._last_round = last_round
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    @property
+    def last_round(self) -> int:
+        """The last round in the log."""
+        return self._last_round
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, resume_state: RunState | None = None) -> ReportLog:
+        """Open the log of a new run (``resume_state=None``) or repair it for resuming (R2).
+
+        Raises
+        ------
+        InvalidInputError
+            A new run whose log is not empty; or, on resume, a complete line before the end that is not
+            a RoundReport, rounds out of order or repeated, fewer than ``c - 1`` rounds, or round ``c``
+            differing from the checkpoint's report.
+        """
+        file = Path(path)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        data = file.read_bytes() if file.exists() else b""
+        if resume_state is None:
+            if data:
+                hint = "resume the run, or start it in a new folder"
+                raise _invalid(file.name, "absent or empty for a new run", f"{len(data)} bytes", hint=hint)
+            return cls(file, 0)
+        keep, last_report = _committed_prefix(file.name, data, resume_state)
+        if keep < len(data):
+            with open(file, "r+b") as handle:
+                handle.truncate(keep)
+                os.fsync(handle.fileno())
+        log = cls(file, last_report.global_round if last_report else 0)
+        if log.last_round == resume_state.global_round - 1:
+            assert resume_state.last_report is not None  # RunState's rule for global_round > 0
+            log.append(resume_state.last_report)
+        return log
+
+    def append(self, report: RoundReport) -> None:
+        """(P2) Write ``report`` as one line, flush and fsync; it must be round ``last_round + 1``."""
+        if self._fd is None:
+            raise _invalid("report log", "open", "closed")
+        if not isinstance(report, RoundReport) or report.global_round != self._last_round + 1:
+            got = report.global_round if isinstance(report, RoundReport) else type(report).__name__
+            raise _invalid("report.global_round", f"{self._last_round + 1} (the next round)", got)
+        line = (to_json(report, indent=None) + "\n").encode()
+        written = 0
+        while written < len(line):
+            written += os.write(self._fd, line[written:])
+        os.fsync(self._fd)
+        self._last_round += 1
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> ReportLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _committed_prefix(name: str, data: bytes, state: RunState) -> tuple[int, RoundReport | None]:
+    """Bytes to keep (rounds ``1..min(m, c)``) and the last kept report, checking (R1)."""
+    committed = state.global_round
+    *complete, partial = data.split(b"\n")
+    keep, last = 0, None
+    for idx, line in enumerate(complete, start=1):
+        where = f"{name} line {idx}"
+        try:
+            report = _parse_report(line, where)
+        except InvalidInputError:
+            if idx == len(complete) and not partial:
+                break  # a damaged last line: dropped, and the (R1) check below proves nothing committed is lost
+            raise
+        if report.global_round > committed:
+            break  # written past the checkpoint (an older checkpoint restored): not committed
+        if report.global_round != idx:
+            raise _invalid(where, f"round {idx} (rounds 1, 2, ... once each)", report.global_round)
+        keep, last = keep + len(line) + 1, report
+    found = last.global_round if last else 0
+    if found < committed - 1:
+        expected = f"rounds 1..{committed - 1} at least (the checkpoint is at round {committed})"
+        raise _invalid(name, expected, f"rounds 1..{found}")
+    if found == committed and committed > 0 and last != state.last_report:
+        raise _invalid(f"{name} line {found}", "the checkpoint's report of that round", "a different report")
+    return keep, last

@@ -1,0 +1,243 @@
+"""The simulated clock: a global round's time and traffic from the planner's own cost formulas.
+
+The runtime never invents a time: it evaluates ``planner.costs`` (C5)-(C8) for the plan it executes,
+so with no noise the clock reproduces the planner's ``predicted_round_time_s`` exactly.
+
+(K1) Noise-free round (``noise = 0``). For group ``k`` with depth ``d_k``, ``tau_k`` intra-group rounds
+and ``I_k`` local steps::
+
+    t_k   = costs.intra_round_time_s(...)                       (C5)
+    G_k   = tau_k * t_k
+    t_glob = costs.global_aggregation_s(depths, ...)            (C6)
+    T     = costs.round_time_s([t_k], [tau_k], t_glob)          (C7)
+
+(K2) Noisy round (``noise = sigma > 0``). Every local step of device ``i`` in intra-group round ``r`` is
+scaled by its own ``X ~ LogNormal(-sigma^2 / 2, sigma)`` (mean one, so the clock is unbiased per step);
+exchanges are not scaled::
+
+    t_{k,r} = max_i ( step_i(d_k) * sum_{j < I_k} X_{r,i,j} + exchange_i(d_k) )
+    G_k     = sum_{r < tau_k} t_{k,r}
+    T       = max_k G_k + t_glob
+
+    Draws come from the caller's generator, group by group in plan order, as an array of shape
+    ``(tau_k, |k|, I_k)``, so a seed fixes the clock.
+
+(K3) Traffic of group ``k`` per global round, each way (all its devices)::
+
+    upload_k = download_k = tau_k * |k| * costs.adapter_bytes(d_k)     (so up + down is C8)
+
+Examples
+--------
+>>> clock = SimClock()
+>>> clock.advance(2.5).advance(1.0).now_s
+3.5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+import numpy as np
+from hierfedlora.planner import costs
+from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.outcomes import Group, Plan
+from hierfedlora.planner.rules import FINITE_NON_NEGATIVE, FINITE_POSITIVE, POSITIVE_INT
+from hierfedlora.planner.types import CostModel, DeviceProfile
+
+__all__ = ["GroupTiming", "RoundTiming", "SimClock", "global_round_time_s"]
+
+
+def _raise_if(issues: list[Issue]) -> None:
+    if issues:
+        raise InvalidInputError(issues)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SimClock:
+    """Simulated seconds since the run began; the checkpoint saves ``now_s``.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``now_s`` (or an advance) is not a finite number >= 0.
+    """
+
+    now_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not FINITE_NON_NEGATIVE.accepts(self.now_s):
+            raise InvalidInputError([Issue("now_s", FINITE_NON_NEGATIVE.expected, self.now_s)])
+
+    def advance(self, seconds: float) -> SimClock:
+        """A clock ``seconds`` later (``seconds`` finite and >= 0)."""
+        if not FINITE_NON_NEGATIVE.accepts(seconds):
+            raise InvalidInputError([Issue("seconds", FINITE_NON_NEGATIVE.expected, seconds)])
+        return SimClock(self.now_s + seconds)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class GroupTiming:
+    """One group's part of a global round.
+
+    ``intra_round_s`` holds one entry per intra-group round (all equal without noise);
+    ``group_s`` is their total, ``tau * t`` without noise. Bytes are per global round, all devices.
+    """
+
+    group_id: int
+    intra_round_s: tuple[float, ...]
+    group_s: float
+    upload_bytes: int
+    download_bytes: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RoundTiming:
+    """A global round: every group's timing, the global aggregation, and the round (K1 or K2)."""
+
+    groups: tuple[GroupTiming, ...]
+    global_aggregation_s: float
+    round_s: float
+
+    @property
+    def upload_bytes(self) -> int:
+        """Bytes all devices send in the round."""
+        return sum(g.upload_bytes for g in self.groups)
+
+    @property
+    def download_bytes(self) -> int:
+        """Bytes all devices receive in the round."""
+        return sum(g.download_bytes for g in self.groups)
+
+
+def _check_inputs(
+    plan: Plan,
+    cost_model: CostModel,
+    devices_by_id: Mapping[str, DeviceProfile],
+    numbers: Mapping[str, tuple[object, str]],
+    rng: np.random.Generator | None,
+) -> None:
+    rules = {"positive_int": POSITIVE_INT, "positive": FINITE_POSITIVE, "non_negative": FINITE_NON_NEGATIVE}
+    issues = [
+        Issue(name, rules[kind].expected, value)
+        for name, (value, kind) in numbers.items()
+        if not rules[kind].accepts(value)
+    ]
+    noise = numbers["noise"][0]
+    if FINITE_NON_NEGATIVE.accepts(noise) and noise != 0 and not isinstance(rng, np.random.Generator):
+        issues.append(Issue("rng", "a numpy Generator when noise > 0 (seed it for a reproducible clock)", rng))
+    missing = [d for d in plan.device_ids if d not in devices_by_id]
+    if missing:
+        issues.append(Issue("devices_by_id", "a profile for every device in the plan", f"none for {missing}"))
+    for idx, group in enumerate(plan.groups):
+        if group.depth > cost_model.num_layers:
+            issues.append(
+                Issue(f"plan.groups[{idx}].depth", f"at most the model's {cost_model.num_layers} layers", group.depth)
+            )
+    _raise_if(issues)
+
+
+def global_round_time_s(
+    plan: Plan,
+    cost_model: CostModel,
+    devices_by_id: Mapping[str, DeviceProfile],
+    *,
+    batch_size: int | None = None,
+    backhaul_mbps: float,
+    intra_latency_s: float,
+    global_latency_s: float,
+    noise: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> RoundTiming:
+    """Time and traffic of one global round of ``plan`` on the simulated clock (K1-K3).
+
+    Parameters
+    ----------
+    plan : Plan
+        Groups with depth, intra-group rounds and local steps.
+    cost_model : CostModel
+        The measured costs the plan was made from.
+    devices_by_id : mapping of str to DeviceProfile
+        A profile for every device in the plan (extra devices are ignored).
+    batch_size : int or None
+        Samples per local step; ``None`` uses ``plan.batch_size``.
+    backhaul_mbps : float
+        Group aggregator to server link (megabits per second).
+    intra_latency_s, global_latency_s : float
+        Fixed latency of an intra-group and of the global aggregation (seconds).
+    noise : float
+        Sigma of the mean-one lognormal factor on every local step (0: the prediction exactly).
+    rng : numpy.random.Generator or None
+        Source of the noise; required when ``noise > 0``.
+
+    Raises
+    ------
+    InvalidInputError
+        A plan device without a profile, a group deeper than the model, a number outside its rule,
+        or ``noise > 0`` without a generator. All at once.
+    """
+    batch = plan.batch_size if batch_size is None else batch_size
+    numbers = {
+        "batch_size": (batch, "positive_int"),
+        "backhaul_mbps": (backhaul_mbps, "positive"),
+        "intra_latency_s": (intra_latency_s, "non_negative"),
+        "global_latency_s": (global_latency_s, "non_negative"),
+        "noise": (noise, "non_negative"),
+    }
+    _check_inputs(plan, cost_model, devices_by_id, numbers, rng)
+    global_s = costs.global_aggregation_s(
+        cost_model, [g.depth for g in plan.groups], backhaul_mbps=backhaul_mbps, latency_s=global_latency_s
+    )
+    timings = tuple(
+        _group_timing(cost_model, [devices_by_id[d] for d in g.device_ids], g, batch, intra_latency_s, noise, rng)
+        for g in plan.groups
+    )
+    if noise > 0:
+        round_s = max(t.group_s for t in timings) + global_s
+    else:  # (C7) itself, so the noise-free clock is the planner's prediction to the last bit
+        round_s = costs.round_time_s(
+            [t.intra_round_s[0] for t in timings], [g.intra_rounds for g in plan.groups], global_s
+        )
+    return RoundTiming(groups=timings, global_aggregation_s=global_s, round_s=round_s)
+
+
+def _group_timing(
+    cost_model: CostModel,
+    members: list[DeviceProfile],
+    group: Group,
+    batch_size: int,
+    latency_s: float,
+    noise: float,
+    rng: np.random.Generator | None,
+) -> GroupTiming:
+    """(K1) or (K2) for one group, and its traffic (K3)."""
+    if noise > 0 and rng is not None:
+        step_s = np.array(
+            [
+                costs.step_time_s(cost_model, compute_scale=d.compute_scale, depth=group.depth, batch_size=batch_size)
+                for d in members
+            ]
+        )
+        exchange_s = np.array(
+            [costs.exchange_time_s(cost_model, d, depth=group.depth, latency_s=latency_s) for d in members]
+        )
+        size = (group.intra_rounds, len(members), group.local_steps)
+        factors = rng.lognormal(mean=-(noise**2) / 2, sigma=noise, size=size)  # mean one per step
+        device_s = step_s * factors.sum(axis=2) + exchange_s  # [intra round, device]
+        intra = tuple(float(t) for t in device_s.max(axis=1))
+        group_s = math.fsum(intra)
+    else:
+        t_k = costs.intra_round_time_s(
+            cost_model,
+            members,
+            depth=group.depth,
+            local_steps=group.local_steps,
+            batch_size=batch_size,
+            latency_s=latency_s,
+        )
+        intra, group_s = (t_k,) * group.intra_rounds, t_k * group.intra_rounds
+    one_way = group.intra_rounds * len(members) * costs.adapter_bytes(cost_model, depth=group.depth)
+    return GroupTiming(
+        group_id=group.group_id, intra_round_s=intra, group_s=group_s, upload_bytes=one_way, download_bytes=one_way
+    )
