@@ -7,6 +7,9 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from hierfedlora.planner.errors import InfeasibleError, InvalidInputError, NoSolutionError, SolverFailedError
 from hierfedlora.planner.grouping import (
     group_devices,
@@ -19,9 +22,6 @@ from hierfedlora.planner.grouping_cpsat import solve_cpsat
 from hierfedlora.planner.grouping_model import grouping_data
 from hierfedlora.planner.outcomes import Grouping, Limit, SolveStatus
 from hierfedlora.planner.types import DeviceProfile, PlanningProblem, SolverOptions
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from tests.factories import make_cost_model, make_devices
 
 COST_MODEL = make_cost_model()  # module level: hypothesis cannot use function-scoped fixtures

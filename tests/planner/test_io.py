@@ -39,16 +39,32 @@ def plans(draw: st.DrawFn) -> Plan:
     cut = draw(st.integers(1, len(ids)))
     parts = [tuple(ids[:cut]), tuple(ids[cut:])] if cut < len(ids) else [tuple(ids)]
     groups = tuple(
-        Group(group_id=k, device_ids=p, depth=draw(st.integers(1, 6)), intra_rounds=draw(st.integers(1, 8)),
-              local_steps=draw(st.integers(1, 9)), label_skew=draw(skews), predicted_intra_round_s=draw(non_negative))
+        Group(
+            group_id=k,
+            device_ids=p,
+            depth=draw(st.integers(1, 6)),
+            intra_rounds=draw(st.integers(1, 8)),
+            local_steps=draw(st.integers(1, 9)),
+            label_skew=draw(skews),
+            predicted_intra_round_s=draw(non_negative),
+        )
         for k, p in enumerate(parts)
     )
     status = draw(st.sampled_from([SolveStatus.OPTIMAL, SolveStatus.FEASIBLE]))
     objective = draw(finite)
-    return Plan(groups=groups, predicted_round_time_s=draw(non_negative), predicted_rounds_to_target=draw(finite),
-                objective_value=objective, dual_bound=draw(non_negative), status=status,
-                limit=None if status is SolveStatus.OPTIMAL else Limit.TIME, solve_time_s=draw(non_negative),
-                solver="cpsat+highs", seed=draw(st.integers(0, 99)), parent_plan_id=draw(st.none() | st.just("abc")))
+    return Plan(
+        groups=groups,
+        predicted_round_time_s=draw(non_negative),
+        predicted_rounds_to_target=draw(finite),
+        objective_value=objective,
+        dual_bound=draw(non_negative),
+        status=status,
+        limit=None if status is SolveStatus.OPTIMAL else Limit.TIME,
+        solve_time_s=draw(non_negative),
+        solver="cpsat+highs",
+        seed=draw(st.integers(0, 99)),
+        parent_plan_id=draw(st.none() | st.just("abc")),
+    )
 
 
 reports = st.builds(
@@ -58,9 +74,15 @@ reports = st.builds(
     sim_time_s=non_negative,
     wall_time_s=non_negative,
     groups=st.lists(
-        st.builds(GroupRoundResult, group_id=st.integers(0, 5), loss=non_negative,
-                  accuracy=st.floats(0, 1), upload_bytes=st.integers(0, 10**9),
-                  download_bytes=st.integers(0, 10**9), sim_time_s=non_negative),
+        st.builds(
+            GroupRoundResult,
+            group_id=st.integers(0, 5),
+            loss=non_negative,
+            accuracy=st.floats(0, 1),
+            upload_bytes=st.integers(0, 10**9),
+            download_bytes=st.integers(0, 10**9),
+            sim_time_s=non_negative,
+        ),
         max_size=3,
     ).map(tuple),
     measured_step_s=st.dictionaries(device_ids, non_negative, max_size=3),
@@ -118,16 +140,21 @@ def test_bad_fleet_reports_every_issue_with_paths(tiny_fleet):
     # Assert
     lines = str(info.value).splitlines()
     assert "fleet.json: devices[3].uplink_mbps must be a finite number > 0; got nan" in lines
-    assert ("fleet.json: devices[5].compute_scal must be a known field of DeviceProfile; got 'compute_scal' "
-            "(did you mean 'compute_scale'?)") in lines
+    assert (
+        "fleet.json: devices[5].compute_scal must be a known field of DeviceProfile; got 'compute_scal' "
+        "(did you mean 'compute_scale'?)"
+    ) in lines
     assert "fleet.json: devices[6].memory_bytes must be present (a required field); got 'missing'" in lines
     assert len(lines) == 3
 
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("{\"devices\": [", "valid JSON"), ("[]", "an object (Fleet)"), ("{\"devices\": 3, \"class_names\": [\"a\"]}",
-                                                                      "a list of DeviceProfile objects")],
+    [
+        ('{"devices": [', "valid JSON"),
+        ("[]", "an object (Fleet)"),
+        ('{"devices": 3, "class_names": ["a"]}', "a list of DeviceProfile objects"),
+    ],
 )
 def test_malformed_files_are_invalid_input(tmp_path, text, expected):
     """Truncated JSON or the wrong shape is an InvalidInputError naming the file."""

@@ -83,14 +83,29 @@ def test_cost_model_layer_tuples_must_match_num_layers(cost_model):
 
 
 def _group(group_id: int, devices: tuple[str, ...]) -> Group:
-    return Group(group_id=group_id, device_ids=devices, depth=1, intra_rounds=1, local_steps=1,
-                 label_skew=Skew(kl=0.0, l1=0.0, hellinger=0.0))
+    return Group(
+        group_id=group_id,
+        device_ids=devices,
+        depth=1,
+        intra_rounds=1,
+        local_steps=1,
+        label_skew=Skew(kl=0.0, l1=0.0, hellinger=0.0),
+    )
 
 
 def _plan(**overrides: object) -> Plan:
-    fields: dict[str, object] = dict(groups=(_group(0, ("a", "b")), _group(1, ("c",))), predicted_round_time_s=1.0,
-                                     predicted_rounds_to_target=10.0, objective_value=10.0, dual_bound=10.0,
-                                     status=SolveStatus.OPTIMAL, limit=None, solve_time_s=0.1, solver="test", seed=0)
+    fields: dict[str, object] = dict(
+        groups=(_group(0, ("a", "b")), _group(1, ("c",))),
+        predicted_round_time_s=1.0,
+        predicted_rounds_to_target=10.0,
+        objective_value=10.0,
+        dual_bound=10.0,
+        status=SolveStatus.OPTIMAL,
+        limit=None,
+        solve_time_s=0.1,
+        solver="test",
+        seed=0,
+    )
     fields.update(overrides)
     return Plan(**fields)  # type: ignore[arg-type]
 

@@ -1,0 +1,378 @@
+"""Checks that span several objects, and feasibility arithmetic done before any solver.
+
+Field rules live with their types (``planner.types``); this module checks what no single
+object can see, in three passes, so ``make_plan`` fails from a library call as the CLI does:
+
+1. :func:`check_problem` returns an :class:`Issue` per broken cross-object rule (unique
+   device ids, one class count per class everywhere, depths within the model's layers,
+   ordered bounds, distinct ``intra_rounds_choices``).
+2. :func:`check_feasibility` returns a :class:`Conflict` per contradiction that plain
+   arithmetic proves, with the numbers (``min_group_size × num_groups = 6 × 10 = 60 > 50
+   devices``; ``d17 needs 2.3 GiB at depth 1 and has 2.0 GiB``).
+3. :func:`find_warnings` returns the legal but suspicious settings.
+
+:func:`raise_for_problem` runs all three: :class:`InvalidInputError` for issues (all of them
+at once), :class:`InfeasibleError` for conflicts (all of them at once, ``conflicting``
+naming the constraint families), and a :class:`HierFedLoraWarning` per warning.
+
+Examples
+--------
+>>> from hierfedlora.planner.types import CostModel, DeviceProfile, PlanningProblem
+>>> cost = CostModel(model_name="toy", num_layers=2, batch_size=1, seq_len=8,
+...     embedding_forward_s=0.0, layer_forward_s=(0.5, 0.5), layer_backward_s=(1.0, 1.0),
+...     head_step_s=0.0, layer_optimizer_s=0.0, adapter_bytes_per_layer=1_000_000, head_bytes=0,
+...     activation_bytes_per_sample_per_layer=1, optimizer_bytes_per_layer=0,
+...     base_model_bytes=1_000_000)
+>>> devices = tuple(DeviceProfile(device_id="d0", label_counts=(5, 5), compute_scale=1.0,
+...     memory_bytes=2**30, uplink_mbps=16.0, downlink_mbps=16.0) for _ in range(3))
+>>> problem = PlanningProblem(devices=devices, cost_model=cost, num_groups=2, min_group_size=2,
+...     depth_choices=(1, 3))
+>>> for issue in check_problem(problem):
+...     print(issue)
+devices[1].device_id must be a device id unique in the fleet ('d0' is also devices[0]); got 'd0'
+devices[2].device_id must be a device id unique in the fleet ('d0' is also devices[0]); got 'd0'
+depth_choices must be depths within 1..2 (the cost model's num_layers); got (1, 3)
+>>> [conflict.family for conflict in check_feasibility(problem)]
+['group_sizes']
+>>> print(check_feasibility(problem)[0].reason)
+min_group_size × num_groups = 2 × 2 = 4 > 3 devices
+"""  # noqa: RUF002 (the multiplication sign is what the messages print)
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+
+import numpy as np
+from numpy.typing import NDArray
+
+from hierfedlora.planner import costs
+from hierfedlora.planner.errors import HierFedLoraWarning, InfeasibleError, InvalidInputError, Issue
+from hierfedlora.planner.grouping_model import resolve_num_groups
+from hierfedlora.planner.types import PlanningProblem
+
+__all__ = [
+    "BUDGET_TOLERANCE",
+    "FAMILIES",
+    "Conflict",
+    "check_feasibility",
+    "check_problem",
+    "find_warnings",
+    "format_bytes",
+    "raise_for_problem",
+]
+
+FAMILIES = ("num_groups", "group_sizes", "group_samples", "memory", "round_budget", "traffic_budget")
+"""The constraint families an :class:`InfeasibleError` can name in ``conflicting``.
+
+``num_groups``, ``group_sizes`` and ``group_samples`` are spelled as ``planner.grouping``
+spells them, so the same contradiction reads the same from either module.
+"""
+
+BUDGET_TOLERANCE = 1e-6
+"""A budget counts as met within this relative tolerance (HiGHS's primal feasibility tolerance)."""
+
+_TIMES = "\u00d7"  # the multiplication sign of STYLE.md 2.4's messages
+_LISTED_DEVICES = 3  # a long list of offenders helps no one; name a few and count the rest
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Conflict:
+    """A contradiction proved by arithmetic: its constraint family, why (with numbers), what to relax."""
+
+    family: str
+    reason: str
+    hint: str = ""
+
+
+def format_bytes(num_bytes: float) -> str:
+    """Bytes in the largest binary unit that keeps the number >= 1 (``2.3 GiB``, ``512 B``)."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(num_bytes) >= size:
+            return f"{num_bytes / size:.1f} {unit}"
+    return f"{num_bytes:.0f} B"
+
+
+def _product(names: tuple[str, ...], values: tuple[int, ...]) -> str:
+    """``min_group_size x num_groups = 6 x 10 = 60``, with the multiplication sign."""
+    return f"{f' {_TIMES} '.join(names)} = {f' {_TIMES} '.join(map(str, values))} = {math.prod(values)}"
+
+
+def _two_amounts(need: float, have: float) -> tuple[str, str]:
+    """Both amounts in the same short form, or exact bytes when the short forms would read equal."""
+    short = format_bytes(need), format_bytes(have)
+    return short if short[0] != short[1] else (f"{need:,.0f} B", f"{have:,.0f} B")
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Cross-object rules: Issues (invalid input)
+# ---------------------------------------------------------------------------------------------
+
+
+def check_problem(problem: PlanningProblem) -> list[Issue]:
+    """Every broken rule that spans objects, as :class:`Issue` s with paths into the problem.
+
+    Parameters
+    ----------
+    problem : PlanningProblem
+        Already valid field by field (its ``__post_init__`` ran).
+
+    Returns
+    -------
+    list of Issue
+        Empty when the problem is consistent.
+    """
+    issues: list[Issue] = []
+    first_seen: dict[str, int] = {}
+    for idx, device in enumerate(problem.devices):
+        if device.device_id in first_seen:
+            other = first_seen[device.device_id]
+            expected = f"a device id unique in the fleet ({device.device_id!r} is also devices[{other}])"
+            issues.append(Issue(f"devices[{idx}].device_id", expected, device.device_id))
+        first_seen.setdefault(device.device_id, idx)
+    num_classes = len(problem.devices[0].label_counts)
+    for idx, device in enumerate(problem.devices[1:], start=1):
+        if len(device.label_counts) != num_classes:
+            expected = f"a list of {num_classes} counts, one per class as in devices[0]"
+            issues.append(Issue(f"devices[{idx}].label_counts", expected, device.label_counts))
+    num_layers = problem.cost_model.num_layers
+    if problem.depth_choices is not None and not all(1 <= d <= num_layers for d in problem.depth_choices):
+        expected = f"depths within 1..{num_layers} (the cost model's num_layers)"
+        issues.append(Issue("depth_choices", expected, problem.depth_choices))
+    if problem.max_group_size is not None and problem.max_group_size < problem.min_group_size:
+        expected = f">= min_group_size ({problem.min_group_size}), or null"
+        issues.append(Issue("max_group_size", expected, problem.max_group_size))
+    if (
+        problem.max_group_samples is not None
+        and problem.min_group_samples is not None
+        and problem.max_group_samples < problem.min_group_samples
+    ):
+        expected = f">= min_group_samples ({problem.min_group_samples}), or null"
+        issues.append(Issue("max_group_samples", expected, problem.max_group_samples))
+    if len(set(problem.intra_rounds_choices)) != len(problem.intra_rounds_choices):
+        issues.append(Issue("intra_rounds_choices", "a list of distinct integers >= 1", problem.intra_rounds_choices))
+    return issues
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Feasibility arithmetic: Conflicts (infeasible)
+# ---------------------------------------------------------------------------------------------
+
+
+def check_feasibility(problem: PlanningProblem) -> list[Conflict]:
+    """Contradictions that arithmetic proves before any solver runs, each with its numbers.
+
+    Call on a problem for which :func:`check_problem` found no issue.
+
+    Returns
+    -------
+    list of Conflict
+        In the order of :data:`FAMILIES`; empty when arithmetic finds nothing.
+    """
+    return [
+        *_group_size_conflicts(problem),
+        *_group_sample_conflicts(problem),
+        *_memory_conflicts(problem),
+        *_round_budget_conflicts(problem),
+        *_traffic_conflicts(problem),
+    ]
+
+
+def _group_size_conflicts(problem: PlanningProblem) -> list[Conflict]:
+    num_devices, num_groups = len(problem.devices), problem.num_groups
+    smallest, largest = problem.min_group_size, problem.max_group_size
+    found: list[Conflict] = []
+    if num_groups is None:
+        fewest = 1 if largest is None else math.ceil(num_devices / largest)
+        most = num_devices // smallest
+        if fewest > most:
+            sizes = f"at least {smallest}" if largest is None else f"{smallest}..{largest}"
+            reason = (
+                f"no number of groups fits {num_devices} devices into groups of {sizes} devices: "
+                f"at least {fewest} groups are needed and at most {most} can be filled"
+            )
+            found.append(Conflict("group_sizes", reason, "widen min_group_size..max_group_size"))
+        return found
+    if num_groups > num_devices:
+        reason = f"num_groups = {num_groups} > {num_devices} devices: some group would be empty"
+        found.append(Conflict("num_groups", reason, f"set num_groups to at most {num_devices}"))
+    if smallest * num_groups > num_devices:
+        product = _product(("min_group_size", "num_groups"), (smallest, num_groups))
+        reason = f"{product} > {num_devices} devices"
+        found.append(Conflict("group_sizes", reason, "lower min_group_size or num_groups"))
+    if largest is not None and largest * num_groups < num_devices:
+        product = _product(("max_group_size", "num_groups"), (largest, num_groups))
+        reason = f"{product} < {num_devices} devices"
+        found.append(Conflict("group_sizes", reason, "raise max_group_size or num_groups"))
+    return found
+
+
+def _group_sample_conflicts(problem: PlanningProblem) -> list[Conflict]:
+    samples = [device.num_samples for device in problem.devices]
+    total, num_groups = sum(samples), problem.num_groups
+    if num_groups is None and not _group_size_conflicts(problem):
+        num_groups = resolve_num_groups(problem)  # the K grouping will use
+    least, most = problem.min_group_samples, problem.max_group_samples
+    found: list[Conflict] = []
+    if least is not None:
+        needed = least * (num_groups or 1)  # without num_groups, at least one group exists
+        if needed > total:
+            words = (
+                _product(("min_group_samples", "num_groups"), (least, num_groups))
+                if num_groups
+                else f"min_group_samples = {least}"
+            )
+            reason = f"{words} > {total} samples in the fleet"
+            found.append(Conflict("group_samples", reason, "lower min_group_samples or num_groups"))
+    if most is not None:
+        if num_groups is not None and most * num_groups < total:
+            product = _product(("max_group_samples", "num_groups"), (most, num_groups))
+            reason = f"{product} < {total} samples in the fleet"
+            found.append(Conflict("group_samples", reason, "raise max_group_samples or num_groups"))
+        too_many = [(d.device_id, n) for d, n in zip(problem.devices, samples, strict=True) if n > most]
+        if too_many:
+            named = ", ".join(f"{device_id} holds {n}" for device_id, n in too_many[:_LISTED_DEVICES])
+            more = f" (and {len(too_many) - _LISTED_DEVICES} more)" if len(too_many) > _LISTED_DEVICES else ""
+            reason = f"{named} samples > max_group_samples = {most}{more}; a device cannot be split"
+            found.append(Conflict("group_samples", reason, "raise max_group_samples"))
+    return found
+
+
+def _memory_conflicts(problem: PlanningProblem) -> list[Conflict]:
+    depth = min(problem.effective_depth_choices)
+    need = costs.peak_memory_bytes(problem.cost_model, depth=depth, batch_size=problem.effective_batch_size)
+    short = [d for d in problem.devices if d.memory_bytes < need]
+    if not short:
+        return []
+    parts = []
+    for device in short[:_LISTED_DEVICES]:
+        need_text, have_text = _two_amounts(need, device.memory_bytes)
+        parts.append(f"{device.device_id} needs {need_text} at depth {depth} and has {have_text}")
+    more = f" (and {len(short) - _LISTED_DEVICES} more)" if len(short) > _LISTED_DEVICES else ""
+    hint = "give these devices more memory, lower batch_size, or leave them out of the fleet"
+    return [Conflict("memory", "; ".join(parts) + more, hint)]
+
+
+def _device_round_times_s(problem: PlanningProblem) -> NDArray[np.float64]:
+    """(C5) for each device alone: an ``(N, |depths|)`` array of one intra-group round's seconds."""
+    cost, depths = problem.cost_model, problem.effective_depth_choices
+    scales = np.array([d.compute_scale for d in problem.devices])
+    uplink = np.array([d.uplink_mbps for d in problem.devices])
+    downlink = np.array([d.downlink_mbps for d in problem.devices])
+    steps = costs.step_time_table_s(cost, scales, depths, problem.effective_batch_size)
+    exchange = costs.exchange_time_table_s(cost, uplink, downlink, depths, problem.intra_latency_s)
+    round_s: NDArray[np.float64] = problem.local_steps * steps + exchange
+    return round_s
+
+
+def _round_budget_conflicts(problem: PlanningProblem) -> list[Conflict]:
+    if problem.round_budget_s is None:
+        return []
+    cost, depths, batch = problem.cost_model, problem.effective_depth_choices, problem.effective_batch_size
+    memory = np.array([d.memory_bytes for d in problem.devices])[:, None]
+    need = np.array([costs.peak_memory_bytes(cost, depth=d, batch_size=batch) for d in depths])[None, :]
+    fewest_rounds = min(problem.intra_rounds_choices)
+    # Every device is at least as slow inside a group as alone, at its fastest depth that fits.
+    alone = np.where(memory >= need, fewest_rounds * _device_round_times_s(problem), np.inf)
+    fastest = alone.min(axis=1)
+    if not np.isfinite(fastest).any():
+        return []  # no device fits any depth: the memory conflict says so
+    slowest_idx = int(np.argmax(np.where(np.isfinite(fastest), fastest, -np.inf)))
+    depth = depths[int(np.argmin(alone[slowest_idx]))]
+    global_s = costs.global_aggregation_s(
+        cost, [depths[0]], backhaul_mbps=problem.backhaul_mbps, latency_s=problem.global_latency_s
+    )
+    lower_s = float(fastest[slowest_idx]) + global_s
+    if problem.round_budget_s * (1 + BUDGET_TOLERANCE) >= lower_s:
+        return []
+    reason = (
+        f"round_budget_s = {problem.round_budget_s:g} s is below the fastest possible round, {lower_s:.4g} s: "
+        f"{problem.devices[slowest_idx].device_id} alone needs {fastest[slowest_idx]:.4g} s at depth {depth} "
+        f"with intra_rounds {fewest_rounds}, plus {global_s:.4g} s of global aggregation"
+    )
+    return [Conflict("round_budget", reason, f"raise round_budget_s to at least {lower_s:.4g} s")]
+
+
+def _traffic_conflicts(problem: PlanningProblem) -> list[Conflict]:
+    if problem.traffic_budget_bytes is None:
+        return []
+    depth, fewest_rounds = min(problem.effective_depth_choices), min(problem.intra_rounds_choices)
+    num_devices = len(problem.devices)
+    least = costs.group_traffic_bytes(
+        problem.cost_model, num_devices=num_devices, depth=depth, intra_rounds=fewest_rounds
+    )
+    if problem.traffic_budget_bytes * (1 + BUDGET_TOLERANCE) >= least:
+        return []
+    adapter = costs.adapter_bytes(problem.cost_model, depth=depth)
+    reason = (
+        f"traffic_budget_bytes = {problem.traffic_budget_bytes:.6g} is below the least possible traffic per round, "
+        f"{least:,} bytes: {num_devices} devices {_TIMES} intra_rounds {fewest_rounds} {_TIMES} 2 ways "
+        f"{_TIMES} {adapter:,} adapter bytes at depth {depth}"
+    )
+    return [Conflict("traffic_budget", reason, f"raise traffic_budget_bytes to at least {least:,}")]
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Legal but suspicious: warnings
+# ---------------------------------------------------------------------------------------------
+
+
+def find_warnings(problem: PlanningProblem) -> list[str]:
+    """Messages for legal but suspicious settings (one group, full depth only, no intra-group rounds)."""
+    found = []
+    num_groups = problem.num_groups
+    if num_groups is None and not _group_size_conflicts(problem):
+        num_groups = resolve_num_groups(problem)
+    if num_groups == 1:
+        words = (
+            "num_groups = 1" if problem.num_groups else f"num_groups resolves to 1 for {len(problem.devices)} devices"
+        )
+        found.append(f"{words}: one group is flat federated LoRA; grouping and intra_rounds have no effect")
+    num_layers = problem.cost_model.num_layers
+    if problem.effective_depth_choices == (num_layers,):
+        found.append(
+            f"depth_choices = ({num_layers},) allows full depth only: no group can save compute, memory or "
+            "traffic with a shallower depth"
+        )
+    if tuple(problem.intra_rounds_choices) == (1,):
+        found.append("intra_rounds_choices = (1,): groups never aggregate between global rounds")
+    return found
+
+
+def raise_for_problem(problem: PlanningProblem, *, stacklevel: int = 2) -> None:
+    """Check ``problem`` completely; raise on the first failing pass, warn on suspicious input.
+
+    Parameters
+    ----------
+    problem : PlanningProblem
+    stacklevel : int
+        Passed to :func:`warnings.warn`: 2 points at the caller of this function; callers
+        that wrap it (``make_plan``) add one so the warning points at *their* caller.
+
+    Raises
+    ------
+    InvalidInputError
+        Listing every :func:`check_problem` issue.
+    InfeasibleError
+        Listing every :func:`check_feasibility` conflict: ``reason`` joins their reasons,
+        ``conflicting`` names their families, ``hint`` joins their hints.
+
+    Warns
+    -----
+    HierFedLoraWarning
+        One per :func:`find_warnings` message.
+    """
+    issues = check_problem(problem)
+    if issues:
+        raise InvalidInputError(issues)
+    conflicts = check_feasibility(problem)
+    if conflicts:
+        families = tuple(dict.fromkeys(conflict.family for conflict in conflicts))
+        raise InfeasibleError(
+            "; ".join(conflict.reason for conflict in conflicts),
+            conflicting=families,
+            hint="; ".join(dict.fromkeys(conflict.hint for conflict in conflicts if conflict.hint)),
+        )
+    for message in find_warnings(problem):
+        warnings.warn(message, HierFedLoraWarning, stacklevel=stacklevel)

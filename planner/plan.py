@@ -1,0 +1,223 @@
+"""Make a plan: check the problem, group the devices, assign depths and intra_rounds, stamp provenance.
+
+:func:`make_plan` is the planner's one entry point for a single plan; it raises on the
+first step that fails (exceptions for one plan; ``whatif`` turns them into rows).
+:func:`summarize_plan` renders a plan as the table the CLI prints.
+
+Examples
+--------
+Four devices, two classes; two groups of two, and the toy costs of ``tests/planner/cases.py``
+(``base`` case): both groups train depth 2 with 2 intra-group rounds, 14 s a global round,
+10 · 14 / 2 = 70 s to target.
+
+>>> from hierfedlora.planner.types import ConvergenceParams, CostModel, DeviceProfile, PlanningProblem
+>>> cost = CostModel(model_name="toy", num_layers=2, batch_size=1, seq_len=8,
+...     embedding_forward_s=0.0, layer_forward_s=(0.5, 0.5), layer_backward_s=(1.0, 1.0),
+...     head_step_s=0.0, layer_optimizer_s=0.0, adapter_bytes_per_layer=1_000_000, head_bytes=0,
+...     activation_bytes_per_sample_per_layer=1, optimizer_bytes_per_layer=0,
+...     base_model_bytes=1_000_000)
+>>> devices = tuple(DeviceProfile(device_id=f"d{i}", label_counts=c, compute_scale=1.0,
+...     memory_bytes=2**30, uplink_mbps=16.0, downlink_mbps=16.0)
+...     for i, c in enumerate([(10, 0), (0, 10), (20, 0), (0, 20)]))
+>>> problem = PlanningProblem(devices=devices, cost_model=cost, num_groups=2, min_group_size=2,
+...     max_group_size=2, depth_choices=(1, 2), intra_rounds_choices=(1, 2), local_steps=1,
+...     intra_latency_s=0.0, global_latency_s=0.0, backhaul_mbps=8.0,
+...     convergence=ConvergenceParams(depth_exponent=1.0, reference_rounds=10.0))
+>>> plan = make_plan(problem)
+>>> [(g.device_ids, g.depth, g.intra_rounds) for g in plan.groups], plan.objective_value
+([(('d0', 'd1'), 2, 2), (('d2', 'd3'), 2, 2)], 70.0)
+
+Every outcome has a type; handle each one:
+
+>>> import dataclasses
+>>> from hierfedlora.planner.errors import InfeasibleError, NoSolutionError
+>>> try:
+...     plan = make_plan(dataclasses.replace(problem, round_budget_s=4.0))
+... except InfeasibleError as err:
+...     print(err.reason, "| conflicting:", ", ".join(err.conflicting))
+... except NoSolutionError as err:
+...     print(f"no feasible plan within {err.solve_time_s:.0f} s")
+... else:
+...     if plan.status is SolveStatus.FEASIBLE:
+...         print(f"time limit hit; gap {plan.relative_gap:.1%}")
+round_budget_s = 4 s is below the fastest possible round, 5 s: d0 alone needs 3 s at depth 1 with intra_rounds 1, \
+plus 2 s of global aggregation | conflicting: round_budget
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+
+import numpy as np
+
+from hierfedlora.planner.assignment import Assignment, assign_depths_and_rounds
+from hierfedlora.planner.checks import raise_for_problem
+from hierfedlora.planner.errors import HierFedLoraWarning
+from hierfedlora.planner.grouping import group_devices
+from hierfedlora.planner.io import sha256_of
+from hierfedlora.planner.outcomes import Group, Grouping, Limit, Plan, SolveStatus
+from hierfedlora.planner.skew import label_skew
+from hierfedlora.planner.types import PlanningProblem
+
+__all__ = ["make_plan", "summarize_plan"]
+
+log = logging.getLogger(__name__)
+
+
+def make_plan(problem: PlanningProblem, *, parent_plan_id: str | None = None, reason: str = "") -> Plan:
+    """Plan ``problem``: check it, group its devices, choose every group's depth and intra_rounds.
+
+    Parameters
+    ----------
+    problem : PlanningProblem
+        ``solver.time_limit_s`` bounds grouping and assignment separately (seconds).
+    parent_plan_id : str or None
+        The plan this one replaces (``planner.feedback`` re-plans), kept as provenance.
+    reason : str
+        Why this plan was made (e.g. ``"device d3 left"``), kept as provenance.
+
+    Returns
+    -------
+    Plan
+        ``objective_value`` is the predicted time to target (seconds) and ``dual_bound`` a
+        proven lower bound on it *for the grouping found*; ``status`` is FEASIBLE, with
+        the limit that stopped it, if grouping or assignment stopped at a limit.
+
+    Raises
+    ------
+    InvalidInputError
+        Rules spanning objects are broken (``checks.check_problem``), all listed.
+    InfeasibleError
+        Arithmetic (``checks.check_feasibility``), grouping or assignment proves no plan
+        exists; ``conflicting`` names the constraint families.
+    NoSolutionError
+        A time limit passed before grouping or assignment found anything.
+    SolverFailedError
+        CP-SAT, HiGHS or cvxpy failed.
+
+    Warns
+    -----
+    HierFedLoraWarning
+        Legal but suspicious input (``checks.find_warnings``), or a limit that left a gap open.
+    """
+    started = time.perf_counter()
+    raise_for_problem(problem, stacklevel=3)  # warnings point at make_plan's caller
+    grouping = group_devices(problem)
+    assignment = assign_depths_and_rounds(grouping, problem)
+    status, limit = _combined_status(grouping, assignment)
+    cost = problem.cost_model
+    plan = Plan(
+        groups=_groups(problem, grouping, assignment),
+        predicted_round_time_s=assignment.round_time_s,
+        predicted_rounds_to_target=assignment.rounds_to_target,
+        objective_value=assignment.objective_value,
+        dual_bound=assignment.dual_bound,
+        status=status,
+        limit=limit,
+        solve_time_s=time.perf_counter() - started,
+        solver=f"{grouping.method}+highs",
+        seed=problem.solver.seed,
+        batch_size=problem.effective_batch_size,
+        model_name=cost.model_name,
+        cost_model_sha256=cost.model_sha256 or sha256_of(cost),
+        fleet_sha256=sha256_of(problem.devices),
+        grouping_objective=grouping.objective,
+        grouping_bound=grouping.bound,
+        parent_plan_id=parent_plan_id,
+        reason=reason,
+    )
+    log.info(
+        "plan %s: %d groups, %.4g s to target (%s, gap %.2g), %.3g s",
+        plan.plan_id,
+        len(plan.groups),
+        plan.objective_value,
+        status.name,
+        plan.relative_gap,
+        plan.solve_time_s,
+    )
+    if status is SolveStatus.FEASIBLE:
+        warnings.warn(
+            f"a {limit.name if limit else ''} limit left a gap open: grouping {grouping.status.name} "
+            f"(gap {grouping.relative_gap:.2%}), assignment {assignment.status.name} "
+            f"(gap {assignment.relative_gap:.2%}); raise solver.time_limit_s to close it",
+            HierFedLoraWarning,
+            stacklevel=2,
+        )
+    return plan
+
+
+def _combined_status(grouping: Grouping, assignment: Assignment) -> tuple[SolveStatus, Limit | None]:
+    """FEASIBLE, with the limit that stopped it, if either step stopped at a limit; else OPTIMAL."""
+    for step in (assignment, grouping):
+        if step.status is not SolveStatus.OPTIMAL:
+            return SolveStatus.FEASIBLE, step.limit or Limit.TIME
+    return SolveStatus.OPTIMAL, None
+
+
+def _groups(problem: PlanningProblem, grouping: Grouping, assignment: Assignment) -> tuple[Group, ...]:
+    devices = problem.devices
+    counts = np.array([d.label_counts for d in devices], dtype=np.int64)
+    global_counts = counts.sum(axis=0)
+    return tuple(
+        Group(
+            group_id=k,
+            device_ids=tuple(devices[i].device_id for i in members),
+            depth=assignment.depths[k],
+            intra_rounds=assignment.intra_rounds[k],
+            local_steps=problem.local_steps,
+            label_skew=label_skew(counts[list(members)].sum(axis=0), global_counts),
+            predicted_intra_round_s=assignment.intra_round_time_s[k],
+        )
+        for k, members in enumerate(grouping.members)
+    )
+
+
+def summarize_plan(plan: Plan) -> str:
+    """A plan as a readable table: provenance, prediction, then one row per group.
+
+    ``gap`` is the plan's (time to target, for its grouping); the grouping's own gap follows
+    in brackets, since a FEASIBLE plan may owe its status to either step.
+
+    Examples
+    --------
+    >>> from hierfedlora.planner.outcomes import Skew
+    >>> group = Group(group_id=0, device_ids=("a", "b"), depth=2, intra_rounds=4, local_steps=5,
+    ...     label_skew=Skew(kl=0.01, l1=0.1, hellinger=0.05), predicted_intra_round_s=3.0)
+    >>> plan = Plan(groups=(group,), predicted_round_time_s=13.0, predicted_rounds_to_target=40.0,
+    ...     objective_value=520.0, dual_bound=510.0, status=SolveStatus.FEASIBLE, limit=Limit.TIME,
+    ...     solve_time_s=1.5, solver="cpsat+highs", seed=0)
+    >>> print(summarize_plan(plan))  # doctest: +NORMALIZE_WHITESPACE +ELLIPSIS
+    plan ...   status FEASIBLE (TIME limit)   gap 1.92% (grouping 0.00%)   solver cpsat+highs   seed 0   solve 1.50 s
+    predicted: 13 s per global round x 40 rounds = 520 s to target (bound 510 s)
+    group  devices  skew L1  depth  intra_rounds  intra-round s  group part s
+        0        2    0.100      2             4          3.000        12.000
+    """
+    limit = f" ({plan.limit.name} limit)" if plan.limit is not None else ""
+    grouping_gap = max(0.0, plan.grouping_objective - plan.grouping_bound) / max(abs(plan.grouping_objective), 1e-9)
+    lines = [
+        f"plan {plan.plan_id}   status {plan.status.name}{limit}   gap {plan.relative_gap:.2%} "
+        f"(grouping {grouping_gap:.2%})   solver {plan.solver}   seed {plan.seed}   solve {plan.solve_time_s:.2f} s",
+    ]
+    if plan.parent_plan_id is not None or plan.reason:
+        lines.append(f"parent: {plan.parent_plan_id or 'none'}   reason: {plan.reason or '-'}")
+    lines.append(
+        f"predicted: {plan.predicted_round_time_s:.4g} s per global round x {plan.predicted_rounds_to_target:.4g} "
+        f"rounds = {plan.objective_value:.4g} s to target (bound {plan.dual_bound:.4g} s)"
+    )
+    header = ("group", "devices", "skew L1", "depth", "intra_rounds", "intra-round s", "group part s")
+    lines.append("  ".join(header))
+    widths = [len(name) for name in header]
+    for group in plan.groups:
+        cells = (
+            str(group.group_id),
+            str(len(group.device_ids)),
+            f"{group.label_skew.l1:.3f}",
+            str(group.depth),
+            str(group.intra_rounds),
+            f"{group.predicted_intra_round_s:.3f}",
+            f"{group.intra_rounds * group.predicted_intra_round_s:.3f}",
+        )
+        lines.append("  ".join(cell.rjust(width) for cell, width in zip(cells, widths, strict=True)))
+    return "\n".join(lines)
