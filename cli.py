@@ -92,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # cvxpy logs solver-interface version notices through its own non-propagating logger.
+    logging.getLogger("__cvxpy__").setLevel(logging.ERROR)
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 2

@@ -207,7 +207,13 @@ class Plan:
         for idx, group in enumerate(self.groups):
             for device_id in group.device_ids:
                 if device_id in seen:
-                    issues.append(Issue(f"groups[{idx}].device_ids", f"devices in exactly one group ({device_id!r} is also in groups[{seen[device_id]}])", device_id))
+                    issues.append(
+                        Issue(
+                            f"groups[{idx}].device_ids",
+                            f"devices in exactly one group ({device_id!r} is also in groups[{seen[device_id]}])",
+                            device_id,
+                        )
+                    )
                 seen[device_id] = idx
         if [g.group_id for g in self.groups] != list(range(len(self.groups))):
             issues.append(Issue("groups", "group_id 0, 1, ... in order", [g.group_id for g in self.groups]))
@@ -217,6 +223,11 @@ class Plan:
     def relative_gap(self) -> float:
         """``|objective - bound| / max(|objective|, 1e-9)``; 0 for a proven optimum."""
         return abs(self.objective_value - self.dual_bound) / max(abs(self.objective_value), 1e-9)
+
+    @property
+    def grouping_relative_gap(self) -> float:
+        """The grouping's own gap, ``(objective - bound) / max(objective, 1e-9)``."""
+        return max(0.0, self.grouping_objective - self.grouping_bound) / max(abs(self.grouping_objective), 1e-9)
 
     @property
     def device_ids(self) -> tuple[str, ...]:
