@@ -140,7 +140,11 @@ def check_problem(problem: PlanningProblem) -> list[Issue]:
     if problem.depth_choices is not None and not all(1 <= d <= num_layers for d in problem.depth_choices):
         expected = f"depths within 1..{num_layers} (the cost model's num_layers)"
         issues.append(Issue("depth_choices", expected, problem.depth_choices))
-    if problem.max_group_size is not None and problem.max_group_size < problem.min_group_size:
+    if (
+        problem.max_group_size is not None
+        and problem.min_group_size is not None
+        and problem.max_group_size < problem.min_group_size
+    ):
         expected = f">= min_group_size ({problem.min_group_size}), or null"
         issues.append(Issue("max_group_size", expected, problem.max_group_size))
     if (
@@ -181,8 +185,13 @@ def check_feasibility(problem: PlanningProblem) -> list[Conflict]:
 
 def _group_size_conflicts(problem: PlanningProblem) -> list[Conflict]:
     num_devices, num_groups = len(problem.devices), problem.num_groups
-    smallest, largest = problem.min_group_size, problem.max_group_size
+    smallest, largest = problem.min_group_size or 1, problem.max_group_size
     found: list[Conflict] = []
+    if problem.min_group_size is None and largest is None:  # balanced sizes: any K <= N fits
+        if num_groups is not None and num_groups > num_devices:
+            reason = f"num_groups = {num_groups} > {num_devices} devices: some group would be empty"
+            found.append(Conflict("num_groups", reason, f"set num_groups to at most {num_devices}"))
+        return found
     if num_groups is None:
         fewest = 1 if largest is None else math.ceil(num_devices / largest)
         most = num_devices // smallest

@@ -92,12 +92,7 @@ MEGABIT = 1e6
 
 def _per_sample_s(cost: CostModel, depth: int) -> float:
     top = cost.num_layers - depth
-    return (
-        cost.embedding_forward_s
-        + sum(cost.layer_forward_s)
-        + sum(cost.layer_backward_s[top:])
-        + cost.head_step_s
-    )
+    return cost.embedding_forward_s + sum(cost.layer_forward_s) + sum(cost.layer_backward_s[top:]) + cost.head_step_s
 
 
 def step_time_s(cost: CostModel, *, compute_scale: float, depth: int, batch_size: int) -> float:

@@ -65,7 +65,11 @@ class Issue:
         """Return this issue with ``prefix`` put before its path."""
         if not prefix:
             return self
-        path = prefix if not self.path else (f"{prefix}{self.path}" if self.path.startswith("[") else f"{prefix}.{self.path}")
+        path = (
+            prefix
+            if not self.path
+            else (f"{prefix}{self.path}" if self.path.startswith("[") else f"{prefix}.{self.path}")
+        )
         return dataclasses.replace(self, path=path)
 
 
@@ -176,9 +180,7 @@ class ResumeMismatchError(HierFedLoraError):
         self.field = field
         self.expected = expected
         self.found = found
-        super().__init__(
-            f"cannot resume: checkpoint {field} is {found!r} but this run has {expected!r}"
-        )
+        super().__init__(f"cannot resume: checkpoint {field} is {found!r} but this run has {expected!r}")
 
     def __reduce__(self) -> tuple[object, ...]:
         return (ResumeMismatchError, (self.field, self.expected, self.found))
@@ -191,8 +193,7 @@ class RunInterruptedError(HierFedLoraError):
         self.last_committed_round = last_committed_round
         self.checkpoint_path = checkpoint_path
         super().__init__(
-            f"run interrupted after global round {last_committed_round}; "
-            f"resume with --resume {checkpoint_path}"
+            f"run interrupted after global round {last_committed_round}; resume with --resume {checkpoint_path}"
         )
 
     def __reduce__(self) -> tuple[object, ...]:

@@ -7,7 +7,7 @@ Sets: devices ``i = 1..N``, groups ``k = 1..K``, classes ``c = 1..C``.
 Data: ``n_ic`` device i's samples of class c; ``S_i = sum_c n_ic``; ``N_c = sum_i n_ic``;
 ``S = sum_i S_i``; ``P_c = N_c / S`` the fleet's share of class c; ``s_i`` device i's
 ``compute_scale``. K is ``problem.num_groups``, or ``max(1, round(N / 10))`` moved into
-``[ceil(N / max_group_size), floor(N / min_group_size)]`` (Python's ``round``: halves go to even).
+``[ceil(N / max_group_size), floor(N / min_group_size)]`` when a bound is set (Python's ``round``: halves go to even).
 
 Variables: ``x_ik in {0, 1}``, 1 when device i is in group k. Group totals
 ``n_kc = sum_i n_ic x_ik`` and ``S_k = sum_i S_i x_ik``.
@@ -15,7 +15,9 @@ Variables: ``x_ik in {0, 1}``, 1 when device i is in group k. Group totals
 Constraints:
 
 (1) each device in exactly one group:   ``sum_k x_ik = 1``  for every i
-(2) group sizes:                        ``min_group_size <= sum_i x_ik <= max_group_size``
+(2) group sizes:                        ``a <= sum_i x_ik <= b``; ``(a, b)`` from
+                                        ``grouping_model.size_bounds``: balanced
+                                        ``floor(N/K)..ceil(N/K)`` unless a bound is set
 (3) group samples (when set):           ``min_group_samples <= S_k <= max_group_samples``
 (4) speed band (when set):              ``max_{i in k} s_i <= max_speed_ratio * min_{i in k} s_i``
 (5) symmetry breaking (CP-SAT only):    groups ordered by their smallest member,
@@ -39,7 +41,8 @@ lower bound.
 
 Note that the objective never rewards balance: merging two groups never raises it (triangle
 inequality), so with loose size bounds an optimum may pair many small groups with one large
-one. Set ``min_group_size`` / ``max_group_size`` to get groups of similar size.
+one. That is why sizes default to balanced (``floor(N/K)..ceil(N/K)``); setting
+``min_group_size`` or ``max_group_size`` replaces that default with the given bounds.
 """
 
 from __future__ import annotations

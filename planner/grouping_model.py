@@ -94,7 +94,7 @@ def resolve_num_groups(problem: PlanningProblem) -> int:
     if problem.num_groups is not None:
         return problem.num_groups
     fewest = 1 if problem.max_group_size is None else -(-num_devices // problem.max_group_size)
-    most = num_devices // problem.min_group_size
+    most = num_devices // (problem.min_group_size or 1)
     if fewest > most:
         raise InfeasibleError(
             f"no number of groups fits {num_devices} devices with min_group_size = {problem.min_group_size} "
@@ -103,6 +103,17 @@ def resolve_num_groups(problem: PlanningProblem) -> int:
             hint="widen the group size bounds",
         )
     return min(max(max(1, round(num_devices / 10)), fewest), most)
+
+
+def size_bounds(problem: PlanningProblem, num_groups: int) -> tuple[int, int]:
+    """Effective devices-per-group bounds: balanced ``floor(N/K)..ceil(N/K)`` when neither is set.
+    """
+    num_devices = len(problem.devices)
+    if problem.min_group_size is None and problem.max_group_size is None:
+        return num_devices // max(num_groups, 1), -(-num_devices // max(num_groups, 1))
+    lowest = problem.min_group_size or 1
+    highest = num_devices if problem.max_group_size is None else min(problem.max_group_size, num_devices)
+    return lowest, highest
 
 
 def grouping_data(problem: PlanningProblem, *, num_groups: int | None = None) -> GroupingData:
@@ -128,9 +139,11 @@ def grouping_data(problem: PlanningProblem, *, num_groups: int | None = None) ->
     class_totals = counts.sum(axis=0)
     total = int(samples.sum())
     num_devices = len(problem.devices)
+    resolved_groups = resolve_num_groups(problem) if num_groups is None else num_groups
+    min_size, max_size = size_bounds(problem, resolved_groups)
     return GroupingData(
         num_devices=num_devices,
-        num_groups=resolve_num_groups(problem) if num_groups is None else num_groups,
+        num_groups=resolved_groups,
         counts=counts,
         samples=samples,
         class_totals=class_totals,
@@ -138,8 +151,8 @@ def grouping_data(problem: PlanningProblem, *, num_groups: int | None = None) ->
         excess=total * counts - np.outer(samples, class_totals),
         scales=np.array([d.compute_scale for d in problem.devices], dtype=np.float64),
         device_ids=tuple(d.device_id for d in problem.devices),
-        min_size=problem.min_group_size,
-        max_size=num_devices if problem.max_group_size is None else min(problem.max_group_size, num_devices),
+        min_size=min_size,
+        max_size=max_size,
         min_samples=problem.min_group_samples or 0,
         max_samples=problem.max_group_samples,
         max_speed_ratio=problem.max_speed_ratio,

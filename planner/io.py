@@ -145,7 +145,12 @@ def _parse_dataclass(cls: Any, value: Any, path: str, out: _Collector) -> Any:
     for key in value:
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1)
-            out.add(_join(path, key), f"a known field of {cls.__name__}", key, f"did you mean {close[0]!r}?" if close else "")
+            out.add(
+                _join(path, key),
+                f"a known field of {cls.__name__}",
+                key,
+                f"did you mean {close[0]!r}?" if close else "",
+            )
     kwargs: dict[str, Any] = {}
     for name, field in fields.items():
         if name not in value:
@@ -185,7 +190,9 @@ def from_json(cls: type[T], text: str, *, source: str | None = None) -> T:
     try:
         data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInputError([Issue(f"line {getattr(exc, 'lineno', '?')}", "valid JSON", str(exc))], source) from None
+        raise InvalidInputError(
+            [Issue(f"line {getattr(exc, 'lineno', '?')}", "valid JSON", str(exc))], source
+        ) from None
     return from_dict(cls, data, source=source)
 
 

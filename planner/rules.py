@@ -70,9 +70,7 @@ def _finite_non_negative(value: object) -> bool:
 
 
 FINITE_POSITIVE = Rule("a finite number > 0", _finite_positive, (0.0, -2.0, math.nan, math.inf, "fast"))
-FINITE_NON_NEGATIVE = Rule(
-    "a finite number >= 0", _finite_non_negative, (-1.0, math.nan, math.inf, "zero")
-)
+FINITE_NON_NEGATIVE = Rule("a finite number >= 0", _finite_non_negative, (-1.0, math.nan, math.inf, "zero"))
 FRACTION = Rule(
     "a number in [0, 1]",
     lambda v: is_number(v) and math.isfinite(v) and 0 <= v <= 1,
@@ -80,9 +78,7 @@ FRACTION = Rule(
 )
 POSITIVE_INT = Rule("an integer >= 1", lambda v: is_int(v) and v >= 1, (0, -3, 2.5, math.nan, "8"))
 NON_NEGATIVE_INT = Rule("an integer >= 0", lambda v: is_int(v) and v >= 0, (-1, 1.5, "0"))
-NON_EMPTY_STRING = Rule(
-    "a non-empty string", lambda v: isinstance(v, str) and v.strip() != "", ("", "  ", 7, None)
-)
+NON_EMPTY_STRING = Rule("a non-empty string", lambda v: isinstance(v, str) and v.strip() != "", ("", "  ", 7, None))
 ANY_STRING = Rule("a string", lambda v: isinstance(v, str), (7, None))
 
 

@@ -178,7 +178,11 @@ class DatasetSpec:
 
 FLEET_RULES: dict[str, Rule] = {
     "schema_version": SCHEMA_RULE,
-    "class_names": Rule("a non-empty list of strings", lambda v: isinstance(v, tuple) and len(v) > 0 and all(isinstance(x, str) for x in v), ((), (1, 2))),
+    "class_names": Rule(
+        "a non-empty list of strings",
+        lambda v: isinstance(v, tuple) and len(v) > 0 and all(isinstance(x, str) for x in v),
+        ((), (1, 2)),
+    ),
     "partition": ANY_STRING,
     "seed": NON_NEGATIVE_INT,
 }
@@ -205,7 +209,11 @@ class Fleet:
         if not self.devices:
             issues.append(Issue("devices", "a non-empty list of devices", self.devices))
         if self.sample_indices and len(self.sample_indices) != len(self.devices):
-            issues.append(Issue("sample_indices", f"one list per device ({len(self.devices)})", f"{len(self.sample_indices)} lists"))
+            issues.append(
+                Issue(
+                    "sample_indices", f"one list per device ({len(self.devices)})", f"{len(self.sample_indices)} lists"
+                )
+            )
         _raise_if(issues)
 
 
@@ -346,11 +354,15 @@ class ConvergenceParams:
 
 PROBLEM_RULES: dict[str, Rule] = {
     "num_groups": OPTIONAL_POSITIVE_INT,
-    "min_group_size": POSITIVE_INT,
+    "min_group_size": OPTIONAL_POSITIVE_INT,
     "max_group_size": OPTIONAL_POSITIVE_INT,
     "min_group_samples": optional(NON_NEGATIVE_INT),
     "max_group_samples": OPTIONAL_POSITIVE_INT,
-    "max_speed_ratio": Rule("a finite number >= 1, or null", lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 1), (0.5, math.nan, math.inf, "2")),
+    "max_speed_ratio": Rule(
+        "a finite number >= 1, or null",
+        lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 1),
+        (0.5, math.nan, math.inf, "2"),
+    ),
     "depth_choices": optional(int_tuple(1)),
     "intra_rounds_choices": int_tuple(1),
     "local_steps": POSITIVE_INT,
@@ -375,8 +387,10 @@ class PlanningProblem:
     cost_model : CostModel
     num_groups : int or None
         Number of groups K; ``None`` picks ``round(N / 10)`` within the size bounds.
-    min_group_size, max_group_size : int
-        Devices per group (bounds inclusive; ``max_group_size=None`` is unbounded).
+    min_group_size, max_group_size : int or None
+        Devices per group (bounds inclusive). When both are ``None`` (the default), groups are
+        balanced: ``floor(N / K)`` to ``ceil(N / K)`` devices. When one is set, the other side
+        is open (at least 1, at most N).
     min_group_samples, max_group_samples : int or None
         Training samples per group (bounds inclusive).
     max_speed_ratio : float or None
@@ -405,7 +419,7 @@ class PlanningProblem:
     devices: tuple[DeviceProfile, ...]
     cost_model: CostModel
     num_groups: int | None = None
-    min_group_size: int = 1
+    min_group_size: int | None = None
     max_group_size: int | None = None
     min_group_samples: int | None = None
     max_group_samples: int | None = None

@@ -134,6 +134,12 @@ CONFLICTS = [
     (
         "more_groups_than_devices",
         {"num_groups": 9},
+        ("num_groups",),
+        "num_groups = 9 > 8 devices: some group would be empty",
+    ),
+    (
+        "more_groups_than_devices_with_a_minimum_size",
+        {"num_groups": 9, "min_group_size": 1},
         ("num_groups", "group_sizes"),
         "num_groups = 9 > 8 devices: some group would be empty; min_group_size × num_groups = 1 × 9 = 9 > 8 devices",  # noqa: RUF001
     ),
