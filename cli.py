@@ -15,6 +15,7 @@ import logging
 import sys
 import tempfile
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -83,6 +84,10 @@ def _report_bug(exc: BaseException) -> int:
     return 70
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *_args: object, **_kwargs: object) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code (the console script exits with it)."""
     parser = build_parser()
@@ -92,8 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # cvxpy logs solver-interface version notices through its own non-propagating logger.
-    logging.getLogger("__cvxpy__").setLevel(logging.ERROR)
+    warnings.showwarning = _show_warning
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 2
