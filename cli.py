@@ -44,7 +44,7 @@ EXIT_CODES: tuple[tuple[type[HierFedLoraError], int], ...] = (
 )
 
 
-COMMAND_MODULES = ("profile", "fleet", "plan", "demo")
+COMMAND_MODULES = ("profile", "fleet", "plan", "run", "demo")
 """Modules under ``hierfedlora.commands``; each has ``register(commands)``, which adds its subparser."""
 
 
@@ -113,3 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _report_bug(exc)
 
 
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+from collections.abc import Callable
+from pathlib import Path
 
+import pytest
+import torch
+
+from hierfedlora.models.catalog import ModelSpec, resolve_model_dir
 from hierfedlora.planner.types import CostModel, DeviceProfile
-from tests.factories import make_cost_model
+from tests.factories import WORDS, make_cost_model
 
 
 @pytest.fixture
@@ -16,11 +21,96 @@ def cost_model() -> CostModel:
 @pytest.fixture
 def tiny_fleet() -> tuple[DeviceProfile, ...]:
     """Eight devices, four classes, each device dominated by one or two classes."""
-    counts = [(30, 0, 0, 2), (0, 30, 2, 0), (2, 0, 30, 0), (0, 2, 0, 30),
-              (15, 15, 0, 0), (0, 0, 15, 15), (15, 0, 15, 0), (0, 15, 0, 15)]
+    counts = [
+        (30, 0, 0, 2),
+        (0, 30, 2, 0),
+        (2, 0, 30, 0),
+        (0, 2, 0, 30),
+        (15, 15, 0, 0),
+        (0, 0, 15, 15),
+        (15, 0, 15, 0),
+        (0, 15, 0, 15),
+    ]
     scales = [1.0, 1.0, 2.0, 2.0, 4.0, 4.0, 8.0, 8.0]
     return tuple(
-        DeviceProfile(device_id=f"d{i}", label_counts=c, compute_scale=s, memory_bytes=2**31,
-                      uplink_mbps=20.0, downlink_mbps=50.0)
+        DeviceProfile(
+            device_id=f"d{i}", label_counts=c, compute_scale=s, memory_bytes=2**31, uplink_mbps=20.0, downlink_mbps=50.0
+        )
         for i, (c, s) in enumerate(zip(counts, scales, strict=True))
     )
+
+
+# Model fixtures (real pretrained weights, offline): used by tests/models and tests/runtime.
+
+
+@pytest.fixture(scope="session")
+def minilm_slice_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding the default model's embeddings and first 2 layers, with its tokenizer."""
+    from transformers import AutoModel, AutoTokenizer
+
+    source = resolve_model_dir("default")
+    model = AutoModel.from_pretrained(source, local_files_only=True)
+    model.encoder.layer = model.encoder.layer[:2]
+    model.config.num_hidden_layers = 2
+    folder = tmp_path_factory.mktemp("minilm-2-layers")
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source, local_files_only=True).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def slice_spec(minilm_slice_dir: Path) -> ModelSpec:
+    """LoRA r=8 on query/value of the 2-layer slice, 4 classes."""
+    return ModelSpec(path=str(minilm_slice_dir), num_labels=4)
+
+
+def _word_tokenizer() -> object:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>")
+
+
+def _decoder_config(kind: str) -> object:
+    from transformers import GPT2Config, LlamaConfig
+
+    common = {"vocab_size": len(WORDS), "bos_token_id": 1, "eos_token_id": 1}
+    if kind == "gpt2":
+        return GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, **common)
+    return LlamaConfig(
+        num_hidden_layers=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        **common,
+    )
+
+
+@pytest.fixture(scope="session")
+def make_decoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Build (once per kind) a random 2-layer ``"gpt2"`` or ``"llama"`` model folder with a tokenizer."""
+    from transformers import AutoModel
+
+    built: dict[str, Path] = {}
+
+    def make(kind: str) -> Path:
+        if kind not in built:
+            folder = tmp_path_factory.mktemp(f"tiny-{kind}")
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                AutoModel.from_config(_decoder_config(kind)).save_pretrained(folder)
+            _word_tokenizer().save_pretrained(folder)
+            built[kind] = folder
+        return built[kind]
+
+    return make
+
+
+@pytest.fixture
+def texts() -> list[str]:
+    """Two short glosses of different lengths (so padding and attention masks matter)."""
+    return ["a dog is an animal", "cake"]

@@ -8,6 +8,7 @@ tests use it so they need no torch. Tests that need the real measured model buil
 from __future__ import annotations
 
 import numpy as np
+
 from hierfedlora.planner.types import CostModel, DeviceProfile
 
 
@@ -63,3 +64,5 @@ def make_devices(
     return tuple(devices)
 
 
+# The vocabulary of the tiny random decoder models built by tests/conftest.py.
+WORDS = ("<unk>", "<eos>", "a", "dog", "is", "an", "animal", "cake", "food", "the", "of", "tree", "plant")

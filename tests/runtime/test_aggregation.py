@@ -8,6 +8,9 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from hierfedlora.planner.errors import InvalidInputError
 from hierfedlora.runtime import aggregation
 from hierfedlora.runtime.aggregation import (
@@ -19,8 +22,6 @@ from hierfedlora.runtime.aggregation import (
     merge_across_groups,
     merge_weights,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 MODULES = ("query", "value")
 RANK, HIDDEN, CLASSES = 2, 3, 2

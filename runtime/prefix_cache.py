@@ -1,0 +1,398 @@
+"""The frozen-prefix cache: train the top ``d`` layers on hidden states computed once per sample.
+
+Notation: ``L`` layers, depth ``d``, boundary ``b = L - d`` (the lowest layer with live LoRA). The *front*
+is every module called before layer 0 (BERT's ``embeddings``; GPT-2's ``wte``, ``wpe``, ``drop``; LLaMA's
+``embed_tokens``, ``rotary_emb``), found once by watching a forward; the *frozen prefix* at ``b`` is the
+front plus layers ``0..b-1``. The training semantics of the whole runtime, defined by :class:`PlainForward`:
+
+(S1) The frozen prefix runs in **eval mode** (no dropout) and records no graph: LoRA below ``b`` is
+     disabled by :meth:`~hierfedlora.models.lora.AdaptedModel.set_depth` and the base model is frozen.
+(S2) Layers ``b..L-1`` and all after them (pooler, head, its dropout) run in **train mode** in
+     :meth:`Forward.loss`; :meth:`Forward.logits` runs the whole model in eval mode.
+(S3) Module modes are restored when a call returns: a call changes no state but the RNG (dropout).
+
+So ``h_b(x)``, the input to layer ``b``, depends on sample ``x`` alone, never on adapters, step or RNG.
+:class:`PrefixCache` computes it once per (sample, ``b``) and trains from it, exactly:
+
+(E1) Same values: ``h_b`` is computed by the model's own code in eval mode under ``no_grad``, stopped by
+     a pre-hook on layer ``b`` that captures its hidden-state argument. Only the last bits may differ,
+     when the plain batch and the cache's chunk differ in size (~1e-6 relative; see (E5)). With
+     ``dtype=float16``/``bfloat16`` states are rounded (relative ~5e-4 / ~4e-3) and cast back when used.
+(E2) Same code above ``b``: the cached forward runs the whole model on the batch's real ``input_ids``
+     and ``attention_mask``, so the model builds its masks, position ids and pad positions itself;
+     layers ``0..b-1`` are swapped for pass-through modules (a transformers 5 layer returns its
+     hidden-state tensor, and so do they) and a pre-hook on layer ``b`` substitutes the cached rows.
+     The front still runs (a lookup and a norm: cheap).
+(E3) Same RNG use: the prefix draws nothing in either path (eval mode), nor does computing states, and
+     layers ``b..L-1`` and the head run the same code in the same order: same seed, same dropout masks.
+(E4) Same gradients: layer ``b``'s input carries no graph in either path.
+(E5) Same bits whatever the history: a CPU row's result can change in its last bits with the batch
+     shape (BLAS picks kernels by size), so states are always computed ``chunk_size`` rows at a time,
+     the last chunk padded by repeating a sample. The cache then holds the same bits whatever was asked
+     for first, and a resumed run trains exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from hierfedlora.models.catalog import find_layers
+from hierfedlora.models.lora import AdaptedModel, check_depth
+from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.rules import POSITIVE_INT, is_int
+from hierfedlora.runtime.data import TokenizedData
+
+__all__ = ["Forward", "PlainForward", "PrefixCache"]
+
+log = logging.getLogger(__name__)
+
+_CACHE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class Forward(Protocol):
+    """A model forward over samples of one data set, picked by index, at one depth."""
+
+    def loss(self, indices: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the batch, differentiable w.r.t. the active adapters (S1, S2)."""
+        ...
+
+    def logits(self, indices: torch.Tensor) -> torch.Tensor:
+        """``[batch, num_labels]`` logits, the whole model in eval mode."""
+        ...
+
+
+class _StopForwardError(Exception):
+    """Raised by a hook to end a forward once the tensor it needs is captured."""
+
+
+class _PassThrough(nn.Module):
+    """Stands in for a frozen layer: returns its hidden-state input, as a transformers 5 layer returns its output."""
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return hidden_states
+
+
+def _batch(data: TokenizedData, indices: torch.Tensor, *, labels: bool) -> dict[str, torch.Tensor]:
+    batch = {"input_ids": data.input_ids[indices], "attention_mask": data.attention_mask[indices]}
+    return {**batch, "labels": data.labels[indices]} if labels else batch
+
+
+def _front_modules(model: AdaptedModel, data: TokenizedData, modes: _Modes) -> tuple[nn.Module, ...]:
+    """The outermost modules called before layer 0 that do not contain it (the front), found on one sample."""
+    layers_name, layers = find_layers(model)
+    first = f"{layers_name}.0"
+    ancestors = {first.rsplit(".", k)[0] for k in range(1, first.count(".") + 1)} | {""}
+    called: list[str] = []
+    handles = [
+        module.register_forward_pre_hook(lambda _m, _a, name=name: called.append(name))
+        for name, module in model.named_modules()
+    ]
+
+    def stop(_module: nn.Module, _args: Any, _kwargs: Any, output: Any) -> None:
+        assert isinstance(output, torch.Tensor), "transformers 5 layers return their hidden-state tensor"
+        raise _StopForwardError
+
+    handles.append(layers[0].register_forward_hook(stop, with_kwargs=True))
+    try:
+        with modes(train=False), torch.no_grad(), contextlib.suppress(_StopForwardError):
+            model(**_batch(data, torch.arange(1), labels=False))
+    finally:
+        for handle in handles:
+            handle.remove()
+    modules = dict(model.named_modules())
+    front = [n for n in dict.fromkeys(called[: called.index(first)]) if n not in ancestors]
+    return tuple(modules[n] for n in front if n.rpartition(".")[0] in ancestors)
+
+
+class _Modes:
+    """(S1)-(S3) as a context. Modules are listed once (``AdaptedModel`` fixes the tree) and only flags that
+    differ are flipped: ``model.train()`` and a restore cost ~1 ms a step, 2-3% of a cached depth-1 step."""
+
+    def __init__(self, model: AdaptedModel, data: TokenizedData) -> None:
+        self._modules = tuple(model.modules())
+        self._layers = find_layers(model)[1]
+        self._wanted: dict[tuple[bool, int], tuple[bool, ...]] = {}
+        self.front: tuple[nn.Module, ...] = ()
+        self.front = _front_modules(model, data, self)
+
+    def _flags(self, train: bool, boundary: int) -> tuple[bool, ...]:
+        key = (train, boundary if train else 0)
+        if key not in self._wanted:
+            frozen = [*self.front, *self._layers[:boundary]] if train else []
+            in_prefix = {id(m) for part in frozen for m in part.modules()}
+            self._wanted[key] = tuple(train and id(m) not in in_prefix for m in self._modules)
+        return self._wanted[key]
+
+    @contextlib.contextmanager
+    def __call__(self, *, train: bool, boundary: int = 0) -> Iterator[None]:
+        """Train mode (the front and layers below ``boundary`` in eval) or eval mode; modes restored after."""
+        wanted = self._flags(train, boundary)
+        saved = tuple(m.training for m in self._modules)
+        self._set(wanted, saved)
+        try:
+            yield
+        finally:
+            self._set(saved, wanted)
+
+    def _set(self, flags: tuple[bool, ...], current: tuple[bool, ...]) -> None:
+        for module, flag, now in zip(self._modules, flags, current, strict=True):
+            if flag is not now:
+                module.training = flag
+
+
+class PlainForward:
+    """The uncached reference path: the whole model on each batch, with the mode split (S1)-(S3).
+
+    Parameters
+    ----------
+    model : AdaptedModel
+        Its active depth (``model.depth``, read at each call) sets the boundary ``b``.
+    data : TokenizedData
+        Samples are picked from it by index.
+    """
+
+    def __init__(self, model: AdaptedModel, data: TokenizedData) -> None:
+        self._model = model
+        self._data = data
+        self._modes = _Modes(model, data)
+
+    def loss(self, indices: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of samples ``indices``; the prefix in eval mode, the rest in train mode."""
+        with self._modes(train=True, boundary=self._model.num_layers - self._model.depth):
+            loss: torch.Tensor = self._model(**_batch(self._data, indices, labels=True)).loss
+        return loss
+
+    def logits(self, indices: torch.Tensor) -> torch.Tensor:
+        """``[batch, num_labels]`` logits of samples ``indices``, the whole model in eval mode."""
+        with self._modes(train=False):
+            logits: torch.Tensor = self._model(**_batch(self._data, indices, labels=False)).logits
+        return logits
+
+
+@dataclasses.dataclass(slots=True)
+class _Boundary:
+    """Cached states entering one layer: sample ``s`` is row ``row_of[s]`` of ``chunks[chunk_of[s]]`` (-1: none)."""
+
+    chunk_of: torch.Tensor
+    row_of: torch.Tensor
+    chunks: list[torch.Tensor] = dataclasses.field(default_factory=list)
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(chunk.numel() * chunk.element_size() for chunk in self.chunks)
+
+
+class PrefixCache:
+    """Hidden states entering layer ``L - d``, computed once per sample and boundary; forwards that use them.
+
+    Parameters
+    ----------
+    model : AdaptedModel
+        The run's one model; its frozen base never changes, so cached states stay valid.
+    data : TokenizedData
+        Samples are picked from it by index; states are cached per row.
+    dtype : torch.dtype
+        Storage dtype: ``float32`` (exact to rounding), ``float16`` or ``bfloat16`` (half the memory;
+        losses and gradients then agree to about 1e-2, see (E1)).
+    max_bytes : int or None
+        Bound on :attr:`cached_bytes` (``None``: none). A chunk that would pass it first evicts whole
+        boundaries, least recently used first; if it still does not fit, it serves its batch and is
+        dropped (exact, slower).
+    chunk_size : int
+        Samples per forward when computing missing states.
+
+    Raises
+    ------
+    InvalidInputError
+        Fields ``dtype``, ``max_bytes`` (``None`` or an integer >= 0) and ``chunk_size`` (an integer >= 1),
+        all reported at once.
+    """
+
+    def __init__(
+        self,
+        model: AdaptedModel,
+        data: TokenizedData,
+        *,
+        dtype: torch.dtype = torch.float32,
+        max_bytes: int | None = None,
+        chunk_size: int = 16,
+    ) -> None:
+        issues = []
+        if dtype not in _CACHE_DTYPES:
+            issues.append(Issue("dtype", "torch.float32, torch.float16 or torch.bfloat16", dtype))
+        if not (max_bytes is None or (is_int(max_bytes) and max_bytes >= 0)):  # type: ignore[operator]
+            issues.append(Issue("max_bytes", "None or an integer >= 0", max_bytes))
+        if not POSITIVE_INT.accepts(chunk_size):
+            issues.append(Issue("chunk_size", POSITIVE_INT.expected, chunk_size))
+        if issues:
+            raise InvalidInputError(issues)
+        self._model, self._data, self._layers = model, data, find_layers(model)[1]
+        self._dtype, self._max_bytes, self._chunk_size = dtype, max_bytes, chunk_size
+        self._modes = _Modes(model, data)
+        self._boundaries: dict[int, _Boundary] = {}  # least recently used first
+        self._hidden_dtype, self._hidden_shape = torch.float32, torch.Size()
+
+    @property
+    def cached_bytes(self) -> int:
+        """Bytes of the ``[rows, seq_len, hidden]`` state chunks held (not the 16-byte-a-sample index)."""
+        return sum(boundary.num_bytes for boundary in self._boundaries.values())
+
+    def forward_for(self, depth: int) -> Forward:
+        """The cached forward at ``depth``; each call requires ``model.depth == depth``.
+
+        Raises
+        ------
+        InvalidInputError
+            Field ``depth`` outside ``1..model.max_depth``.
+        """
+        check_depth(depth, self._model.max_depth)
+        return _CachedForward(self, depth)
+
+    def warm(self, depth: int, indices: torch.Tensor) -> int:
+        """Compute and keep the states of samples ``indices`` at ``depth``; return how many were missing.
+
+        Raises
+        ------
+        InvalidInputError
+            As :meth:`forward_for`; field ``depth`` when the model's active depth differs.
+        """
+        boundary = self._boundary(depth)
+        missing = self._missing(boundary, indices)
+        self._compute(boundary, missing)
+        return int(missing.numel())
+
+    def _boundary(self, depth: int) -> int:
+        """``L - depth``, once ``depth`` is checked to be the model's active depth."""
+        check_depth(depth, self._model.max_depth)
+        if self._model.depth != depth:
+            expected = f"the model's active depth {self._model.depth} (call model.set_depth({depth}) first)"
+            raise InvalidInputError([Issue("depth", expected, depth)])
+        return self._model.num_layers - depth
+
+    def _store(self, boundary: int) -> _Boundary:
+        """The boundary's store, created if need be and moved to the end (most recently used)."""
+        store = self._boundaries.pop(boundary, None)
+        if store is None:
+            empty = torch.full((self._data.num_samples,), -1, dtype=torch.int64)
+            store = _Boundary(chunk_of=empty, row_of=empty.clone())
+        self._boundaries[boundary] = store
+        return store
+
+    def _missing(self, boundary: int, indices: torch.Tensor) -> torch.Tensor:
+        """Sorted distinct samples of ``indices`` with no cached state at ``boundary``."""
+        store = self._store(boundary)
+        return torch.unique(indices[store.chunk_of[indices] < 0])
+
+    def _compute(self, boundary: int, samples: torch.Tensor) -> dict[int, torch.Tensor]:
+        """(E1) States of ``samples`` at ``boundary`` in chunks; kept if they fit, else returned by sample."""
+        unkept: dict[int, torch.Tensor] = {}
+        for start in range(0, samples.numel(), self._chunk_size):
+            chunk_samples = samples[start : start + self._chunk_size]
+            states = self._prefix_states(boundary, chunk_samples)
+            if self._make_room(boundary, states.numel() * states.element_size()):
+                store = self._boundaries[boundary]
+                store.chunk_of[chunk_samples] = len(store.chunks)
+                store.row_of[chunk_samples] = torch.arange(chunk_samples.numel())
+                store.chunks.append(states)
+            else:
+                unkept.update(zip(chunk_samples.tolist(), states, strict=True))
+        return unkept
+
+    def _prefix_states(self, boundary: int, samples: torch.Tensor) -> torch.Tensor:
+        """Run the model up to layer ``boundary`` (eval, no graph) and return its hidden-state input.
+
+        Always on ``chunk_size`` rows, ``samples`` padded by repeating the last: (E5).
+        """
+        captured: list[torch.Tensor] = []
+        padded = torch.cat([samples, samples[-1:].expand(self._chunk_size - samples.numel())])
+
+        def capture(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            captured.append(args[0] if args else kwargs["hidden_states"])
+            raise _StopForwardError
+
+        handle = self._layers[boundary].register_forward_pre_hook(capture, with_kwargs=True)
+        try:
+            with self._modes(train=False), torch.no_grad(), contextlib.suppress(_StopForwardError):
+                self._model(**_batch(self._data, padded, labels=False))
+        finally:
+            handle.remove()
+        # the model's dtype and a sample's shape: cached states are cast back to them when used
+        self._hidden_dtype, self._hidden_shape = captured[0].dtype, captured[0].shape[1:]
+        return captured[0][: samples.numel()].to(self._dtype, copy=True)
+
+    def _make_room(self, boundary: int, num_bytes: int) -> bool:
+        """Whether ``num_bytes`` more fit under ``max_bytes``, evicting other boundaries (least recent first)."""
+        if self._max_bytes is None:
+            return True
+        others = [b for b in self._boundaries if b != boundary]
+        while self.cached_bytes + num_bytes > self._max_bytes and others:
+            evicted = others.pop(0)
+            log.info("prefix cache: evicting boundary %d (%d bytes)", evicted, self._boundaries[evicted].num_bytes)
+            del self._boundaries[evicted]
+        return self.cached_bytes + num_bytes <= self._max_bytes
+
+    def _states(self, boundary: int, indices: torch.Tensor) -> torch.Tensor:
+        """``[batch, seq_len, hidden]`` states of ``indices`` in the model's dtype, missing ones computed first."""
+        unkept = self._compute(boundary, self._missing(boundary, indices))
+        store = self._boundaries[boundary]
+        chunk_of = store.chunk_of[indices]
+        states = torch.empty((indices.numel(), *self._hidden_shape), dtype=self._hidden_dtype)
+        for chunk in torch.unique(chunk_of).tolist():
+            rows = (chunk_of == chunk).nonzero().squeeze(1)
+            if chunk >= 0:
+                states[rows] = store.chunks[chunk][store.row_of[indices[rows]]].to(states.dtype)
+            else:
+                states[rows] = torch.stack([unkept[s] for s in indices[rows].tolist()]).to(states.dtype)
+        return states
+
+    @contextlib.contextmanager
+    def _from_states(self, boundary: int, states: torch.Tensor) -> Iterator[None]:
+        """(E2) Layers below ``boundary`` pass through; layer ``boundary`` receives ``states``."""
+
+        def substitute(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            assert (args[0] if args else kwargs["hidden_states"]).shape == states.shape, "states match the batch"
+            if args:
+                return (states, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": states}
+
+        originals = list(self._layers[:boundary])
+        passthrough = _PassThrough()
+        handle = self._layers[boundary].register_forward_pre_hook(substitute, with_kwargs=True)
+        try:
+            for index in range(boundary):
+                self._layers[index] = passthrough
+            yield
+        finally:
+            for index, layer in enumerate(originals):
+                self._layers[index] = layer
+            handle.remove()
+
+    def _run(self, depth: int, indices: torch.Tensor, *, train: bool) -> Any:
+        boundary = self._boundary(depth)
+        states = self._states(boundary, indices)
+        # layers below the boundary are swapped out; their flags are set as in the plain path all the same
+        with self._from_states(boundary, states), self._modes(train=train, boundary=boundary):
+            return self._model(**_batch(self._data, indices, labels=train))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _CachedForward:
+    """:class:`Forward` at one depth over a :class:`PrefixCache`."""
+
+    cache: PrefixCache
+    depth: int
+
+    def loss(self, indices: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of samples ``indices`` from cached states (S1, S2)."""
+        return self.cache._run(self.depth, indices, train=True).loss  # type: ignore[no-any-return]
+
+    def logits(self, indices: torch.Tensor) -> torch.Tensor:
+        """``[batch, num_labels]`` logits of samples ``indices`` from cached states, eval mode."""
+        return self.cache._run(self.depth, indices, train=False).logits  # type: ignore[no-any-return]

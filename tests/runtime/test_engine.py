@@ -1,0 +1,235 @@
+"""run_plan executes a plan for real, commits every round, and resumes exactly after a stop or a SIGKILL."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hierfedlora.planner.datasets import read_csv
+from hierfedlora.planner.errors import InvalidInputError, ResumeMismatchError
+from hierfedlora.planner.fleet import make_fleet, save_fleet
+from hierfedlora.planner.io import write_json
+from hierfedlora.planner.outcomes import Group, Plan, Skew, SolveStatus
+from hierfedlora.runtime.checkpoint import MANIFEST_NAME, REPORTS_NAME, read_reports
+from hierfedlora.runtime.engine import prepare_run, run_plan
+from hierfedlora.runtime.options import RunOptions
+from tests.factories import make_cost_model
+
+CLASSES = {
+    "animal": ["dog", "cat", "horse", "cow", "sheep", "goat", "wolf", "bear"],
+    "food": ["bread", "cake", "rice", "soup", "cheese", "apple", "pasta", "salad"],
+    "plant": ["tree", "fern", "moss", "grass", "oak", "pine", "rose", "tulip"],
+}
+
+
+@pytest.fixture(scope="module")
+def small_fleet(tmp_path_factory: pytest.TempPathFactory):
+    """Four devices over a 3-class CSV of short definitions (non-IID, 12 samples each)."""
+    folder = tmp_path_factory.mktemp("engine-data")
+    rows = ["text,label"]
+    for label, words in CLASSES.items():
+        for idx, word in enumerate(words):
+            for template in ("a {w} is a kind of {l}", "the {w} is one {l} among many", "{w}: a common {l}"):
+                rows.append(f"{template.format(w=word, l=label)} number {idx},{label}")
+    path = folder / "data.csv"
+    path.write_text("\n".join(rows) + "\n")
+    fleet = make_fleet(
+        read_csv(path),
+        num_devices=4,
+        partition="dirichlet",
+        alpha=1.0,
+        tier_mix="paper",
+        test_fraction=0.25,
+        max_samples_per_device=12,
+        seed=0,
+    )
+    fleet_path = folder / "fleet.json"
+    save_fleet(fleet_path, fleet)
+    return fleet, fleet_path
+
+
+def _plan(fleet) -> Plan:
+    ids = [d.device_id for d in fleet.devices]
+    skew = Skew(kl=0.0, l1=0.0, hellinger=0.0)
+    groups = (
+        Group(group_id=0, device_ids=tuple(ids[:2]), depth=1, intra_rounds=2, local_steps=2, label_skew=skew),
+        Group(group_id=1, device_ids=tuple(ids[2:]), depth=2, intra_rounds=1, local_steps=2, label_skew=skew),
+    )
+    return Plan(
+        groups=groups,
+        predicted_round_time_s=1.0,
+        predicted_rounds_to_target=3.0,
+        objective_value=3.0,
+        dual_bound=3.0,
+        status=SolveStatus.OPTIMAL,
+        solve_time_s=0.0,
+        solver="hand",
+        seed=0,
+        batch_size=4,
+    )
+
+
+def _options(model_dir: Path, rounds: int, **overrides) -> RunOptions:
+    return RunOptions(rounds=rounds, model=str(model_dir), eval_samples=16, eval_batch_size=16, seed=3, **overrides)
+
+
+def _final_adapters(run_dir: Path) -> dict[str, torch.Tensor]:
+    manifest = json.loads((run_dir / MANIFEST_NAME).read_text())
+    return load_file(run_dir / manifest["tensor_file"])
+
+
+def _comparable(report) -> dict:
+    data = dataclasses.asdict(report)
+    data.pop("wall_time_s")
+    data.pop("measured_step_s")
+    return data
+
+
+def test_run_commits_and_reports_every_round(tmp_path, small_fleet, minilm_slice_dir):
+    """Three rounds give three committed reports, a growing clock and bytes on the wire."""
+    # Arrange
+    fleet, _ = small_fleet
+    plan = _plan(fleet)
+    # Act
+    reports = list(run_plan(plan, fleet, make_cost_model(2), _options(minilm_slice_dir, 3), tmp_path / "run"))
+    # Assert
+    assert [r.global_round for r in reports] == [1, 2, 3]
+    assert [r.global_round for r in read_reports(tmp_path / "run" / REPORTS_NAME)] == [1, 2, 3]
+    assert reports[0].sim_time_s > 0 and reports[1].sim_time_s > reports[0].sim_time_s
+    assert all(r.upload_bytes > 0 and r.download_bytes > 0 for r in reports)
+    assert set(reports[0].measured_step_s) == set(plan.device_ids)
+    assert all(0.0 <= r.eval_accuracy <= 1.0 for r in reports)
+
+
+def test_resume_after_a_stop_matches_an_uninterrupted_run(tmp_path, small_fleet, minilm_slice_dir):
+    """Stopping after round 1 and resuming gives the same adapters, bit for bit, and the same report lines."""
+    # Arrange
+    fleet, _ = small_fleet
+    plan, cost = _plan(fleet), make_cost_model(2)
+    context = prepare_run(plan, fleet, _options(minilm_slice_dir, 3))
+    # Act
+    list(run_plan(plan, fleet, cost, _options(minilm_slice_dir, 3), tmp_path / "whole", context=context))
+    list(run_plan(plan, fleet, cost, _options(minilm_slice_dir, 1), tmp_path / "split", context=context))
+    list(run_plan(plan, fleet, cost, _options(minilm_slice_dir, 3), tmp_path / "split", resume=True, context=context))
+    # Assert
+    whole, split = _final_adapters(tmp_path / "whole"), _final_adapters(tmp_path / "split")
+    assert whole.keys() == split.keys()
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+    whole_reports = [_comparable(r) for r in read_reports(tmp_path / "whole" / REPORTS_NAME)]
+    split_reports = [_comparable(r) for r in read_reports(tmp_path / "split" / REPORTS_NAME)]
+    assert split_reports == whole_reports
+
+
+def test_resume_refuses_another_plan(tmp_path, small_fleet, minilm_slice_dir):
+    """A checkpoint of one plan cannot be resumed with another."""
+    fleet, _ = small_fleet
+    plan = _plan(fleet)
+    list(run_plan(plan, fleet, make_cost_model(2), _options(minilm_slice_dir, 1), tmp_path / "run"))
+    other = dataclasses.replace(plan, groups=(dataclasses.replace(plan.groups[0], intra_rounds=1), plan.groups[1]))
+    with pytest.raises(ResumeMismatchError) as info:
+        list(run_plan(other, fleet, make_cost_model(2), _options(minilm_slice_dir, 2), tmp_path / "run", resume=True))
+    assert info.value.field == "plan_id"
+
+
+@pytest.mark.parametrize(
+    ("change", "path", "expected"),
+    [
+        ("unknown_device", "groups[0].device_ids", "ids of devices in the fleet"),
+        ("deep", "groups[1].depth", "an integer in 1..2 (the model's layers)"),
+        ("no_data", "fleet.sample_indices", "per-device sample indices"),
+    ],
+)
+def test_bad_plans_fail_before_training(tmp_path, small_fleet, minilm_slice_dir, change, path, expected):
+    """An unknown device, a depth beyond the model, or a fleet without data is refused before any training."""
+    # Arrange
+    fleet, _ = small_fleet
+    plan = _plan(fleet)
+    if change == "unknown_device":
+        plan = dataclasses.replace(
+            plan, groups=(dataclasses.replace(plan.groups[0], device_ids=("d0", "ghost")), plan.groups[1])
+        )
+    elif change == "deep":
+        plan = dataclasses.replace(plan, groups=(plan.groups[0], dataclasses.replace(plan.groups[1], depth=5)))
+    else:
+        fleet = dataclasses.replace(fleet, sample_indices=(), dataset=None)
+    # Act
+    with pytest.raises(InvalidInputError) as info:
+        list(run_plan(plan, fleet, make_cost_model(2), _options(minilm_slice_dir, 1), tmp_path / "run"))
+    # Assert
+    assert path in [issue.path for issue in info.value.issues]
+    assert expected in str(info.value)
+    assert not (tmp_path / "run" / REPORTS_NAME).exists()
+
+
+def _cli_run(plan_path, fleet_path, cost_path, model_dir, out, rounds, resume=False):
+    args = [
+        sys.executable,
+        "-m",
+        "hierfedlora.cli",
+        "run",
+        str(plan_path),
+        "--fleet",
+        str(fleet_path),
+        "--cost-model",
+        str(cost_path),
+        "--rounds",
+        str(rounds),
+        "--out",
+        str(out),
+        "--model",
+        str(model_dir),
+        "--eval-samples",
+        "16",
+        "--seed",
+        "3",
+    ]
+    return args + (["--resume"] if resume else [])
+
+
+def test_sigkill_mid_run_then_resume_matches(tmp_path, small_fleet, minilm_slice_dir):
+    """A run killed with SIGKILL mid-way and resumed ends with rounds 1..N once and the uninterrupted adapters."""
+    # Arrange
+    fleet, fleet_path = small_fleet
+    plan_path, cost_path = tmp_path / "plan.json", tmp_path / "cost.json"
+    write_json(plan_path, _plan(fleet))
+    write_json(cost_path, make_cost_model(2))
+    rounds = 4
+    subprocess.run(
+        _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "whole", rounds),
+        check=True,
+        capture_output=True,
+    )
+    # Act: kill as soon as round 2 is committed or later, then resume
+    process = subprocess.Popen(
+        _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "cut", rounds),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    reports_path = tmp_path / "cut" / REPORTS_NAME
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if reports_path.exists() and reports_path.read_bytes().count(b"\n") >= 2:
+            break
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    resumed = subprocess.run(
+        _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "cut", rounds, resume=True),
+        capture_output=True,
+        text=True,
+    )
+    # Assert
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r.global_round for r in read_reports(reports_path)] == list(range(1, rounds + 1))
+    whole, cut = _final_adapters(tmp_path / "whole"), _final_adapters(tmp_path / "cut")
+    assert all(torch.equal(whole[k], cut[k]) for k in whole)
