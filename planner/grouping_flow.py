@@ -189,8 +189,10 @@ def solve_flow(data: GroupingData, options: SolverOptions) -> Grouping:
         start = _banded_start(data)
     deadline = started + options.time_limit_s
     search = _iterated_search(data, start, rng, deadline)
-    # A local optimum carries no proof, so flow reports TIME either way (as a search cut short).
-    return _outcome(search, data, "flow", started, Limit.TIME)
+    # A local optimum carries no proof: FEASIBLE, with TIME when the clock cut the search short
+    # and NODE when it ended on its own work budget (more time would not have been used).
+    limit = Limit.TIME if time.perf_counter() > deadline else Limit.NODE
+    return _outcome(search, data, "flow", started, limit)
 
 
 def _descend(

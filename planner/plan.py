@@ -137,7 +137,15 @@ def make_plan(problem: PlanningProblem, *, parent_plan_id: str | None = None, re
         plan.relative_gap,
         plan.solve_time_s,
     )
-    if status is SolveStatus.FEASIBLE:
+    if status is SolveStatus.FEASIBLE and limit is not Limit.TIME:
+        log.info(
+            "plan %s: the %s grouping stopped on its work budget without an optimality proof "
+            "(grouping gap %.2f%% against a weak bound); grouping_method='cpsat' certifies small fleets",
+            plan.plan_id,
+            grouping.method,
+            100 * grouping.relative_gap,
+        )
+    elif status is SolveStatus.FEASIBLE:
         warnings.warn(
             f"a {limit.name if limit else ''} limit left a gap open: grouping {grouping.status.name} "
             f"(gap {grouping.relative_gap:.2%}), assignment {assignment.status.name} "
