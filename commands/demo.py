@@ -29,11 +29,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "artefacts go to --out. Existing artefacts in --out are reused.",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
-    parser.add_argument("--devices", type=int, default=20, help="simulated devices (default 20)")
-    parser.add_argument("--groups", type=int, default=4, help="groups (default 4)")
+    parser.add_argument("--devices", type=int, default=12, help="simulated devices (default 12)")
+    parser.add_argument("--groups", type=int, default=3, help="groups (default 3)")
     parser.add_argument("--alpha", type=float, default=0.5, help="Dirichlet non-IID level (default 0.5)")
-    parser.add_argument("--samples-per-device", type=int, default=150, help="training samples per device")
-    parser.add_argument("--rounds", type=int, default=8, help="global rounds to run (default 8)")
+    parser.add_argument("--samples-per-device", type=int, default=120, help="training samples per device")
+    parser.add_argument("--rounds", type=int, default=10, help="global rounds to run (default 10)")
+    parser.add_argument("--learning-rate", type=float, default=5e-3, help="AdamW learning rate (default 5e-3)")
     parser.add_argument("--seed", type=int, default=0)
     parser.set_defaults(handler=handle)
 
@@ -86,7 +87,7 @@ def handle(args: argparse.Namespace) -> int:
     sys.stdout.write(summarize_plan(plan) + "\n")
     log.info("[4/4] running %d global rounds of real LoRA fine-tuning ...", args.rounds)
     run_dir = out / "run"
-    options = RunOptions(rounds=args.rounds, seed=args.seed)
+    options = RunOptions(rounds=args.rounds, learning_rate=args.learning_rate, eval_samples=256, seed=args.seed)
     resume = (run_dir / "checkpoint.json").exists() and _same_plan(run_dir, plan)
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)  # a run of an older plan: the demo owns this folder
