@@ -31,6 +31,19 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--network", default=None, help="override every device's link: 4g, 5g or wifi")
     parser.add_argument("--max-samples-per-device", type=int, default=None, help="subsample each device to this")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="held-out test share (default 0.1)")
+    parser.add_argument(
+        "--fedscale-capacity",
+        type=Path,
+        default=None,
+        help="FedScale client_device_capacity trace (JSON or CSV, never a pickle): replaces the tiers' speeds and links",
+    )
+    parser.add_argument("--fedscale-behaviour", type=Path, default=None, help="FedScale client_behave_trace (JSON/CSV)")
+    parser.add_argument(
+        "--cost-model",
+        type=Path,
+        default=None,
+        help="with --fedscale-capacity: the cost model whose host step time converts ms/sample to compute_scale",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, partition and device draws")
     parser.add_argument("--out", required=True, type=Path, help="where to write the fleet JSON")
     parser.set_defaults(handler=handle)
@@ -46,6 +59,29 @@ def load_data(data: str, text_field: str, label_field: str):  # type: ignore[no-
     if path.suffix.lower() == ".csv":
         return datasets.read_csv(path, text_field=text_field, label_field=label_field)
     return datasets.read_jsonl(path, text_field=text_field, label_field=label_field)
+
+
+def _apply_fedscale(fleet, args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """Replace device speeds, links and availability with FedScale trace clients."""
+    from hierfedlora.planner.costs import step_time_s
+    from hierfedlora.planner.errors import InvalidInputError, Issue
+    from hierfedlora.planner.fleet import import_fedscale
+    from hierfedlora.planner.io import read_json
+    from hierfedlora.planner.types import CostModel
+
+    if args.cost_model is None:
+        raise InvalidInputError(
+            [Issue("--cost-model", "a cost model JSON when --fedscale-capacity is given", None)], "command line"
+        )
+    cost = read_json(CostModel, args.cost_model)
+    per_sample_s = step_time_s(cost, compute_scale=1.0, depth=cost.num_layers, batch_size=cost.batch_size)
+    return import_fedscale(
+        args.fedscale_capacity,
+        fleet,
+        host_train_s_per_sample=per_sample_s / cost.batch_size,
+        behaviour_path=args.fedscale_behaviour,
+        seed=args.seed,
+    )
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -65,6 +101,8 @@ def handle(args: argparse.Namespace) -> int:
         max_samples_per_device=args.max_samples_per_device,
         seed=args.seed,
     )
+    if args.fedscale_capacity is not None:
+        fleet = _apply_fedscale(fleet, args)
     save_fleet(args.out, fleet)
     samples = sum(device.num_samples for device in fleet.devices)
     sys.stdout.write(
