@@ -109,10 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - the one place that turns bugs into a line and a file
+    except Exception as exc:
         return _report_bug(exc)
-
-
 
 
 if __name__ == "__main__":

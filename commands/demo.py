@@ -43,13 +43,13 @@ def handle(args: argparse.Namespace) -> int:
     """Run the demo pipeline, stage by stage, reusing finished stages."""
     from hierfedlora.commands.fleet import load_data
     from hierfedlora.commands.run import execute
-    from hierfedlora.runtime.options import RunOptions
     from hierfedlora.models.catalog import ModelSpec
     from hierfedlora.models.profiling import measure_cost_model
     from hierfedlora.planner.fleet import load_fleet, make_fleet, save_fleet
     from hierfedlora.planner.io import read_json, write_json
     from hierfedlora.planner.plan import make_plan, summarize_plan
     from hierfedlora.planner.types import CostModel, PlanningProblem, SolverOptions
+    from hierfedlora.runtime.options import RunOptions
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -59,7 +59,9 @@ def handle(args: argparse.Namespace) -> int:
         cost_model = read_json(CostModel, cost_path)
     else:
         log.info("[1/4] profiling the packaged model on this host ...")
-        cost_model = measure_cost_model(ModelSpec(path="default", num_labels=26), batch_size=16, seq_len=64, seed=args.seed)
+        cost_model = measure_cost_model(
+            ModelSpec(path="default", num_labels=26), batch_size=16, seq_len=64, seed=args.seed
+        )
         write_json(cost_path, cost_model)
     if fleet_path.exists():
         fleet = load_fleet(fleet_path)

@@ -35,7 +35,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--fedscale-capacity",
         type=Path,
         default=None,
-        help="FedScale client_device_capacity trace (JSON or CSV, never a pickle): replaces the tiers' speeds and links",
+        help="FedScale client_device_capacity trace (JSON or CSV, never a pickle); replaces tier speeds and links",
     )
     parser.add_argument("--fedscale-behaviour", type=Path, default=None, help="FedScale client_behave_trace (JSON/CSV)")
     parser.add_argument(

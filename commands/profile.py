@@ -38,7 +38,9 @@ def handle(args: argparse.Namespace) -> int:
     from hierfedlora.planner.io import to_json, write_json
 
     spec = ModelSpec(path=args.model, num_labels=args.num_labels, lora_rank=args.lora_rank, max_seq_len=args.seq_len)
-    cost_model = measure_cost_model(spec, batch_size=args.batch_size, seq_len=args.seq_len, repeats=args.repeats, seed=args.seed)
+    cost_model = measure_cost_model(
+        spec, batch_size=args.batch_size, seq_len=args.seq_len, repeats=args.repeats, seed=args.seed
+    )
     write_json(args.out, cost_model)
     log.info("wrote %s", args.out)
     sys.stdout.write(to_json(cost_model) + "\n")

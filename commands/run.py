@@ -67,9 +67,15 @@ def handle(args: argparse.Namespace) -> int:
     plan = read_json(Plan, args.plan)
     fleet = load_fleet(args.fleet)
     cost_model = read_json(CostModel, args.cost_model)
-    options = RunOptions(rounds=args.rounds, learning_rate=args.learning_rate, model=args.model,
-                         eval_samples=args.eval_samples, use_prefix_cache=not args.no_prefix_cache,
-                         clock_noise=args.clock_noise, seed=args.seed)
+    options = RunOptions(
+        rounds=args.rounds,
+        learning_rate=args.learning_rate,
+        model=args.model,
+        eval_samples=args.eval_samples,
+        use_prefix_cache=not args.no_prefix_cache,
+        clock_noise=args.clock_noise,
+        seed=args.seed,
+    )
     reports = execute(plan, fleet, cost_model, options, args.out, resume=args.resume)
     last = reports[-1]
     sys.stdout.write(

@@ -56,4 +56,5 @@ __all__ = [
     "Skew",
     "SolveStatus",
     "SolverFailedError",
+    "SolverOptions",
 ]

@@ -25,6 +25,8 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
+from ortools.sat.python import cp_model
+
 from hierfedlora.planner.errors import InfeasibleError, NoSolutionError, SolverFailedError
 from hierfedlora.planner.grouping_model import (
     FAMILY_NUM_GROUPS,
@@ -37,7 +39,6 @@ from hierfedlora.planner.grouping_model import (
 )
 from hierfedlora.planner.outcomes import Grouping, Limit, SolveStatus
 from hierfedlora.planner.types import SolverOptions
-from ortools.sat.python import cp_model
 
 __all__ = ["solve_cpsat"]
 

@@ -31,6 +31,9 @@ import math
 import time
 
 import numpy as np
+from numpy.typing import NDArray
+from scipy.optimize import linear_sum_assignment
+
 from hierfedlora.planner.errors import NoSolutionError
 from hierfedlora.planner.grouping_model import (
     GroupingData,
@@ -41,8 +44,6 @@ from hierfedlora.planner.grouping_model import (
 from hierfedlora.planner.grouping_search import LocalSearch
 from hierfedlora.planner.outcomes import Grouping, Limit, SolveStatus
 from hierfedlora.planner.types import SolverOptions
-from numpy.typing import NDArray
-from scipy.optimize import linear_sum_assignment
 
 __all__ = ["balanced_sizes", "solve_flow", "solve_random"]
 

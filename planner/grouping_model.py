@@ -23,9 +23,10 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.typing import NDArray
+
 from hierfedlora.planner.errors import InfeasibleError, InvalidInputError, Issue
 from hierfedlora.planner.types import PlanningProblem
-from numpy.typing import NDArray
 
 __all__ = [
     "FAMILY_NUM_GROUPS",

@@ -20,8 +20,9 @@ import math
 import time
 
 import numpy as np
-from hierfedlora.planner.grouping_model import GroupingData
 from numpy.typing import NDArray
+
+from hierfedlora.planner.grouping_model import GroupingData
 
 __all__ = ["LocalSearch"]
 

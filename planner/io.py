@@ -12,10 +12,11 @@ Examples
 >>> from hierfedlora.planner.types import SolverOptions
 >>> from_dict(SolverOptions, to_dict(SolverOptions(seed=3))) == SolverOptions(seed=3)
 True
->>> from_dict(SolverOptions, {"time_limt_s": 5})
-Traceback (most recent call last):
-...
-hierfedlora.planner.errors.InvalidInputError: time_limt_s must be a known field of SolverOptions; got 'time_limt_s' (did you mean 'time_limit_s'?)
+>>> try:
+...     from_dict(SolverOptions, {"time_limt_s": 5})
+... except InvalidInputError as err:
+...     print(err.issues[0].path, "|", err.issues[0].hint)
+time_limt_s | did you mean 'time_limit_s'?
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any, TypeVar
 from hierfedlora.planner.errors import InvalidInputError, Issue
 
 __all__ = [
+    "atomic_write_bytes",
     "atomic_write_text",
     "canonical_json",
     "from_dict",
@@ -209,13 +211,19 @@ def read_json(cls: type[T], path: str | os.PathLike[str]) -> T:
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` atomically: temp file in the same folder, fsync, replace."""
+    """Write ``text`` (UTF-8) to ``path`` atomically: temp file in the same folder, fsync, replace."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temp file in the same folder, flush, fsync, ``os.replace``,
+    fsync of the folder. A crash at any point leaves the old file or the new one, never a mix."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp_name, target)

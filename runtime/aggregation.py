@@ -47,11 +47,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-import re
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
+
+from hierfedlora.models.adapters import AdapterState, layer_of
 from hierfedlora.planner.errors import InvalidInputError, Issue
 
 __all__ = [
@@ -64,32 +65,8 @@ __all__ = [
     "merge_weights",
 ]
 
-AdapterState = dict[str, torch.Tensor]
-"""Adapter tensors by name: ``layers.{l}.{module}.lora_A|lora_B`` and ``head.{param}``."""
 
-_LAYER_KEY = re.compile(r"layers\.(\d+)\.\S+$")
 _KEY_RULE = "'layers.{l}.<module>.lora_A|lora_B' or 'head.<param>'"
-
-
-def layer_of(key: str) -> int | None:
-    """The layer index of an adapter key (0 next to the embeddings); ``None`` for a head key.
-
-    Raises
-    ------
-    InvalidInputError
-        If ``key`` follows neither form of the adapter state contract.
-
-    Examples
-    --------
-    >>> layer_of("layers.5.value.lora_B"), layer_of("head.classifier.weight")
-    (5, None)
-    """
-    if isinstance(key, str) and key.startswith("head.") and len(key) > len("head."):
-        return None
-    match = _LAYER_KEY.match(key) if isinstance(key, str) else None
-    if match is None:
-        raise InvalidInputError([Issue("key", _KEY_RULE, key)])
-    return int(match.group(1))
 
 
 def _is_sample_weight(value: object) -> bool:

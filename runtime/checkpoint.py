@@ -43,15 +43,15 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import safetensors.torch
 import torch
+
 from hierfedlora.planner import rules
 from hierfedlora.planner.errors import InvalidInputError, Issue, ResumeMismatchError
-from hierfedlora.planner.io import from_dict, from_json, to_json
+from hierfedlora.planner.io import atomic_write_bytes, from_dict, from_json, to_json
 from hierfedlora.planner.outcomes import RoundReport
 from hierfedlora.planner.types import SCHEMA_RULE, SCHEMA_VERSION
 
@@ -166,21 +166,6 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, flush, fsync, ``os.replace``, fsync the folder."""
-    fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    _fsync_folder(path.parent)
-
-
 def save_checkpoint(run_dir: str | os.PathLike[str], state: RunState, tensors: dict[str, torch.Tensor]) -> Path:
     """Commit ``state`` and ``tensors`` as the run's only checkpoint (P1); return the manifest's path.
 
@@ -202,9 +187,9 @@ def save_checkpoint(run_dir: str | os.PathLike[str], state: RunState, tensors: d
     digest = hashlib.sha256(payload).hexdigest()
     # the digest in the name: re-saving a round never overwrites the file the current manifest names
     tensor_file = f"checkpoint-{state.global_round:06d}-{digest[:12]}.safetensors"
-    _atomic_write_bytes(folder / tensor_file, payload)
+    atomic_write_bytes(folder / tensor_file, payload)
     manifest = _Manifest(state=state, tensor_file=tensor_file, tensor_sha256=digest)
-    _atomic_write_bytes(folder / MANIFEST_NAME, (to_json(manifest) + "\n").encode())  # the commit point
+    atomic_write_bytes(folder / MANIFEST_NAME, (to_json(manifest) + "\n").encode())  # the commit point
     for stale in [*folder.glob("checkpoint-*.safetensors"), *folder.glob(".checkpoint*.tmp")]:
         if stale.name != tensor_file:
             stale.unlink(missing_ok=True)

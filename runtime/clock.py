@@ -40,6 +40,7 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
+
 from hierfedlora.planner import costs
 from hierfedlora.planner.errors import InvalidInputError, Issue
 from hierfedlora.planner.outcomes import Group, Plan

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, TypeGuard
 
 import torch
+
 from hierfedlora.planner.errors import InvalidInputError, Issue
 from hierfedlora.planner.rules import POSITIVE_INT, optional
 from hierfedlora.planner.types import DatasetSpec, Fleet

@@ -68,17 +68,25 @@ def check_plan_for_run(plan: Plan, fleet: Fleet, num_layers: int) -> list[Issue]
     issues: list[Issue] = []
     positions = {device.device_id: idx for idx, device in enumerate(fleet.devices)}
     if fleet.dataset is None or not fleet.sample_indices:
-        issues.append(Issue("fleet.sample_indices", "per-device sample indices (make the fleet with "
-                            "'hierfedlora fleet')", "none"))
+        issues.append(
+            Issue("fleet.sample_indices", "per-device sample indices (make the fleet with 'hierfedlora fleet')", "none")
+        )
     for k, group in enumerate(plan.groups):
         if not 1 <= group.depth <= num_layers:
-            issues.append(Issue(f"groups[{k}].depth", f"an integer in 1..{num_layers} (the model's layers)", group.depth))
+            issues.append(
+                Issue(f"groups[{k}].depth", f"an integer in 1..{num_layers} (the model's layers)", group.depth)
+            )
         for device_id in group.device_ids:
             if device_id not in positions:
                 issues.append(Issue(f"groups[{k}].device_ids", "ids of devices in the fleet", device_id))
             elif fleet.sample_indices and not fleet.sample_indices[positions[device_id]]:
-                issues.append(Issue(f"groups[{k}].device_ids", "devices with training samples (the partition "
-                                    "left this one empty)", device_id))
+                issues.append(
+                    Issue(
+                        f"groups[{k}].device_ids",
+                        "devices with training samples (the partition left this one empty)",
+                        device_id,
+                    )
+                )
     return issues
 
 
@@ -111,8 +119,13 @@ def prepare_run(plan: Plan, fleet: Fleet, options: RunOptions) -> RunContext:
         A plan naming unknown devices, depths beyond the model, devices without data; a fleet
         without a data set; a data file that changed since the fleet was made.
     """
-    spec = ModelSpec(path=options.model, num_labels=len(fleet.class_names), lora_rank=options.lora_rank,
-                     lora_alpha=options.lora_alpha, max_seq_len=options.max_seq_len)
+    spec = ModelSpec(
+        path=options.model,
+        num_labels=len(fleet.class_names),
+        lora_rank=options.lora_rank,
+        lora_alpha=options.lora_alpha,
+        max_seq_len=options.max_seq_len,
+    )
     model, tokenizer = load_adapted_model(spec, seed=options.seed)
     issues = check_plan_for_run(plan, fleet, model.num_layers)
     if issues:
@@ -126,14 +139,22 @@ def prepare_run(plan: Plan, fleet: Fleet, options: RunOptions) -> RunContext:
     eval_source = np.sort(rng.choice(test, size=min(options.eval_samples, len(test)), replace=False))
     rows = sorted({row for indices in used.values() for row in indices} | set(eval_source.tolist()))
     row_position = {row: pos for pos, row in enumerate(rows)}
-    data = tokenize_texts([texts.texts[r] for r in rows], [texts.labels[r] for r in rows], tokenizer,
-                          options.max_seq_len)
+    data = tokenize_texts(
+        [texts.texts[r] for r in rows], [texts.labels[r] for r in rows], tokenizer, options.max_seq_len
+    )
     device_rows = {d: torch.tensor([row_position[r] for r in rows_of], dtype=torch.long) for d, rows_of in used.items()}
     eval_rows = torch.tensor([row_position[int(r)] for r in eval_source], dtype=torch.long)
     source: Any = PrefixCache(model, data) if options.use_prefix_cache else PlainForward(model, data)
     model_dir = resolve_model_dir(options.model)
-    return RunContext(model=model, data=data, device_rows=device_rows, eval_rows=eval_rows, forward_source=source,
-                      model_sha256=model_sha256(model_dir), fleet_sha256=sha256_of(fleet))
+    return RunContext(
+        model=model,
+        data=data,
+        device_rows=device_rows,
+        eval_rows=eval_rows,
+        forward_source=source,
+        model_sha256=model_sha256(model_dir),
+        fleet_sha256=sha256_of(fleet),
+    )
 
 
 @contextlib.contextmanager
@@ -212,32 +233,64 @@ def run_plan(
                 group_states.append(group_state)
                 weights.append(float(sum(samples)))
                 _load(context, group.depth, group_state)
-                _, accuracy = evaluate(context.forward_for(group.depth), context.data.labels, context.eval_rows,
-                                       batch_size=options.eval_batch_size)
+                _, accuracy = evaluate(
+                    context.forward_for(group.depth),
+                    context.data.labels,
+                    context.eval_rows,
+                    batch_size=options.eval_batch_size,
+                )
                 results.append((group_loss, accuracy))
             global_state = merge_across_groups(global_state, group_states, weights)
             eval_depth = max(group.depth for group in plan.groups)
             _load(context, eval_depth, global_state)
-            eval_loss, eval_accuracy = evaluate(context.forward_for(eval_depth), context.data.labels,
-                                                context.eval_rows, batch_size=options.eval_batch_size)
-            timing = global_round_time_s(plan, cost_model, devices_by_id, backhaul_mbps=options.backhaul_mbps,
-                                         intra_latency_s=options.intra_latency_s,
-                                         global_latency_s=options.global_latency_s, noise=options.clock_noise,
-                                         rng=rng)
+            eval_loss, eval_accuracy = evaluate(
+                context.forward_for(eval_depth),
+                context.data.labels,
+                context.eval_rows,
+                batch_size=options.eval_batch_size,
+            )
+            timing = global_round_time_s(
+                plan,
+                cost_model,
+                devices_by_id,
+                backhaul_mbps=options.backhaul_mbps,
+                intra_latency_s=options.intra_latency_s,
+                global_latency_s=options.global_latency_s,
+                noise=options.clock_noise,
+                rng=rng,
+            )
             clock = clock.advance(timing.round_s)
             report = RoundReport(
-                plan_id=plan.plan_id, global_round=global_round, sim_time_s=clock.now_s,
+                plan_id=plan.plan_id,
+                global_round=global_round,
+                sim_time_s=clock.now_s,
                 wall_time_s=time.perf_counter() - started,
-                groups=tuple(GroupRoundResult(group_id=g.group_id, loss=loss, accuracy=acc,
-                                              upload_bytes=t.upload_bytes, download_bytes=t.download_bytes,
-                                              sim_time_s=t.group_s)
-                             for g, (loss, acc), t in zip(plan.groups, results, timing.groups, strict=True)),
-                measured_step_s=step_s, eval_loss=eval_loss, eval_accuracy=eval_accuracy, seed=options.seed,
+                groups=tuple(
+                    GroupRoundResult(
+                        group_id=g.group_id,
+                        loss=loss,
+                        accuracy=acc,
+                        upload_bytes=t.upload_bytes,
+                        download_bytes=t.download_bytes,
+                        sim_time_s=t.group_s,
+                    )
+                    for g, (loss, acc), t in zip(plan.groups, results, timing.groups, strict=True)
+                ),
+                measured_step_s=step_s,
+                eval_loss=eval_loss,
+                eval_accuracy=eval_accuracy,
+                seed=options.seed,
             )
-            run_state = RunState(plan_id=plan.plan_id, fleet_sha256=context.fleet_sha256,
-                                 model_sha256=context.model_sha256, global_round=global_round,
-                                 sim_time_s=clock.now_s, seed=options.seed, numpy_rng_state=numpy_rng_state(rng),
-                                 last_report=report)
+            run_state = RunState(
+                plan_id=plan.plan_id,
+                fleet_sha256=context.fleet_sha256,
+                model_sha256=context.model_sha256,
+                global_round=global_round,
+                sim_time_s=clock.now_s,
+                seed=options.seed,
+                numpy_rng_state=numpy_rng_state(rng),
+                last_report=report,
+            )
             save_checkpoint(folder, run_state, {GLOBAL_PREFIX + key: value for key, value in global_state.items()})
             report_log.append(report)
             yield report
@@ -250,8 +303,15 @@ def _load(context: RunContext, depth: int, state: AdapterState) -> None:
     context.model.set_adapter_state({key: state[key] for key in context.model.adapter_keys()})
 
 
-def _run_group(context: RunContext, plan: Plan, k: int, global_state: AdapterState, options: RunOptions,
-               global_round: int, step_s: dict[str, float]) -> tuple[AdapterState, float]:
+def _run_group(
+    context: RunContext,
+    plan: Plan,
+    k: int,
+    global_state: AdapterState,
+    options: RunOptions,
+    global_round: int,
+    step_s: dict[str, float],
+) -> tuple[AdapterState, float]:
     group = plan.groups[k]
     forward = context.forward_for(group.depth)
     group_state = {key: global_state[key] for key in context.model.adapter_keys()}
@@ -260,10 +320,16 @@ def _run_group(context: RunContext, plan: Plan, k: int, global_state: AdapterSta
     for intra in range(group.intra_rounds):
         updates = []
         for position, device_id in enumerate(group.device_ids):
-            update = train_device(context.model, forward, group_state, context.device_rows[device_id],
-                                  local_steps=group.local_steps, batch_size=plan.batch_size,
-                                  learning_rate=options.learning_rate,
-                                  seed=derive_seed(options.seed, global_round, k, intra, position))
+            update = train_device(
+                context.model,
+                forward,
+                group_state,
+                context.device_rows[device_id],
+                local_steps=group.local_steps,
+                batch_size=plan.batch_size,
+                learning_rate=options.learning_rate,
+                seed=derive_seed(options.seed, global_round, k, intra, position),
+            )
             updates.append(update)
             step_s[device_id] = update.mean_step_s
         group_state = fedavg([u.state for u in updates], weights)
@@ -271,12 +337,16 @@ def _run_group(context: RunContext, plan: Plan, k: int, global_state: AdapterSta
     return group_state, float(np.mean(losses))
 
 
-def _start(folder: Path, plan: Plan, context: RunContext, options: RunOptions,
-           resume: bool) -> tuple[RunState | None, AdapterState, SimClock, np.random.Generator]:
+def _start(
+    folder: Path, plan: Plan, context: RunContext, options: RunOptions, resume: bool
+) -> tuple[RunState | None, AdapterState, SimClock, np.random.Generator]:
     if resume and (folder / MANIFEST_NAME).exists():
-        state, tensors = load_checkpoint(folder, expected_plan_id=plan.plan_id,
-                                         expected_fleet_sha256=context.fleet_sha256,
-                                         expected_model_sha256=context.model_sha256)
+        state, tensors = load_checkpoint(
+            folder,
+            expected_plan_id=plan.plan_id,
+            expected_fleet_sha256=context.fleet_sha256,
+            expected_model_sha256=context.model_sha256,
+        )
         global_state = {k.removeprefix(GLOBAL_PREFIX): v for k, v in tensors.items() if k.startswith(GLOBAL_PREFIX)}
         log.info("resuming %s after global round %d", folder, state.global_round)
         return state, global_state, SimClock(state.sim_time_s), restore_numpy_rng(state.numpy_rng_state)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+
 import numpy as np
 import torch
 
