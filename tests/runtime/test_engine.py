@@ -233,3 +233,41 @@ def test_sigkill_mid_run_then_resume_matches(tmp_path, small_fleet, minilm_slice
     assert [r.global_round for r in read_reports(reports_path)] == list(range(1, rounds + 1))
     whole, cut = _final_adapters(tmp_path / "whole"), _final_adapters(tmp_path / "cut")
     assert all(torch.equal(whole[k], cut[k]) for k in whole)
+
+
+def test_ctrl_c_finishes_the_round_exits_130_and_resumes(tmp_path, small_fleet, minilm_slice_dir):
+    """SIGINT mid-run lets the current round commit, exits 130 naming the round, and the run resumes to the end."""
+    # Arrange
+    fleet, fleet_path = small_fleet
+    plan_path, cost_path = tmp_path / "plan.json", tmp_path / "cost.json"
+    write_json(plan_path, _plan(fleet))
+    write_json(cost_path, make_cost_model(2))
+    rounds = 6
+    reports_path = tmp_path / "run" / REPORTS_NAME
+    process = subprocess.Popen(
+        _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "run", rounds),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if reports_path.exists() and reports_path.read_bytes().count(b"\n") >= 1:
+            break
+        time.sleep(0.05)
+    # Act
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    committed = [r.global_round for r in read_reports(reports_path)]
+    resumed = subprocess.run(
+        _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "run", rounds, resume=True),
+        capture_output=True,
+        text=True,
+    )
+    # Assert
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert committed == list(range(1, len(committed) + 1)) and len(committed) < rounds
+    assert f"interrupted after global round {committed[-1]}" in stderr
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r.global_round for r in read_reports(reports_path)] == list(range(1, rounds + 1))
