@@ -3,6 +3,8 @@
 Never imports torch or ``hierfedlora.runtime``.
 """
 
+import logging
+
 from hierfedlora.planner.errors import (
     HierFedLoraError,
     HierFedLoraWarning,
@@ -32,6 +34,17 @@ from hierfedlora.planner.types import (
     PlanningProblem,
     SolverOptions,
 )
+
+
+def _drop_ortools_version_notice(record: logging.LogRecord) -> bool:
+    # cvxpy 1.8 probes its GLOP/PDLP interfaces when it is imported, and they refuse ortools 9.15
+    # with a warning. We never use those interfaces (HiGHS solves our MILP), so the notice is noise;
+    # every other cvxpy warning still shows. Installed in the package's __init__, which runs
+    # before any planner module imports cvxpy.
+    return "Unrecognized new version of ortools" not in record.getMessage()
+
+
+logging.getLogger("__cvxpy__").addFilter(_drop_ortools_version_notice)
 
 __all__ = [
     "ConvergenceParams",

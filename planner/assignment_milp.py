@@ -18,7 +18,6 @@ leave it out if still infeasible), and :func:`explain_conflict` turns them into 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import time
 import warnings
@@ -37,16 +36,6 @@ from hierfedlora.planner.assignment_data import AssignmentData
 from hierfedlora.planner.checks import format_bytes
 from hierfedlora.planner.errors import InfeasibleError, SolverFailedError
 from hierfedlora.planner.types import SolverOptions
-
-
-def _drop_ortools_version_notice(record: logging.LogRecord) -> bool:
-    # cvxpy 1.8 probes its GLOP/PDLP interfaces, which refuse ortools 9.15 with a warning on
-    # every first solve. We never use those interfaces (HiGHS solves our MILP), so the notice
-    # is noise; every other cvxpy warning still shows.
-    return "Unrecognized new version of ortools" not in record.getMessage()
-
-
-logging.getLogger("__cvxpy__").addFilter(_drop_ortools_version_notice)
 
 __all__ = [
     "MILP_FAMILIES",
