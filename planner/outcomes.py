@@ -252,7 +252,11 @@ class Plan:
 GROUP_ROUND_RULES: dict[str, Rule] = {
     "group_id": NON_NEGATIVE_INT,
     "loss": FINITE_NON_NEGATIVE,
-    "accuracy": Rule("a number in [0, 1]", lambda v: is_number(v) and 0 <= v <= 1, (1.5, math.nan)),
+    "accuracy": Rule(
+        "a number in [0, 1] or null (not evaluated)",
+        lambda v: v is None or (is_number(v) and 0 <= v <= 1),
+        (1.5, math.nan),
+    ),
     "upload_bytes": NON_NEGATIVE_INT,
     "download_bytes": NON_NEGATIVE_INT,
     "sim_time_s": FINITE_NON_NEGATIVE,
@@ -261,12 +265,13 @@ GROUP_ROUND_RULES: dict[str, Rule] = {
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class GroupRoundResult:
-    """One group's part of a global round: its training loss, its model's test accuracy,
-    bytes its devices moved, and its simulated time (``intra_rounds`` intra-group rounds)."""
+    """One group's part of a global round: its training loss, its model's test accuracy
+    (``None`` when per-group evaluation is off), bytes its devices moved, and its simulated
+    time (``intra_rounds`` intra-group rounds)."""
 
     group_id: int
     loss: float
-    accuracy: float
+    accuracy: float | None
     upload_bytes: int
     download_bytes: int
     sim_time_s: float
@@ -281,7 +286,7 @@ REPORT_RULES: dict[str, Rule] = {
     "sim_time_s": FINITE_NON_NEGATIVE,
     "wall_time_s": FINITE_NON_NEGATIVE,
     "eval_loss": FINITE_NON_NEGATIVE,
-    "eval_accuracy": GROUP_ROUND_RULES["accuracy"],
+    "eval_accuracy": Rule("a number in [0, 1]", lambda v: is_number(v) and 0 <= v <= 1, (1.5, math.nan)),
     "seed": NON_NEGATIVE_INT,
     "schema_version": SCHEMA_RULE,
 }
@@ -293,7 +298,9 @@ class RoundReport:
 
     ``sim_time_s`` is the simulated clock *after* the round; ``wall_time_s`` the host
     seconds the round took. ``measured_step_s`` maps device id to its mean measured
-    local-step seconds on this host in this round.
+    local-step seconds on this host in this round; ``device_step_s`` to the mean local-step
+    seconds the simulated clock charged that device (what a real deployment measures on the
+    device; ``planner.feedback`` refits device speeds from it).
     """
 
     plan_id: str
@@ -302,6 +309,7 @@ class RoundReport:
     wall_time_s: float
     groups: tuple[GroupRoundResult, ...]
     measured_step_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    device_step_s: dict[str, float] = dataclasses.field(default_factory=dict)
     eval_loss: float
     eval_accuracy: float
     dropped_device_ids: tuple[str, ...] = ()

@@ -63,6 +63,7 @@ __all__ = [
     "ReportLog",
     "RunState",
     "load_checkpoint",
+    "read_checkpoint_plan_id",
     "numpy_rng_state",
     "read_reports",
     "restore_numpy_rng",
@@ -212,6 +213,11 @@ def _read_manifest(path: Path) -> _Manifest:
         if isinstance(found, dict) and "schema_version" in found and found["schema_version"] != SCHEMA_VERSION:
             raise ResumeMismatchError("schema_version", SCHEMA_VERSION, found["schema_version"])
     return from_dict(_Manifest, data, source=str(path))
+
+
+def read_checkpoint_plan_id(run_dir: str | os.PathLike[str]) -> str:
+    """The plan id of ``run_dir``'s last committed round (a re-planned run changes plans)."""
+    return _read_manifest(Path(run_dir) / MANIFEST_NAME).state.plan_id
 
 
 def load_checkpoint(

@@ -84,6 +84,7 @@ class GroupTiming:
 
     ``intra_round_s`` holds one entry per intra-group round (all equal without noise);
     ``group_s`` is their total, ``tau * t`` without noise. Bytes are per global round, all devices.
+    ``device_step_s`` maps each member to the mean local-step seconds it was charged this round.
     """
 
     group_id: int
@@ -91,6 +92,7 @@ class GroupTiming:
     group_s: float
     upload_bytes: int
     download_bytes: int
+    device_step_s: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,6 +102,11 @@ class RoundTiming:
     groups: tuple[GroupTiming, ...]
     global_aggregation_s: float
     round_s: float
+
+    @property
+    def device_step_s(self) -> dict[str, float]:
+        """Mean simulated local-step seconds of every device in the round."""
+        return {device: seconds for g in self.groups for device, seconds in g.device_step_s.items()}
 
     @property
     def upload_bytes(self) -> int:
@@ -213,19 +220,21 @@ def _group_timing(
     rng: np.random.Generator | None,
 ) -> GroupTiming:
     """(K1) or (K2) for one group, and its traffic (K3)."""
+    step_s = np.array(
+        [
+            costs.step_time_s(cost_model, compute_scale=d.compute_scale, depth=group.depth, batch_size=batch_size)
+            for d in members
+        ]
+    )
+    mean_step_s = step_s
     if noise > 0 and rng is not None:
-        step_s = np.array(
-            [
-                costs.step_time_s(cost_model, compute_scale=d.compute_scale, depth=group.depth, batch_size=batch_size)
-                for d in members
-            ]
-        )
         exchange_s = np.array(
             [costs.exchange_time_s(cost_model, d, depth=group.depth, latency_s=latency_s) for d in members]
         )
         size = (group.intra_rounds, len(members), group.local_steps)
         factors = rng.lognormal(mean=-(noise**2) / 2, sigma=noise, size=size)  # mean one per step
         device_s = step_s * factors.sum(axis=2) + exchange_s  # [intra round, device]
+        mean_step_s = step_s * factors.mean(axis=(0, 2))
         intra = tuple(float(t) for t in device_s.max(axis=1))
         group_s = math.fsum(intra)
     else:
@@ -240,5 +249,10 @@ def _group_timing(
         intra, group_s = (t_k,) * group.intra_rounds, t_k * group.intra_rounds
     one_way = group.intra_rounds * len(members) * costs.adapter_bytes(cost_model, depth=group.depth)
     return GroupTiming(
-        group_id=group.group_id, intra_round_s=intra, group_s=group_s, upload_bytes=one_way, download_bytes=one_way
+        group_id=group.group_id,
+        intra_round_s=intra,
+        group_s=group_s,
+        upload_bytes=one_way,
+        download_bytes=one_way,
+        device_step_s={d.device_id: float(s) for d, s in zip(members, mean_step_s, strict=True)},
     )

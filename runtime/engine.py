@@ -24,9 +24,9 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -36,9 +36,9 @@ from hierfedlora.models.catalog import ModelSpec, model_sha256, resolve_model_di
 from hierfedlora.models.lora import AdaptedModel, load_adapted_model
 from hierfedlora.planner.datasets import read_dataset
 from hierfedlora.planner.errors import InvalidInputError, Issue, RunInterruptedError
-from hierfedlora.planner.io import sha256_of, write_json
+from hierfedlora.planner.io import read_json, sha256_of, write_json
 from hierfedlora.planner.outcomes import GroupRoundResult, Plan, RoundReport
-from hierfedlora.planner.types import CostModel, Fleet
+from hierfedlora.planner.types import CostModel, DeviceProfile, Fleet
 from hierfedlora.runtime.aggregation import fedavg, merge_across_groups
 from hierfedlora.runtime.checkpoint import (
     MANIFEST_NAME,
@@ -47,6 +47,8 @@ from hierfedlora.runtime.checkpoint import (
     RunState,
     load_checkpoint,
     numpy_rng_state,
+    read_checkpoint_plan_id,
+    read_reports,
     restore_numpy_rng,
     save_checkpoint,
 )
@@ -56,7 +58,7 @@ from hierfedlora.runtime.local_training import derive_seed, evaluate, train_devi
 from hierfedlora.runtime.options import RunOptions
 from hierfedlora.runtime.prefix_cache import Forward, PlainForward, PrefixCache
 
-__all__ = ["RunContext", "check_plan_for_run", "prepare_run", "run_plan"]
+__all__ = ["PLANS_FOLDER", "Replanner", "RunContext", "check_plan_for_run", "prepare_run", "run_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +186,21 @@ def _initial_state(context: RunContext, seed: int) -> AdapterState:
     return initial_adapter_state(context.model.peft_model, context.model.max_depth, seed)
 
 
+class Replanner(Protocol):
+    """Consulted after every committed round; returns a new plan to switch to, or ``None``.
+
+    ``reports`` are all committed reports of the run in order (each names its plan);
+    ``plans`` maps every plan id the run has used to its plan. It must be deterministic in
+    its inputs: a resumed run consults it again for the last committed round.
+    ``planner.feedback.Replanner`` is the implementation.
+    """
+
+    def __call__(self, plan: Plan, reports: Sequence[RoundReport], plans: Mapping[str, Plan]) -> Plan | None: ...
+
+
+PLANS_FOLDER = "plans"
+
+
 def run_plan(
     plan: Plan,
     fleet: Fleet,
@@ -193,6 +210,8 @@ def run_plan(
     *,
     resume: bool = False,
     context: RunContext | None = None,
+    replanner: Replanner | None = None,
+    clock_devices: Sequence[DeviceProfile] | None = None,
 ) -> Iterator[RoundReport]:
     """Execute ``plan`` for ``options.rounds`` global rounds, yielding each committed report.
 
@@ -201,16 +220,27 @@ def run_plan(
     plan, fleet, cost_model : the plan, the fleet it was made for, and the costs of its clock.
     options : RunOptions
     run_dir : path
-        Where ``checkpoint.json``, tensors, ``reports.jsonl`` and ``plan.json`` go.
+        Where ``checkpoint.json``, tensors, ``reports.jsonl``, ``plan.json`` (the plan in force)
+        and ``plans/`` (every plan the run used, by id) go.
     resume : bool
         Continue from ``run_dir``'s last committed round (a fresh start if it has none).
     context : RunContext, optional
         A prepared context to reuse (tests and experiments share one model across runs).
+    replanner : Replanner, optional
+        The closed loop: after each committed round it may return a new plan (same devices or
+        a subset), which runs from the next round on. Adapters carry over: every group starts
+        from the global state, so a group that gets deeper starts its new layers from the
+        global values.
+    clock_devices : sequence of DeviceProfile, optional
+        The devices as they really are, for the simulated clock (default: ``fleet.devices``).
+        Differing from the fleet's profiles, they model devices slower or faster than profiled,
+        which the closed loop can measure and correct.
 
     Raises
     ------
     InvalidInputError
-        As :func:`prepare_run`; a new run into a folder that already holds a run.
+        As :func:`prepare_run`; a new run into a folder that already holds a run; a re-plan
+        naming devices outside the fleet.
     ResumeMismatchError
         Resuming a checkpoint of another plan, fleet or model.
     RunInterruptedError
@@ -219,11 +249,15 @@ def run_plan(
     folder = Path(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     context = context or prepare_run(plan, fleet, options)
-    devices_by_id = {device.device_id: device for device in fleet.devices}
+    devices_by_id = {device.device_id: device for device in (clock_devices or fleet.devices)}
     positions = {device.device_id: idx for idx, device in enumerate(fleet.devices)}
-    state, global_state, clock, rng = _start(folder, plan, context, options, resume)
-    write_json(folder / "plan.json", plan)
+    plans = {plan.plan_id: plan}
+    state, global_state, clock, rng, plan = _start(folder, plan, context, options, resume, plans)
+    _save_plan(folder, plan)
     with ReportLog.open(folder / REPORTS_NAME, resume_state=state) as report_log, _sigint_deferred() as stop:
+        reports = read_reports(folder / REPORTS_NAME) if state else []  # repaired to rounds 1..c by open
+        if state and replanner is not None:  # the decision after the last commit may not have been acted on
+            plan = _consult(replanner, plan, reports, plans, fleet, context, folder)
         for global_round in range(state.global_round + 1 if state else 1, options.rounds + 1):
             started = time.perf_counter()
             results, group_states, weights, step_s = [], [], [], {}
@@ -232,13 +266,15 @@ def run_plan(
                 samples = [fleet.devices[positions[d]].num_samples for d in group.device_ids]
                 group_states.append(group_state)
                 weights.append(float(sum(samples)))
-                _load(context, group.depth, group_state)
-                _, accuracy = evaluate(
-                    context.forward_for(group.depth),
-                    context.data.labels,
-                    context.eval_rows,
-                    batch_size=options.eval_batch_size,
-                )
+                accuracy = None
+                if options.evaluate_groups:
+                    _load(context, group.depth, group_state)
+                    _, accuracy = evaluate(
+                        context.forward_for(group.depth),
+                        context.data.labels,
+                        context.eval_rows,
+                        batch_size=options.eval_batch_size,
+                    )
                 results.append((group_loss, accuracy))
             global_state = merge_across_groups(global_state, group_states, weights)
             eval_depth = max(group.depth for group in plan.groups)
@@ -277,6 +313,7 @@ def run_plan(
                     for g, (loss, acc), t in zip(plan.groups, results, timing.groups, strict=True)
                 ),
                 measured_step_s=step_s,
+                device_step_s=timing.device_step_s,
                 eval_loss=eval_loss,
                 eval_accuracy=eval_accuracy,
                 seed=options.seed,
@@ -293,9 +330,47 @@ def run_plan(
             )
             save_checkpoint(folder, run_state, {GLOBAL_PREFIX + key: value for key, value in global_state.items()})
             report_log.append(report)
+            reports.append(report)
             yield report
             if stop.is_set() and global_round < options.rounds:
                 raise RunInterruptedError(global_round, str(folder))
+            if replanner is not None and global_round < options.rounds:
+                plan = _consult(replanner, plan, reports, plans, fleet, context, folder)
+
+
+def _save_plan(folder: Path, plan: Plan) -> None:
+    (folder / PLANS_FOLDER).mkdir(exist_ok=True)
+    path = folder / PLANS_FOLDER / f"{plan.plan_id}.json"
+    if not path.exists():
+        write_json(path, plan)
+    write_json(folder / "plan.json", plan)
+
+
+def _consult(
+    replanner: Replanner,
+    plan: Plan,
+    reports: Sequence[RoundReport],
+    plans: dict[str, Plan],
+    fleet: Fleet,
+    context: RunContext,
+    folder: Path,
+) -> Plan:
+    """Ask the replanner; check, record and return the plan in force for the next round."""
+    new_plan = replanner(plan, reports, plans)
+    if new_plan is None or new_plan.plan_id == plan.plan_id:
+        return plan
+    issues = check_plan_for_run(new_plan, fleet, context.model.num_layers)
+    issues += [
+        Issue("plan.device_ids", "devices the run has data for", d)
+        for d in new_plan.device_ids
+        if d not in context.device_rows
+    ]
+    if issues:
+        raise InvalidInputError(issues, "re-plan")
+    log.info("switching plan %s -> %s: %s", plan.plan_id, new_plan.plan_id, new_plan.reason)
+    plans[new_plan.plan_id] = new_plan
+    _save_plan(folder, new_plan)
+    return new_plan
 
 
 def _load(context: RunContext, depth: int, state: AdapterState) -> None:
@@ -338,19 +413,48 @@ def _run_group(
 
 
 def _start(
-    folder: Path, plan: Plan, context: RunContext, options: RunOptions, resume: bool
-) -> tuple[RunState | None, AdapterState, SimClock, np.random.Generator]:
+    folder: Path, plan: Plan, context: RunContext, options: RunOptions, resume: bool, plans: dict[str, Plan]
+) -> tuple[RunState | None, AdapterState, SimClock, np.random.Generator, Plan]:
     if resume and (folder / MANIFEST_NAME).exists():
+        current = _plan_in_force(folder, plan, plans)
         state, tensors = load_checkpoint(
             folder,
-            expected_plan_id=plan.plan_id,
+            expected_plan_id=current.plan_id,
             expected_fleet_sha256=context.fleet_sha256,
             expected_model_sha256=context.model_sha256,
         )
         global_state = {k.removeprefix(GLOBAL_PREFIX): v for k, v in tensors.items() if k.startswith(GLOBAL_PREFIX)}
         log.info("resuming %s after global round %d", folder, state.global_round)
-        return state, global_state, SimClock(state.sim_time_s), restore_numpy_rng(state.numpy_rng_state)
+        return state, global_state, SimClock(state.sim_time_s), restore_numpy_rng(state.numpy_rng_state), current
     if (folder / MANIFEST_NAME).exists():
         raise InvalidInputError([Issue("run_dir", "an empty folder for a new run (or pass resume)", str(folder))])
     rng = np.random.default_rng(derive_seed(options.seed, 11))
-    return None, _initial_state(context, options.seed), SimClock(0.0), rng
+    return None, _initial_state(context, options.seed), SimClock(0.0), rng, plan
+
+
+def _plan_in_force(folder: Path, plan: Plan, plans: dict[str, Plan]) -> Plan:
+    """The plan of the last committed round: ``plan`` itself, or a re-plan descending from it."""
+    saved = {}
+    for path in sorted((folder / PLANS_FOLDER).glob("*.json")):
+        try:
+            candidate = read_json(Plan, path)
+        except InvalidInputError:
+            continue  # a torn or foreign file cannot be the plan of a committed round
+        saved[candidate.plan_id] = candidate
+    try:
+        committed = read_checkpoint_plan_id(folder)
+    except InvalidInputError:
+        return plan  # load_checkpoint reports what is wrong with the manifest
+    current = saved.get(committed)
+    if committed == plan.plan_id or current is None:
+        return plan  # a foreign plan id: load_checkpoint refuses it by name
+    lineage, cursor = [current], current
+    while cursor.parent_plan_id is not None and cursor.parent_plan_id != plan.plan_id:
+        cursor = saved.get(cursor.parent_plan_id)  # type: ignore[assignment]
+        if cursor is None or len(lineage) > len(saved):
+            return plan
+        lineage.append(cursor)
+    if cursor.parent_plan_id != plan.plan_id:
+        return plan
+    plans.update({p.plan_id: p for p in lineage})
+    return current

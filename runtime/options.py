@@ -38,6 +38,7 @@ RUN_OPTION_RULES: dict[str, Rule] = {
     "eval_samples": POSITIVE_INT,
     "eval_batch_size": POSITIVE_INT,
     "use_prefix_cache": Rule("true or false", lambda v: isinstance(v, bool), (1, "yes")),
+    "evaluate_groups": Rule("true or false", lambda v: isinstance(v, bool), (1, "yes")),
     "clock_noise": FINITE_NON_NEGATIVE,
     "backhaul_mbps": FINITE_POSITIVE,
     "intra_latency_s": FINITE_NON_NEGATIVE,
@@ -67,6 +68,9 @@ class RunOptions:
         Size of the fixed, seeded evaluation subset of the fleet's test split, and its batch.
     use_prefix_cache : bool
         Train the top ``d`` layers on cached frozen-prefix hidden states (exact; faster).
+    evaluate_groups : bool
+        Also evaluate every group's model each round (``GroupRoundResult.accuracy``); off, only
+        the merged global model is evaluated (plans with many groups run much faster).
     clock_noise : float
         Sigma of mean-one lognormal noise on every simulated local step (0: the cost model exactly).
     backhaul_mbps, intra_latency_s, global_latency_s : float
@@ -84,6 +88,7 @@ class RunOptions:
     eval_samples: int = 512
     eval_batch_size: int = 128
     use_prefix_cache: bool = True
+    evaluate_groups: bool = True
     clock_noise: float = 0.0
     backhaul_mbps: float = 20.0
     intra_latency_s: float = 0.05

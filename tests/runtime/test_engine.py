@@ -271,3 +271,152 @@ def test_ctrl_c_finishes_the_round_exits_130_and_resumes(tmp_path, small_fleet, 
     assert f"interrupted after global round {committed[-1]}" in stderr
     assert resumed.returncode == 0, resumed.stderr
     assert [r.global_round for r in read_reports(reports_path)] == list(range(1, rounds + 1))
+
+
+class SwitchAfter:
+    """A deterministic replanner: after round ``at`` it makes every group as deep as the model."""
+
+    def __init__(self, at: int, depth: int) -> None:
+        self.at, self.depth, self.calls = at, depth, 0
+
+    def __call__(self, plan, reports, plans):
+        self.calls += 1
+        if len(reports) != self.at:
+            return None
+        deeper = tuple(dataclasses.replace(g, depth=self.depth) for g in plan.groups)
+        return dataclasses.replace(plan, groups=deeper, parent_plan_id=plan.plan_id, reason="deeper")
+
+
+def test_a_replanner_switches_plans_and_keeps_the_adapters(tmp_path, small_fleet, minilm_slice_dir):
+    """After round 2 the run continues under the new plan, from the merged adapters of round 2."""
+    # Arrange
+    fleet, _ = small_fleet
+    plan, cost = _plan(fleet), make_cost_model(2)
+    context = prepare_run(plan, fleet, _options(minilm_slice_dir, 3))
+    # Act
+    reports = list(
+        run_plan(
+            plan,
+            fleet,
+            cost,
+            _options(minilm_slice_dir, 3),
+            tmp_path / "r",
+            context=context,
+            replanner=SwitchAfter(2, 2),
+        )
+    )
+    # Assert
+    new_id = reports[2].plan_id
+    assert [r.plan_id for r in reports[:2]] == [plan.plan_id] * 2 and new_id != plan.plan_id
+    assert (tmp_path / "r" / "plans" / f"{new_id}.json").exists()
+    assert json.loads((tmp_path / "r" / "plan.json").read_text())["parent_plan_id"] == plan.plan_id
+    static = list(run_plan(plan, fleet, cost, _options(minilm_slice_dir, 2), tmp_path / "s", context=context))
+    assert [_comparable(r) for r in static] == [_comparable(r) for r in reports[:2]]  # same until the switch
+
+
+def test_resume_after_a_replan_matches_an_uninterrupted_run(tmp_path, small_fleet, minilm_slice_dir):
+    """A run stopped right after the round that triggered a re-plan resumes under the new plan, bit for bit."""
+    # Arrange
+    fleet, _ = small_fleet
+    plan, cost = _plan(fleet), make_cost_model(2)
+    context = prepare_run(plan, fleet, _options(minilm_slice_dir, 4))
+    # Act
+    list(
+        run_plan(
+            plan,
+            fleet,
+            cost,
+            _options(minilm_slice_dir, 4),
+            tmp_path / "whole",
+            context=context,
+            replanner=SwitchAfter(1, 2),
+        )
+    )
+    list(
+        run_plan(
+            plan,
+            fleet,
+            cost,
+            _options(minilm_slice_dir, 1),
+            tmp_path / "split",
+            context=context,
+            replanner=SwitchAfter(1, 2),
+        )
+    )
+    list(
+        run_plan(
+            plan,
+            fleet,
+            cost,
+            _options(minilm_slice_dir, 2),
+            tmp_path / "split",
+            resume=True,
+            context=context,
+            replanner=SwitchAfter(1, 2),
+        )
+    )
+    list(
+        run_plan(
+            plan,
+            fleet,
+            cost,
+            _options(minilm_slice_dir, 4),
+            tmp_path / "split",
+            resume=True,
+            context=context,
+            replanner=SwitchAfter(1, 2),
+        )
+    )
+    # Assert
+    whole, split = _final_adapters(tmp_path / "whole"), _final_adapters(tmp_path / "split")
+    assert all(torch.equal(whole[k], split[k]) for k in whole)
+    whole_reports = [_comparable(r) for r in read_reports(tmp_path / "whole" / REPORTS_NAME)]
+    split_reports = [_comparable(r) for r in read_reports(tmp_path / "split" / REPORTS_NAME)]
+    assert split_reports == whole_reports
+    assert len({r["plan_id"] for r in whole_reports}) == 2
+
+
+def test_a_replan_naming_unknown_devices_is_refused(tmp_path, small_fleet, minilm_slice_dir):
+    """A replanner that returns a plan with a device the fleet lacks stops the run with a named field."""
+    # Arrange
+    fleet, _ = small_fleet
+    plan = _plan(fleet)
+
+    def stranger(plan, reports, plans):
+        groups = (dataclasses.replace(plan.groups[0], device_ids=("ghost",)), *plan.groups[1:])
+        return dataclasses.replace(plan, groups=groups, parent_plan_id=plan.plan_id)
+
+    # Act / Assert
+    with pytest.raises(InvalidInputError, match="ghost"):
+        list(
+            run_plan(plan, fleet, make_cost_model(2), _options(minilm_slice_dir, 2), tmp_path / "r", replanner=stranger)
+        )
+
+
+def test_clock_devices_and_group_evaluation_switch(tmp_path, small_fleet, minilm_slice_dir):
+    """Slower real devices lengthen the simulated round and show in device_step_s; groups can go unevaluated."""
+    # Arrange
+    fleet, _ = small_fleet
+    plan, cost = _plan(fleet), make_cost_model(2)
+    slow = tuple(dataclasses.replace(d, compute_scale=d.compute_scale * 3) for d in fleet.devices)
+    context = prepare_run(plan, fleet, _options(minilm_slice_dir, 1))
+    # Act
+    (base,) = list(run_plan(plan, fleet, cost, _options(minilm_slice_dir, 1), tmp_path / "a", context=context))
+    (slowed,) = list(
+        run_plan(
+            plan,
+            fleet,
+            cost,
+            _options(minilm_slice_dir, 1, evaluate_groups=False),
+            tmp_path / "b",
+            context=context,
+            clock_devices=slow,
+        )
+    )
+    # Assert
+    assert slowed.sim_time_s > base.sim_time_s
+    for device_id, seconds in base.device_step_s.items():
+        assert slowed.device_step_s[device_id] == pytest.approx(3 * seconds)
+    assert all(g.accuracy is not None for g in base.groups)
+    assert all(g.accuracy is None for g in slowed.groups)
+    assert slowed.eval_accuracy == base.eval_accuracy  # same training; only the clock differs
