@@ -12,7 +12,7 @@ import pytest
 from hierfedlora.planner.io import write_json
 from tests.factories import make_cost_model
 
-COMMANDS = ("profile", "fleet", "plan", "run", "demo")
+COMMANDS = ("profile", "fleet", "plan", "run", "demo", "experiment")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

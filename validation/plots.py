@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hierfedlora.planner.outcomes import RoundReport
 
-__all__ = ["plot_accuracy_vs_time"]
+__all__ = ["plot_accuracy_vs_time", "plot_curves"]
 
 
 def plot_accuracy_vs_time(
@@ -54,3 +54,57 @@ def plot_accuracy_vs_time(
     plt.close(figure)
     os.replace(temp, target)
     return target
+
+
+def plot_curves(
+    curves: Mapping[str, Sequence[tuple[Sequence[float], Sequence[float]]]],
+    path: str | os.PathLike[str],
+    *,
+    title: str,
+    target: float | None = None,
+    budget_s: float | None = None,
+    chance: float | None = None,
+) -> Path:
+    """One colour per method (label -> one (sim seconds, accuracy) curve per seed), saved atomically as PNG.
+
+    The first seed of a method carries its label; further seeds share its colour. ``target`` and
+    ``budget_s`` draw the experiment's fixed target accuracy and simulated-time budget.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    target_path = Path(path)
+    target_path.parent.mkdir(parents=True, exist_ok=True)
+    figure, axes = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for index, (label, runs) in enumerate(curves.items()):
+        colour = f"C{index % 10}"
+        for seed_index, (times_s, accuracy) in enumerate(runs):
+            axes.plot(
+                [t / 60.0 for t in times_s],
+                [100.0 * a for a in accuracy],
+                color=colour,
+                alpha=1.0 if seed_index == 0 else 0.45,
+                linewidth=1.4,
+                marker="o",
+                markersize=2.5,
+                label=label if seed_index == 0 else None,
+            )
+    if target is not None:
+        axes.axhline(100.0 * target, linestyle=":", color="black", linewidth=1, label="target")
+    if budget_s is not None:
+        axes.axvline(budget_s / 60.0, linestyle="--", color="black", linewidth=1, label="time budget")
+    if chance is not None:
+        axes.axhline(100.0 * chance, linestyle="--", color="grey", linewidth=1, label="chance")
+    axes.set_xlabel("simulated time (minutes)")
+    axes.set_ylabel("test accuracy (%)")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right", fontsize=7)
+    figure.tight_layout()
+    temp = target_path.with_name(f".{target_path.name}.tmp.png")
+    figure.savefig(temp, format="png")
+    plt.close(figure)
+    os.replace(temp, target_path)
+    return target_path

@@ -1,0 +1,136 @@
+"""The experiment harness: presets checked up front, metrics as defined, artefacts written, runs resumable."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hierfedlora.planner.errors import InvalidInputError
+from hierfedlora.validation.experiments import (
+    PRESETS,
+    RunResult,
+    alpha_name,
+    clock_devices_for,
+    markdown_table,
+    summarize,
+    write_outputs,
+)
+from tests.factories import make_cost_model, make_devices
+
+
+def _result(method: str, seed: int, accuracy: tuple[float, ...], times: tuple[float, ...], alpha=0.1) -> RunResult:
+    budget = 30.0
+    within = [i for i, t in enumerate(times) if t <= budget]
+    reached = next((times[i] for i in within if accuracy[i] >= 0.3), None)
+    return RunResult(
+        method=method,
+        alpha=alpha,
+        seed=seed,
+        plan_id="abc",
+        rounds=len(times),
+        time_budget_s=budget,
+        final_accuracy=accuracy[within[-1]],
+        time_to_target_s=reached,
+        traffic_bytes=1_000_000,
+        wall_time_s=1.0,
+        replans=0,
+        sim_time_s=times,
+        accuracy=accuracy,
+    )
+
+
+def test_presets_fix_target_and_budget_and_refuse_bad_fields():
+    """Every preset names FedLoRA and a target; a preset without FedLoRA or with a bad target is refused by field."""
+    # Arrange
+    paper = PRESETS["paper"]
+    # Act / Assert
+    assert all("fedlora" in p.methods and 0 < p.target_accuracy < 1 for p in PRESETS.values())
+    assert paper.num_devices == 80 and set(paper.alphas) == {None, 1.0, 0.5, 0.1}
+    assert (0.1, 1) in paper.settings() and (None, 1) not in paper.settings()  # single-seed levels
+    with pytest.raises(InvalidInputError, match="methods"):
+        dataclasses.replace(paper, methods=("hierfavg",))
+    with pytest.raises(InvalidInputError, match="target_accuracy"):
+        dataclasses.replace(paper, target_accuracy=1.5)
+    with pytest.raises(InvalidInputError, match="nonsense"):
+        dataclasses.replace(paper, methods=("fedlora", "nonsense"))
+
+
+def test_summary_speedup_is_fedlora_time_over_method_time():
+    """Speed-up = FedLoRA's time to target / the method's, per seed, then averaged; a miss gives no speed-up."""
+    # Arrange
+    results = [
+        _result("fedlora", 0, (0.1, 0.2, 0.3), (10.0, 20.0, 30.0)),
+        _result("hierfedlora", 0, (0.2, 0.35, 0.4), (5.0, 10.0, 15.0)),
+        _result("fedlora", 1, (0.1, 0.3, 0.35), (10.0, 20.0, 30.0)),
+        _result("hierfedlora", 1, (0.3, 0.4, 0.5), (5.0, 10.0, 40.0)),
+        _result("legend", 0, (0.1, 0.1, 0.1), (10.0, 20.0, 30.0)),
+    ]
+    # Act
+    rows = {row["method"]: row for row in summarize(results)}
+    # Assert
+    assert rows["hierfedlora"]["speedup_vs_fedlora"] == pytest.approx((30 / 10 + 20 / 5) / 2)
+    assert rows["hierfedlora"]["final_accuracy"] == pytest.approx((0.4 + 0.4) / 2)  # 40 s is past the budget
+    assert rows["legend"]["speedup_vs_fedlora"] is None and rows["legend"]["reached_target"] == 0
+    assert rows["fedlora"]["speedup_vs_fedlora"] == pytest.approx(1.0)
+    assert "| alpha_0.1 | legend |" in markdown_table(list(rows.values()))
+
+
+def test_outputs_are_written_and_state_the_fixed_target(tmp_path):
+    """results.json/csv, summary.csv, a plot per level and a report naming the target and the methods."""
+    # Arrange
+    preset = dataclasses.replace(PRESETS["quick"], alphas=(0.1,), methods=("fedlora", "hierfedlora"))
+    results = [
+        _result("fedlora", 0, (0.1, 0.2, 0.3), (10.0, 20.0, 30.0)),
+        _result("hierfedlora", 0, (0.2, 0.35, 0.4), (5.0, 10.0, 15.0)),
+    ]
+    # Act
+    write_outputs(preset, make_cost_model(6), results, tmp_path)
+    # Assert
+    assert len(json.loads((tmp_path / "results.json").read_text())) == 2
+    with open(tmp_path / "summary.csv", newline="") as handle:
+        assert [row["method"] for row in csv.DictReader(handle)] == ["fedlora", "hierfedlora"]
+    assert (tmp_path / f"accuracy_{alpha_name(0.1)}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (tmp_path / "report.md").read_text()
+    assert f"**{preset.target_accuracy:.0%}**" in report and "`hierfedlora`" in report
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_true_device_speeds_are_seeded_and_mean_one():
+    """The clock's devices differ from the profiles by a seeded factor; sigma 0 is the profiles themselves."""
+    # Arrange
+    devices = tuple(make_devices(200, seed=1))
+    # Act
+    first, again = clock_devices_for(devices, 0.3, seed=5), clock_devices_for(devices, 0.3, seed=5)
+    other = clock_devices_for(devices, 0.3, seed=6)
+    # Assert
+    assert first == again and first != other
+    ratios = [t.compute_scale / d.compute_scale for t, d in zip(first, devices, strict=True)]
+    assert 0.9 < sum(ratios) / len(ratios) < 1.1 and min(ratios) < 0.9 < 1.1 < max(ratios)
+    assert clock_devices_for(devices, 0.0, seed=5) == devices
+
+
+@pytest.mark.slow
+def test_quick_preset_runs_from_the_cli_and_resumes(tmp_path):
+    """`hierfedlora experiment quick` writes every artefact; a second call reuses the finished runs."""
+    # Arrange
+    out = tmp_path / "quick"
+    command = [sys.executable, "-m", "hierfedlora.cli", "experiment", "quick", "--out", str(out)]
+    preset = PRESETS["quick"]
+    # Act
+    first = subprocess.run(command, capture_output=True, text=True)
+    results = json.loads((out / "results.json").read_text()) if first.returncode == 0 else []
+    second = subprocess.run(command, capture_output=True, text=True)
+    # Assert
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert sorted(r["method"] for r in results) == sorted(preset.methods)
+    assert all(r["rounds"] >= 1 and 0 <= r["final_accuracy"] <= 1 for r in results)
+    assert all((out / "runs" / "alpha_0.5_seed0" / m / "result.json").exists() for m in preset.methods)
+    assert (out / "accuracy_alpha_0.5.png").exists() and (out / "report.md").exists()
+    assert json.loads((out / "results.json").read_text()) == results  # nothing re-ran differently
+    assert "| alpha_0.5 | fedlora |" in first.stdout
