@@ -117,7 +117,7 @@ from hierfedlora.planner.errors import InvalidInputError, NoSolutionError
 from hierfedlora.planner.outcomes import Grouping, Limit, SolveStatus
 from hierfedlora.planner.types import PlanningProblem, SolverOptions
 
-__all__ = ["MILP_FAMILIES", "Assignment", "assign_depths_and_rounds", "evaluate_assignment"]
+__all__ = ["MILP_FAMILIES", "Assignment", "assign_depths_and_rounds", "assignment_from_choices", "evaluate_assignment"]
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,9 @@ def assign_depths_and_rounds(grouping: Grouping, problem: PlanningProblem) -> As
         raise explain_conflict(data, deletion_filter(data, options, deadline))
     if data.satisfies(relaxed.choices):
         log.debug("levels: optimum %.6g s per unit progress meets every constraint", relaxed.ratio_s)
-        return _read_back(data, relaxed.choices, relaxed.ratio_s, SolveStatus.OPTIMAL, None, started, 0, "levels")
+        return assignment_from_choices(
+            data, relaxed.choices, relaxed.ratio_s, SolveStatus.OPTIMAL, None, started, 0, "levels"
+        )
     # (b) the traffic budget binds: Dinkelbach iterations over the MILP
     search = _dinkelbach(data, options, deadline, lower_ratio_s=relaxed.ratio_s)
     if search.infeasible:
@@ -211,7 +213,7 @@ def assign_depths_and_rounds(grouping: Grouping, problem: PlanningProblem) -> As
         raise NoSolutionError(Limit.TIME, time.perf_counter() - started, "the assignment MILP found no incumbent")
     optimal = search.limit is None
     status, limit = (SolveStatus.OPTIMAL, None) if optimal else (SolveStatus.FEASIBLE, search.limit)
-    return _read_back(
+    return assignment_from_choices(
         data, search.choices, search.lower_ratio_s, status, limit, started, search.iterations, "dinkelbach"
     )
 
@@ -318,7 +320,7 @@ def _first_incumbent(data: AssignmentData, lower_ratio_s: float) -> tuple[NDArra
     return candidates[idx], ratio
 
 
-def _read_back(
+def assignment_from_choices(
     data: AssignmentData,
     choices: NDArray[np.int64],
     lower_ratio_s: float,
@@ -328,6 +330,7 @@ def _read_back(
     iterations: int,
     method: str,
 ) -> Assignment:
+    """The :class:`Assignment` of one choice index per group, priced on ``data`` (also for fixed constructions)."""
     rows = np.arange(data.num_groups)
     result = data.evaluate(choices)
     reference = data.reference_rounds

@@ -57,6 +57,7 @@ __all__ = [
     "FAMILIES",
     "Conflict",
     "check_feasibility",
+    "device_round_times_s",
     "check_problem",
     "find_warnings",
     "format_bytes",
@@ -263,7 +264,7 @@ def _memory_conflicts(problem: PlanningProblem) -> list[Conflict]:
     return [Conflict("memory", "; ".join(parts) + more, hint)]
 
 
-def _device_round_times_s(problem: PlanningProblem) -> NDArray[np.float64]:
+def device_round_times_s(problem: PlanningProblem) -> NDArray[np.float64]:
     """(C5) for each device alone: an ``(N, |depths|)`` array of one intra-group round's seconds."""
     cost, depths = problem.cost_model, problem.effective_depth_choices
     scales = np.array([d.compute_scale for d in problem.devices])
@@ -283,7 +284,7 @@ def _round_budget_conflicts(problem: PlanningProblem) -> list[Conflict]:
     need = np.array([costs.peak_memory_bytes(cost, depth=d, batch_size=batch) for d in depths])[None, :]
     fewest_rounds = min(problem.intra_rounds_choices)
     # Every device is at least as slow inside a group as alone, at its fastest depth that fits.
-    alone = np.where(memory >= need, fewest_rounds * _device_round_times_s(problem), np.inf)
+    alone = np.where(memory >= need, fewest_rounds * device_round_times_s(problem), np.inf)
     fastest = alone.min(axis=1)
     if not np.isfinite(fastest).any():
         return []  # no device fits any depth: the memory conflict says so

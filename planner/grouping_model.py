@@ -107,8 +107,7 @@ def resolve_num_groups(problem: PlanningProblem) -> int:
 
 
 def size_bounds(problem: PlanningProblem, num_groups: int) -> tuple[int, int]:
-    """Effective devices-per-group bounds: balanced ``floor(N/K)..ceil(N/K)`` when neither is set.
-    """
+    """Effective devices-per-group bounds: balanced ``floor(N/K)..ceil(N/K)`` when neither is set."""
     num_devices = len(problem.devices)
     if problem.min_group_size is None and problem.max_group_size is None:
         return num_devices // max(num_groups, 1), -(-num_devices // max(num_groups, 1))

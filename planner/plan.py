@@ -61,7 +61,7 @@ from hierfedlora.planner.outcomes import Group, Grouping, Limit, Plan, SolveStat
 from hierfedlora.planner.skew import label_skew
 from hierfedlora.planner.types import PlanningProblem
 
-__all__ = ["make_plan", "summarize_plan"]
+__all__ = ["build_plan", "combined_status", "make_plan", "plan_groups", "summarize_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -106,28 +106,16 @@ def make_plan(problem: PlanningProblem, *, parent_plan_id: str | None = None, re
     raise_for_problem(problem, stacklevel=3)  # warnings point at make_plan's caller
     grouping = group_devices(problem)
     assignment = assign_depths_and_rounds(grouping, problem)
-    status, limit = _combined_status(grouping, assignment)
-    cost = problem.cost_model
-    plan = Plan(
-        groups=_groups(problem, grouping, assignment),
-        predicted_round_time_s=assignment.round_time_s,
-        predicted_rounds_to_target=assignment.rounds_to_target,
-        objective_value=assignment.objective_value,
-        dual_bound=assignment.dual_bound,
-        status=status,
-        limit=limit,
-        solve_time_s=time.perf_counter() - started,
+    plan = build_plan(
+        problem,
+        grouping,
+        assignment,
         solver=f"{grouping.method}+highs",
-        seed=problem.solver.seed,
-        batch_size=problem.effective_batch_size,
-        model_name=cost.model_name,
-        cost_model_sha256=cost.model_sha256 or sha256_of(cost),
-        fleet_sha256=sha256_of(problem.devices),
-        grouping_objective=grouping.objective,
-        grouping_bound=grouping.bound,
+        solve_time_s=time.perf_counter() - started,
         parent_plan_id=parent_plan_id,
         reason=reason,
     )
+    status, limit = plan.status, plan.limit
     log.info(
         "plan %s: %d groups, %.4g s to target (%s, gap %.2g), %.3g s",
         plan.plan_id,
@@ -156,7 +144,46 @@ def make_plan(problem: PlanningProblem, *, parent_plan_id: str | None = None, re
     return plan
 
 
-def _combined_status(grouping: Grouping, assignment: Assignment) -> tuple[SolveStatus, Limit | None]:
+def build_plan(
+    problem: PlanningProblem,
+    grouping: Grouping,
+    assignment: Assignment,
+    *,
+    solver: str,
+    solve_time_s: float,
+    parent_plan_id: str | None = None,
+    reason: str = "",
+) -> Plan:
+    """The :class:`Plan` of a grouping and an assignment of ``problem``, with its provenance stamped.
+
+    ``status`` is OPTIMAL only if both steps are; otherwise FEASIBLE with the limit that stopped
+    one of them. Baselines (``validation.baselines``) build their fixed plans with it too.
+    """
+    status, limit = combined_status(grouping, assignment)
+    cost = problem.cost_model
+    return Plan(
+        groups=plan_groups(problem, grouping, assignment),
+        predicted_round_time_s=assignment.round_time_s,
+        predicted_rounds_to_target=assignment.rounds_to_target,
+        objective_value=assignment.objective_value,
+        dual_bound=assignment.dual_bound,
+        status=status,
+        limit=limit,
+        solve_time_s=solve_time_s,
+        solver=solver,
+        seed=problem.solver.seed,
+        batch_size=problem.effective_batch_size,
+        model_name=cost.model_name,
+        cost_model_sha256=cost.model_sha256 or sha256_of(cost),
+        fleet_sha256=sha256_of(problem.devices),
+        grouping_objective=grouping.objective,
+        grouping_bound=grouping.bound,
+        parent_plan_id=parent_plan_id,
+        reason=reason,
+    )
+
+
+def combined_status(grouping: Grouping, assignment: Assignment) -> tuple[SolveStatus, Limit | None]:
     """FEASIBLE, with the limit that stopped it, if either step stopped at a limit; else OPTIMAL."""
     for step in (assignment, grouping):
         if step.status is not SolveStatus.OPTIMAL:
@@ -164,7 +191,8 @@ def _combined_status(grouping: Grouping, assignment: Assignment) -> tuple[SolveS
     return SolveStatus.OPTIMAL, None
 
 
-def _groups(problem: PlanningProblem, grouping: Grouping, assignment: Assignment) -> tuple[Group, ...]:
+def plan_groups(problem: PlanningProblem, grouping: Grouping, assignment: Assignment) -> tuple[Group, ...]:
+    """The plan's groups: members, assigned depth and intra_rounds, label skew, intra-round time."""
     devices = problem.devices
     counts = np.array([d.label_counts for d in devices], dtype=np.int64)
     global_counts = counts.sum(axis=0)

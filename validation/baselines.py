@@ -67,14 +67,13 @@ import warnings
 import numpy as np
 
 from hierfedlora.planner import costs
-from hierfedlora.planner.assignment import Assignment, _read_back, assign_depths_and_rounds
+from hierfedlora.planner.assignment import Assignment, assign_depths_and_rounds, assignment_from_choices
 from hierfedlora.planner.assignment_data import build_assignment_data
-from hierfedlora.planner.checks import BUDGET_TOLERANCE, _device_round_times_s, check_feasibility, check_problem
+from hierfedlora.planner.checks import BUDGET_TOLERANCE, check_feasibility, check_problem, device_round_times_s
 from hierfedlora.planner.errors import HierFedLoraWarning, InfeasibleError, InvalidInputError, Issue
 from hierfedlora.planner.grouping import group_devices, grouping_objective, random_grouping
-from hierfedlora.planner.io import sha256_of
 from hierfedlora.planner.outcomes import Grouping, Plan, SolveStatus
-from hierfedlora.planner.plan import _combined_status, _groups, make_plan
+from hierfedlora.planner.plan import build_plan, make_plan
 from hierfedlora.planner.rules import FRACTION, POSITIVE_INT, check_fields
 from hierfedlora.planner.types import PlanningProblem
 
@@ -255,7 +254,7 @@ def _constructed(problem: PlanningProblem, members: tuple[tuple[int, ...], ...],
 def _legend(problem: PlanningProblem, quantile: float) -> tuple[Grouping, tuple[int, ...], str]:
     """LEGEND's depths per device, and the groups of devices with equal depth (ordered by first member)."""
     cost, batch, choices = problem.cost_model, problem.effective_batch_size, problem.effective_depth_choices
-    round_s = _device_round_times_s(problem)  # (N, |D|): local steps + exchange, each device alone
+    round_s = device_round_times_s(problem)  # (N, |D|): local steps + exchange, each device alone
     deadline_s = float(np.quantile(round_s[:, -1], quantile))
     memory = np.array([device.memory_bytes for device in problem.devices])
     need = np.array([costs.peak_memory_bytes(cost, depth=d, batch_size=batch) for d in choices])
@@ -287,7 +286,7 @@ def _priced(
     choices = np.array([data.choice_index(d, t) for d, t in zip(depths, intra_rounds, strict=True)], dtype=np.int64)
     assert data.fits[np.arange(data.num_groups), choices].all(), "depths were chosen to fit memory"
     ratio_s = data.evaluate(choices).ratio_s
-    return _read_back(data, choices, ratio_s, SolveStatus.OPTIMAL, None, started, 0, "fixed")
+    return assignment_from_choices(data, choices, ratio_s, SolveStatus.OPTIMAL, None, started, 0, "fixed")
 
 
 def _broken_budgets(problem: PlanningProblem, assignment: Assignment) -> str:
@@ -304,27 +303,15 @@ def _broken_budgets(problem: PlanningProblem, assignment: Assignment) -> str:
 def _plan(
     problem: PlanningProblem, grouping: Grouping, assignment: Assignment, *, method: str, reason: str, started: float
 ) -> Plan:
-    status, limit = _combined_status(grouping, assignment)
-    model = problem.cost_model
-    plan = Plan(
-        groups=_groups(problem, grouping, assignment),
-        predicted_round_time_s=assignment.round_time_s,
-        predicted_rounds_to_target=assignment.rounds_to_target,
-        objective_value=assignment.objective_value,
-        dual_bound=assignment.dual_bound,
-        status=status,
-        limit=limit,
-        solve_time_s=time.perf_counter() - started,
+    plan = build_plan(
+        problem,
+        grouping,
+        assignment,
         solver=f"baseline:{method}",
-        seed=problem.solver.seed,
-        batch_size=problem.effective_batch_size,
-        model_name=model.model_name,
-        cost_model_sha256=model.model_sha256 or sha256_of(model),
-        fleet_sha256=sha256_of(problem.devices),
-        grouping_objective=grouping.objective,
-        grouping_bound=grouping.bound,
+        solve_time_s=time.perf_counter() - started,
         reason=reason,
     )
+    limit = plan.limit
     log.info("%s plan %s: %s; %.4g s to target", method, plan.plan_id, reason, plan.objective_value)
     if limit is not None:
         warnings.warn(
