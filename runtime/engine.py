@@ -403,6 +403,7 @@ def _run_group(
                 local_steps=group.local_steps,
                 batch_size=plan.batch_size,
                 learning_rate=options.learning_rate,
+                optimizer=options.optimizer,
                 seed=derive_seed(options.seed, global_round, k, intra, position),
             )
             updates.append(update)

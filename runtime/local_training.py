@@ -1,10 +1,11 @@
 """Local training of one simulated device, and evaluation of an adapter state.
 
 A device is its sample indices; its model is the run's one :class:`AdaptedModel` with the
-device's adapter state loaded. ``train_device`` runs ``local_steps`` AdamW steps from the
-group's state and returns the device's new state; randomness (batch order, dropout) comes
-from a seed derived from ``(run seed, global round, group, intra round, device)``, so a
-resumed run replays exactly what an uninterrupted one does, without saving RNG state.
+device's adapter state loaded. ``train_device`` runs ``local_steps`` optimizer steps (AdamW,
+or plain SGD as in FedAvg) from the group's state and returns the device's new state;
+randomness (batch order, dropout) comes from a seed derived from ``(run seed, global round,
+group, intra round, device)``, so a resumed run replays exactly what an uninterrupted one does,
+without saving RNG state.
 """
 
 from __future__ import annotations
@@ -47,8 +48,9 @@ def train_device(
     batch_size: int,
     learning_rate: float,
     seed: int,
+    optimizer: str = "adamw",
 ) -> DeviceUpdate:
-    """Run ``local_steps`` AdamW steps of one device from ``start_state``.
+    """Run ``local_steps`` optimizer steps (``"adamw"`` or plain ``"sgd"``) of one device from ``start_state``.
 
     The model must already be at the group's depth; ``start_state`` holds exactly that
     depth's keys. Dropout draws from torch's global generator inside a ``fork_rng`` scope
@@ -56,7 +58,11 @@ def train_device(
     """
     model.set_adapter_state(start_state)
     parameters = list(model.trainable_parameters().values())
-    optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
+    step_rule: torch.optim.Optimizer = (
+        torch.optim.SGD(parameters, lr=learning_rate)
+        if optimizer == "sgd"
+        else torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
+    )
     generator = torch.Generator().manual_seed(seed)
     batches = device_batches(indices, batch_size, generator, num_batches=local_steps)
     losses: list[float] = []
@@ -64,10 +70,10 @@ def train_device(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for batch in batches:
-            optimizer.zero_grad(set_to_none=True)
+            step_rule.zero_grad(set_to_none=True)
             loss = forward.loss(batch)
             loss.backward()
-            optimizer.step()
+            step_rule.step()
             losses.append(float(loss.detach()))
     elapsed = time.perf_counter() - started
     return DeviceUpdate(

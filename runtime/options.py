@@ -31,6 +31,7 @@ __all__ = ["RUN_OPTION_RULES", "RunOptions"]
 RUN_OPTION_RULES: dict[str, Rule] = {
     "rounds": POSITIVE_INT,
     "learning_rate": FINITE_POSITIVE,
+    "optimizer": Rule("'adamw' or 'sgd'", lambda v: v in ("adamw", "sgd"), ("adam", "")),
     "model": NON_EMPTY_STRING,
     "lora_rank": POSITIVE_INT,
     "lora_alpha": FINITE_POSITIVE,
@@ -57,8 +58,10 @@ class RunOptions:
     rounds : int
         Global rounds to run (a resumed run stops at the same total).
     learning_rate : float
-        AdamW learning rate of the LoRA adapters and the head. Every device starts each
+        Learning rate of the LoRA adapters and the head. Every device starts each
         intra-group round with a fresh optimizer (no optimizer state travels or persists).
+    optimizer : {"adamw", "sgd"}
+        The local optimizer: AdamW (weight decay 0) or plain SGD (FedAvg's local rule).
     model : str
         ``"default"`` (the packaged all-MiniLM-L6-v2) or a local Hugging Face model folder.
     lora_rank, lora_alpha : LoRA rank r and scaling alpha.
@@ -81,6 +84,7 @@ class RunOptions:
 
     rounds: int
     learning_rate: float = 2e-3
+    optimizer: str = "adamw"
     model: str = "default"
     lora_rank: int = 8
     lora_alpha: float = 16.0
