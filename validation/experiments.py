@@ -188,6 +188,28 @@ PRESETS: dict[str, ExperimentPreset] = {
         replan_every=2,
         plan_time_limit_s=10.0,
     ),
+    "ablation": ExperimentPreset(
+        name="ablation",
+        description="HierFedLoRA's ablations on the paper preset's fleet at alpha = 0.1: grouping only, "
+        "grouping + intra-group frequency, grouping + depth, against FedLoRA and the full method",
+        num_devices=80,
+        num_groups=8,
+        tier_mix="paper",
+        alphas=(0.1,),
+        seeds=(0,),
+        methods=("fedlora", "grouping_only", "grouping_freq", "grouping_depth", "hierfedlora"),
+        samples_per_device=48,
+        local_steps=2,
+        batch_size=8,
+        max_seq_len=24,
+        learning_rate=2e-2,
+        eval_samples=256,
+        budget_fedlora_rounds=7.0,
+        max_rounds=20,
+        target_accuracy=0.25,
+        replan_every=2,
+        plan_time_limit_s=10.0,
+    ),
 }
 
 
