@@ -24,8 +24,15 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "Interrupted runs resume where they stopped when the command is run again with the same --out. "
         + " ".join(f"'{name}': {preset.description}." for name, preset in PRESETS.items()),
     )
-    parser.add_argument("preset", choices=sorted(PRESETS), help="which preset to run")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/experiment-PRESET)")
+    parser.add_argument("preset", nargs="?", choices=sorted(PRESETS), help="which built-in preset to run")
+    parser.add_argument(
+        "--preset-file",
+        type=Path,
+        default=None,
+        help="a preset as JSON (the fields of validation.experiment_presets.ExperimentPreset; "
+        "fleet_sizes and tier_mixes are grid axes) instead of a built-in one",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/experiment-NAME)")
     parser.add_argument(
         "--cost-model", type=Path, default=None, help="a CostModel JSON to use instead of measuring this host"
     )
@@ -36,11 +43,16 @@ def handle(args: argparse.Namespace) -> int:
     """Run ``experiment``."""
     from tqdm import tqdm
 
+    from hierfedlora.planner.errors import InvalidInputError, Issue
     from hierfedlora.planner.io import read_json
     from hierfedlora.planner.types import CostModel
-    from hierfedlora.validation.experiments import PRESETS, markdown_table, run_experiment, summarize
+    from hierfedlora.validation.experiments import PRESETS, markdown_table, read_preset, run_experiment, summarize
 
-    preset = PRESETS[args.preset]
+    if (args.preset is None) == (args.preset_file is None):
+        raise InvalidInputError(
+            [Issue("preset", f"either a preset name ({', '.join(sorted(PRESETS))}) or --preset-file", args.preset)]
+        )
+    preset = PRESETS[args.preset] if args.preset else read_preset(args.preset_file)
     out: Path = args.out or Path("runs") / f"experiment-{preset.name}"
     cost_model = read_json(CostModel, args.cost_model) if args.cost_model else None
     total = len(preset.settings()) * len(preset.methods)

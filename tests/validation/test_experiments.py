@@ -11,19 +11,23 @@ import sys
 import pytest
 
 from hierfedlora.planner.errors import InvalidInputError
+from hierfedlora.validation.experiment_report import pair_speedup
 from hierfedlora.validation.experiments import (
     PRESETS,
     RunResult,
     alpha_name,
     clock_devices_for,
     markdown_table,
+    read_preset,
     summarize,
     write_outputs,
 )
 from tests.factories import make_cost_model, make_devices
 
 
-def _result(method: str, seed: int, accuracy: tuple[float, ...], times: tuple[float, ...], alpha=0.1) -> RunResult:
+def _result(
+    method: str, seed: int, accuracy: tuple[float, ...], times: tuple[float, ...], alpha=0.1, devices=80, mix="paper"
+) -> RunResult:
     budget = 30.0
     within = [i for i, t in enumerate(times) if t <= budget]
     reached = next((times[i] for i in within if accuracy[i] >= 0.3), None)
@@ -41,6 +45,8 @@ def _result(method: str, seed: int, accuracy: tuple[float, ...], times: tuple[fl
         replans=0,
         sim_time_s=times,
         accuracy=accuracy,
+        num_devices=devices,
+        tier_mix=mix,
     )
 
 
@@ -50,8 +56,10 @@ def test_presets_fix_target_and_budget_and_refuse_bad_fields():
     paper = PRESETS["paper"]
     # Act / Assert
     assert all("fedlora" in p.methods and 0 < p.target_accuracy < 1 for p in PRESETS.values())
-    assert paper.num_devices == 80 and set(paper.alphas) == {None, 1.0, 0.5, 0.1}
-    assert (0.1, 1) in paper.settings() and (None, 1) not in paper.settings()  # single-seed levels
+    assert paper.fleet_sizes == (80,) and set(paper.alphas) == {None, 1.0, 0.5, 0.1}
+    pairs = [(s.alpha, s.seed) for s in paper.settings()]
+    assert (0.1, 1) in pairs and (None, 1) not in pairs  # single-seed levels
+    assert [s.name for s in paper.settings()][:2] == ["iid_seed0", "alpha_1_seed0"]
     with pytest.raises(InvalidInputError, match="methods"):
         dataclasses.replace(paper, methods=("hierfavg",))
     with pytest.raises(InvalidInputError, match="target_accuracy"):
@@ -78,6 +86,82 @@ def test_summary_speedup_is_fedlora_time_over_method_time():
     assert rows["legend"]["speedup_vs_fedlora"] is None and rows["legend"]["reached_target"] == 0
     assert rows["fedlora"]["speedup_vs_fedlora"] == pytest.approx(1.0)
     assert "| alpha_0.1 | legend |" in markdown_table(list(rows.values()))
+
+
+def test_grid_axes_name_settings_and_split_the_summary():
+    """Fleet size and device mix are grid axes: named in folders only when they vary, summarised apart."""
+    # Arrange
+    preset = dataclasses.replace(PRESETS["quick"], fleet_sizes=(12, 24), tier_mixes=("paper", "phones"))
+    results = [
+        _result("fedlora", 0, (0.1, 0.3), (10.0, 20.0), devices=12),
+        _result("hierfedlora", 0, (0.3, 0.4), (5.0, 10.0), devices=12),
+        _result("fedlora", 0, (0.1, 0.2), (10.0, 20.0), devices=24),
+        _result("hierfedlora", 0, (0.2, 0.2), (5.0, 10.0), devices=24),
+    ]
+    # Act
+    names = [s.name for s in preset.settings()]
+    rows = summarize(results)
+    # Assert
+    assert names == [
+        "alpha_0.5_n12_paper_seed0",
+        "alpha_0.5_n12_phones_seed0",
+        "alpha_0.5_n24_paper_seed0",
+        "alpha_0.5_n24_phones_seed0",
+    ]
+    assert [(r["setting"], r["method"]) for r in rows] == [
+        ("alpha_0.1_n12", "fedlora"),
+        ("alpha_0.1_n12", "hierfedlora"),
+        ("alpha_0.1_n24", "fedlora"),
+        ("alpha_0.1_n24", "hierfedlora"),
+    ]
+    assert rows[1]["speedup_vs_fedlora"] == pytest.approx(20 / 5)
+    assert rows[3]["speedup_vs_fedlora"] is None  # 24 devices: neither reached 0.3
+
+
+def test_speedup_at_the_reference_final_accuracy():
+    """The secondary speed-up: reference's time to its own final accuracy over the method's time to it."""
+    # Arrange
+    fedlora = _result("fedlora", 0, (0.1, 0.2, 0.25), (10.0, 20.0, 30.0))
+    faster = _result("hierfedlora", 0, (0.26, 0.3, 0.35), (7.5, 15.0, 22.5))
+    never = _result("legend", 0, (0.1, 0.2, 0.24), (10.0, 20.0, 30.0))
+    # Act / Assert
+    assert pair_speedup(fedlora, faster) == (None, pytest.approx(30.0 / 7.5))  # target 0.3 missed by FedLoRA
+    assert pair_speedup(fedlora, never) == (None, None)
+    assert pair_speedup(fedlora, fedlora)[1] == pytest.approx(1.0)
+
+
+def test_preset_file_is_checked_field_by_field(tmp_path):
+    """A JSON preset loads; a broken one names each bad field, the expectation and the value."""
+    # Arrange
+    from hierfedlora.planner.io import to_dict
+
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(to_dict(dataclasses.replace(PRESETS["quick"], name="mine", fleet_sizes=(12, 20)))))
+    broken = dict(to_dict(PRESETS["quick"]), fleet_sizes=[0], tier_mixes=["moon"], learning_rate=-1)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(broken))
+    # Act
+    loaded = read_preset(good)
+    with pytest.raises(InvalidInputError) as caught:
+        read_preset(bad)
+    # Assert
+    assert loaded.name == "mine" and loaded.fleet_sizes == (12, 20) and len(loaded.settings()) == 2
+    message = str(caught.value)
+    assert all(field in message for field in ("fleet_sizes", "tier_mixes", "learning_rate", "moon"))
+
+
+def test_cli_refuses_a_bad_preset_file_with_exit_2(tmp_path):
+    """`hierfedlora experiment --preset-file` with a broken file exits 2 naming the field, writing nothing."""
+    # Arrange
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"name": "x"}))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "hierfedlora.cli", "experiment", "--preset-file", str(bad), "--out", str(out)]
+    # Act
+    done = subprocess.run(command, capture_output=True, text=True)
+    # Assert
+    assert done.returncode == 2 and "fleet_sizes" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists()
 
 
 def test_outputs_are_written_and_state_the_fixed_target(tmp_path):
@@ -134,3 +218,4 @@ def test_quick_preset_runs_from_the_cli_and_resumes(tmp_path):
     assert (out / "accuracy_alpha_0.5.png").exists() and (out / "report.md").exists()
     assert json.loads((out / "results.json").read_text()) == results  # nothing re-ran differently
     assert "| alpha_0.5 | fedlora |" in first.stdout
+    assert all(r["num_devices"] == 12 and r["tier_mix"] == "paper" for r in results)

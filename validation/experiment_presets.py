@@ -1,0 +1,293 @@
+"""What an experiment is, fixed before it runs: :class:`ExperimentPreset`, its grid of :class:`Setting` s,
+the built-in :data:`PRESETS`, and :class:`RunResult`, what one run leaves behind.
+
+A preset's grid is non-IID level x fleet size x device mix x seed; every method runs on every setting
+of the grid with the same fleet, data, seed, cost model and clock. A preset can be written as JSON
+(``hierfedlora experiment --preset-file my.json``, the fields of :class:`ExperimentPreset`) and is
+checked field by field before anything runs.
+
+Examples
+--------
+>>> preset = PRESETS["paper"]
+>>> [s.name for s in preset.settings()][:2]
+['iid_seed0', 'alpha_1_seed0']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.io import read_json
+from hierfedlora.planner.rules import FINITE_NON_NEGATIVE, FINITE_POSITIVE, POSITIVE_INT, Rule, check_fields
+from hierfedlora.planner.tiers import PRESETS as TIER_MIXES
+from hierfedlora.validation.baselines import METHODS, BaselineSettings
+
+__all__ = [
+    "ALL_METHODS",
+    "LOOP_METHOD",
+    "PRESETS",
+    "ExperimentPreset",
+    "RunResult",
+    "Setting",
+    "alpha_name",
+    "read_preset",
+]
+
+LOOP_METHOD = "hierfedlora_loop"
+ALL_METHODS: tuple[str, ...] = (*METHODS, LOOP_METHOD)
+
+
+def alpha_name(alpha: float | None) -> str:
+    """``iid`` or ``alpha_0.5``: the folder and label of a non-IID level."""
+    return "iid" if alpha is None else f"alpha_{alpha:g}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Setting:
+    """One point of a preset's grid. ``varied`` names the axes with more than one value in the preset
+    (``"fleet"``, ``"mix"``): only those appear in names, so a one-fleet preset keeps short names."""
+
+    alpha: float | None
+    num_devices: int
+    tier_mix: str
+    seed: int
+    varied: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The setting without its seed: ``alpha_0.5`` or ``alpha_0.5_n40_wifi`` when those axes vary."""
+        parts = [alpha_name(self.alpha)]
+        if "fleet" in self.varied:
+            parts.append(f"n{self.num_devices}")
+        if "mix" in self.varied:
+            parts.append(self.tier_mix)
+        return "_".join(parts)
+
+    @property
+    def name(self) -> str:
+        """The folder of the setting: its label and seed."""
+        return f"{self.label}_seed{self.seed}"
+
+
+def _tuple_of(kind: type, what: str, allowed: tuple[object, ...] | None = None) -> Rule:
+    def ok(value: object) -> bool:
+        return (
+            isinstance(value, tuple)
+            and len(value) > 0
+            and len(set(value)) == len(value)
+            and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
+            and all(allowed is None or v in allowed for v in value)
+            and all(not isinstance(v, int) or v > 0 for v in value)
+        )
+
+    return Rule(f"a non-empty list of distinct {what}", ok, ((), (0,)))
+
+
+PRESET_RULES: dict[str, Rule] = {
+    "fleet_sizes": _tuple_of(int, "device counts (integers >= 1)"),
+    "tier_mixes": _tuple_of(str, f"tier mix names from {sorted(TIER_MIXES)}", tuple(TIER_MIXES)),
+    "seeds": Rule(
+        "a non-empty list of distinct integers >= 0",
+        lambda v: (
+            isinstance(v, tuple)
+            and len(v) > 0
+            and len(set(v)) == len(v)
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in v)
+        ),
+        ((), (-1,)),
+    ),
+    "alphas": Rule(
+        "a non-empty list of distinct Dirichlet concentrations > 0 (null for IID)",
+        lambda v: (
+            isinstance(v, tuple)
+            and len(v) > 0
+            and len(set(v)) == len(v)
+            and all(a is None or (isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0) for a in v)
+        ),
+        ((), (0.0,)),
+    ),
+    "num_groups": POSITIVE_INT,
+    "samples_per_device": POSITIVE_INT,
+    "local_steps": POSITIVE_INT,
+    "batch_size": POSITIVE_INT,
+    "max_seq_len": POSITIVE_INT,
+    "learning_rate": FINITE_POSITIVE,
+    "eval_samples": POSITIVE_INT,
+    "budget_fedlora_rounds": FINITE_POSITIVE,
+    "max_rounds": POSITIVE_INT,
+    "target_accuracy": Rule(
+        "a number in (0, 1)", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1, (0.0,)
+    ),
+    "speed_error_sigma": FINITE_NON_NEGATIVE,
+    "replan_every": POSITIVE_INT,
+    "plan_time_limit_s": FINITE_POSITIVE,
+    "optimizer": Rule("'adamw' or 'sgd'", lambda v: v in ("adamw", "sgd"), ("adam",)),
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class ExperimentPreset:
+    """A whole experiment, fixed before it runs.
+
+    The grid is ``alphas`` (Dirichlet concentrations, ``None`` for an IID split) x ``fleet_sizes``
+    (devices) x ``tier_mixes`` (device mix, :data:`hierfedlora.planner.tiers.PRESETS`) x ``seeds``.
+    Non-IID levels in ``single_seed_alphas`` run with the first seed only (to fit a time limit).
+    The simulated-time budget is ``budget_fedlora_rounds`` times FedLoRA's predicted round time on
+    the setting's fleet (a formula of the cost model and the fleet, known before training); every
+    method gets the same budget. ``max_rounds`` caps a run's global rounds. ``target_accuracy`` is
+    fixed here, before any result is seen.
+    """
+
+    name: str
+    description: str
+    fleet_sizes: tuple[int, ...]
+    num_groups: int
+    tier_mixes: tuple[str, ...]
+    alphas: tuple[float | None, ...]
+    seeds: tuple[int, ...]
+    methods: tuple[str, ...]
+    samples_per_device: int
+    local_steps: int
+    batch_size: int
+    max_seq_len: int
+    learning_rate: float
+    eval_samples: int
+    optimizer: str = "adamw"
+    budget_fedlora_rounds: float
+    max_rounds: int
+    target_accuracy: float
+    single_seed_alphas: tuple[float | None, ...] = ()
+    speed_error_sigma: float = 0.3
+    replan_every: int = 3
+    plan_time_limit_s: float = 10.0
+    baseline: BaselineSettings = dataclasses.field(default_factory=BaselineSettings)
+
+    def __post_init__(self) -> None:
+        issues = check_fields(self, PRESET_RULES)
+        unknown = [m for m in self.methods if m not in ALL_METHODS]
+        if unknown:
+            issues.append(Issue("methods", f"names from {list(ALL_METHODS)}", unknown))
+        if "fedlora" not in self.methods:
+            issues.append(
+                Issue("methods", "a list including 'fedlora' (the reference of every speed-up)", self.methods)
+            )
+        if isinstance(self.fleet_sizes, tuple) and isinstance(self.num_groups, int):
+            small = [n for n in self.fleet_sizes if isinstance(n, int) and n < self.num_groups]
+            if small:
+                issues.append(Issue("fleet_sizes", f"device counts >= num_groups ({self.num_groups})", small))
+        stray = [a for a in self.single_seed_alphas if a not in self.alphas]
+        if stray:
+            issues.append(Issue("single_seed_alphas", "a subset of alphas", stray))
+        if issues:
+            raise InvalidInputError(issues, "preset")
+
+    def settings(self) -> tuple[Setting, ...]:
+        """Every point of the grid, in order: alpha, then fleet size, then mix, then seed."""
+        varied = tuple(
+            axis for axis, values in (("fleet", self.fleet_sizes), ("mix", self.tier_mixes)) if len(values) > 1
+        )
+        return tuple(
+            Setting(alpha, size, mix, seed, varied)
+            for alpha in self.alphas
+            for size in self.fleet_sizes
+            for mix in self.tier_mixes
+            for seed in (self.seeds[:1] if alpha in self.single_seed_alphas else self.seeds)
+        )
+
+
+def read_preset(path: str | Path) -> ExperimentPreset:
+    """A preset from a JSON file of :class:`ExperimentPreset`'s fields (every problem named at once).
+
+    Raises
+    ------
+    InvalidInputError
+        A missing, unknown or out-of-range field, with its name, what was expected and what was given.
+    """
+    return read_json(ExperimentPreset, path)
+
+
+_PAPER_SCALE = {
+    "fleet_sizes": (80,),
+    "num_groups": 8,
+    "tier_mixes": ("paper",),
+    "samples_per_device": 48,
+    "local_steps": 2,
+    "batch_size": 8,
+    "max_seq_len": 24,
+    "learning_rate": 2e-2,
+    "eval_samples": 256,
+    "budget_fedlora_rounds": 7.0,
+    "max_rounds": 20,
+    "target_accuracy": 0.25,
+    "replan_every": 2,
+    "plan_time_limit_s": 10.0,
+}
+
+PRESETS: dict[str, ExperimentPreset] = {
+    "quick": ExperimentPreset(
+        name="quick",
+        description="a smoke test of the harness: 12 devices, one setting, four methods, a few rounds",
+        fleet_sizes=(12,),
+        num_groups=3,
+        tier_mixes=("paper",),
+        alphas=(0.5,),
+        seeds=(0,),
+        methods=("fedlora", "hierfavg", "hierfedlora", LOOP_METHOD),
+        samples_per_device=24,
+        local_steps=2,
+        batch_size=8,
+        max_seq_len=32,
+        learning_rate=2e-2,
+        eval_samples=64,
+        budget_fedlora_rounds=3.0,
+        max_rounds=6,
+        target_accuracy=0.2,
+        replan_every=1,
+        plan_time_limit_s=2.0,
+    ),
+    "paper": ExperimentPreset(
+        name="paper",
+        description="the paper's setting scaled to 2 CPU cores: 80 Jetson-class devices in three tiers",
+        alphas=(None, 1.0, 0.5, 0.1),
+        seeds=(0, 1),
+        single_seed_alphas=(None, 1.0, 0.5),
+        methods=("fedlora", "hierfavg", "legend", "hierfedlora", LOOP_METHOD),
+        **_PAPER_SCALE,  # type: ignore[arg-type]
+    ),
+    "ablation": ExperimentPreset(
+        name="ablation",
+        description="HierFedLoRA's ablations on the paper preset's fleet at alpha = 0.1: grouping only, "
+        "grouping + intra-group frequency, grouping + depth, against FedLoRA and the full method",
+        alphas=(0.1,),
+        seeds=(0,),
+        methods=("fedlora", "grouping_only", "grouping_freq", "grouping_depth", "hierfedlora"),
+        **_PAPER_SCALE,  # type: ignore[arg-type]
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class RunResult:
+    """One method on one setting: the metrics defined in :mod:`hierfedlora.validation.experiments`, and the curve.
+
+    ``num_devices`` and ``tier_mix`` name the setting's fleet (``None`` in results written before
+    the grid had those axes).
+    """
+
+    method: str
+    alpha: float | None
+    seed: int
+    plan_id: str
+    rounds: int
+    time_budget_s: float
+    final_accuracy: float
+    time_to_target_s: float | None
+    traffic_bytes: int
+    wall_time_s: float
+    replans: int
+    sim_time_s: tuple[float, ...]
+    accuracy: tuple[float, ...]
+    num_devices: int | None = None
+    tier_mix: str | None = None
