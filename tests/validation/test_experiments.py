@@ -219,3 +219,16 @@ def test_quick_preset_runs_from_the_cli_and_resumes(tmp_path):
     assert json.loads((out / "results.json").read_text()) == results  # nothing re-ran differently
     assert "| alpha_0.5 | fedlora |" in first.stdout
     assert all(r["num_devices"] == 12 and r["tier_mix"] == "paper" for r in results)
+
+
+def test_documented_example_presets_load():
+    """Every preset file under docs/presets is a valid preset (the guide's examples stay true)."""
+    # Arrange
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parents[2] / "docs" / "presets").glob("*.json"))
+    # Act
+    presets = [read_preset(f) for f in files]
+    # Assert
+    assert files and all(p.name == f.stem for p, f in zip(presets, files, strict=True))
+    assert any(len(p.fleet_sizes) > 1 and len(p.tier_mixes) > 1 for p in presets)
