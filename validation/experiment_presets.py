@@ -174,7 +174,7 @@ class ExperimentPreset:
                 Issue("methods", "a list including 'fedlora' (the reference of every speed-up)", self.methods)
             )
         if isinstance(self.fleet_sizes, tuple) and isinstance(self.num_groups, int):
-            small = [n for n in self.fleet_sizes if isinstance(n, int) and n < self.num_groups]
+            small = [n for n in self.fleet_sizes if isinstance(n, int) and 1 <= n < self.num_groups]
             if small:
                 issues.append(Issue("fleet_sizes", f"device counts >= num_groups ({self.num_groups})", small))
         stray = [a for a in self.single_seed_alphas if a not in self.alphas]
