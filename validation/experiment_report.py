@@ -324,7 +324,7 @@ def headline(results: Sequence[RunResult]) -> list[str]:
             pairs = {r.seed: r for r in by_method[versus]}
             ratios = [pair_speedup(pairs[r.seed], r) for r in by_method[best_mine] if r.seed in pairs]
             for index, what in ((0, "to the target"), (1, f"to `{versus}`'s final accuracy")):
-                known = [p[index] for p in ratios if p[index] is not None]
+                known = [value for p in ratios if (value := p[index]) is not None]
                 text += (
                     f"; speed-up {what} vs `{versus}` {statistics.fmean(known):.2f}x ({len(known)}/{len(ratios)} seeds)"
                     if known
