@@ -43,6 +43,7 @@ __all__ = [
     "lora_layers",
     "set_adapter_state",
     "state_bytes",
+    "truncate_rank",
 ]
 
 AdapterState = dict[str, torch.Tensor]
@@ -202,3 +203,38 @@ def initial_adapter_state(model: nn.Module, depth: int, seed: int) -> AdapterSta
 def _key_seed(seed: int, key: str) -> int:
     """A seed per (seed, key), stable across processes (``hash`` of a str is salted per process)."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "little")
+
+
+def truncate_rank(state: Mapping[str, torch.Tensor], rank: int) -> AdapterState:
+    """A copy of ``state`` whose LoRA keeps only its first ``rank`` rank components (HetLoRA's truncation).
+
+    Rows ``rank:`` of every ``lora_A`` (``(r, in)``) and columns ``rank:`` of every ``lora_B``
+    (``(out, r)``) are set to zero; head tensors are copied unchanged. With both factors of a
+    component zero, its gradients are exactly zero (``dA[j] = B[:, j]^T (...)``, ``dB[:, j] = (...) A[j]``),
+    so AdamW without weight decay and SGD leave it zero: a device trains rank ``rank`` inside the
+    full-rank tensors, and the key-wise weighted merge of such states is HetLoRA's zero-padding
+    aggregation.
+
+    Raises
+    ------
+    InvalidInputError
+        Field ``rank`` unless an integer >= 1; a key outside the contract (as :func:`layer_of`).
+
+    Examples
+    --------
+    >>> state = truncate_rank({"layers.0.q.lora_A": torch.ones(3, 2), "layers.0.q.lora_B": torch.ones(2, 3)}, 1)
+    >>> state["layers.0.q.lora_A"].sum().item(), state["layers.0.q.lora_B"][:, 0].tolist()
+    (2.0, [1.0, 1.0])
+    """
+    if not (isinstance(rank, int) and not isinstance(rank, bool) and rank >= 1):
+        raise InvalidInputError([Issue("rank", "an integer >= 1", rank)])
+    truncated: AdapterState = {}
+    for key, value in state.items():
+        copy = value.detach().clone()
+        if layer_of(key) is not None:
+            if key.endswith("lora_A"):
+                copy[rank:] = 0
+            else:
+                copy[:, rank:] = 0
+        truncated[key] = copy
+    return truncated

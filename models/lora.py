@@ -12,6 +12,9 @@ largest depth it will serve**; :meth:`AdaptedModel.set_depth` then picks the act
 disabling the LoRA modules of layers below ``L-d`` (peft's per-module ``enable_adapters(False)``). A
 device is its data plus its :data:`~hierfedlora.models.adapters.AdapterState`, loaded with
 :meth:`AdaptedModel.set_adapter_state` and read back with :meth:`AdaptedModel.get_adapter_state`.
+:meth:`AdaptedModel.set_layers` makes any set of layers live instead (FedRA's random layers): the depth
+is then ``L - min(layers)``, the lowest trained layer, and layers above it that are not listed run with
+LoRA disabled, exactly as layers below the depth do.
 
 Why this is exact (the same outputs and gradients as a fresh peft model built at depth ``d``):
 
@@ -169,12 +172,18 @@ class AdaptedModel(nn.Module):
         self.spec = spec
         self.peft_model = attach_lora(model, spec, self.max_depth, seed=seed)
         self._depth = self.max_depth
+        self._layers = tuple(range(total - self.max_depth, total))
         self._by_key = adapter_parameters(self.peft_model)  # the module tree is fixed from here on
 
     @property
     def depth(self) -> int:
-        """The active depth: LoRA is live on layers ``num_layers - depth .. num_layers - 1``."""
+        """The active depth ``num_layers - min(layers)``: the lowest live layer bounds the frozen prefix."""
         return self._depth
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        """The layers with live LoRA, ascending (the top ``depth`` after :meth:`set_depth`)."""
+        return self._layers
 
     def set_depth(self, depth: int) -> None:
         """Make ``depth`` active; layers below it compute exactly their frozen base output.
@@ -185,13 +194,35 @@ class AdaptedModel(nn.Module):
             Field ``depth`` outside ``1..max_depth``.
         """
         check_depth(depth, self.max_depth)
-        enable_lora_layers(self.peft_model, range(self.num_layers - depth, self.num_layers))
-        self._depth = depth
+        self._activate(tuple(range(self.num_layers - depth, self.num_layers)))
+
+    def set_layers(self, layers: Collection[int]) -> None:
+        """Make LoRA live on exactly ``layers``; every other layer computes its frozen base output.
+
+        The depth becomes ``num_layers - min(layers)`` (what the frozen-prefix cache keys on).
+
+        Raises
+        ------
+        InvalidInputError
+            Field ``layers`` unless a non-empty collection of distinct integers within the layers
+            that carry LoRA (``num_layers - max_depth .. num_layers - 1``).
+        """
+        lowest = self.num_layers - self.max_depth
+        chosen = sorted(layers) if all(is_int(x) for x in layers) else None
+        if not chosen or len(set(chosen)) != len(chosen) or not lowest <= chosen[0] <= chosen[-1] < self.num_layers:
+            expected = f"a non-empty set of distinct layer indices in {lowest}..{self.num_layers - 1} (LoRA's layers)"
+            raise InvalidInputError([Issue("layers", expected, tuple(layers))])
+        self._activate(tuple(chosen))
+
+    def _activate(self, layers: tuple[int, ...]) -> None:
+        enable_lora_layers(self.peft_model, layers)
+        self._layers = layers
+        self._depth = self.num_layers - layers[0]
 
     def adapter_keys(self) -> tuple[str, ...]:
-        """Keys of the active depth's state (top ``depth`` layers' LoRA, then the head)."""
-        bottom = self.num_layers - self._depth
-        return tuple(key for key in self._by_key if (layer := layer_of(key)) is None or layer >= bottom)
+        """Keys of the active layers' state (their LoRA, then the head)."""
+        live = set(self._layers)
+        return tuple(key for key in self._by_key if (layer := layer_of(key)) is None or layer in live)
 
     def trainable_parameters(self) -> dict[str, nn.Parameter]:
         """The parameters a device at the active depth trains, by adapter key (give these to the optimizer)."""
@@ -210,14 +241,12 @@ class AdaptedModel(nn.Module):
             Listing missing and unexpected keys, or tensors of the wrong shape.
         """
         expected = set(self.adapter_keys())
+        contiguous = self._layers == tuple(range(self.num_layers - self._depth, self.num_layers))
+        what = f"a depth-{self._depth} state" if contiguous else f"a state of layers {list(self._layers)}"
         issues = [
-            Issue(f"state[{key!r}]", f"present (a key of a depth-{self._depth} state)", "missing")
-            for key in sorted(expected - set(state))
+            Issue(f"state[{key!r}]", f"present (a key of {what})", "missing") for key in sorted(expected - set(state))
         ]
-        issues += [
-            Issue(f"state[{key!r}]", f"a key of a depth-{self._depth} state", key)
-            for key in sorted(set(state) - expected)
-        ]
+        issues += [Issue(f"state[{key!r}]", f"a key of {what}", key) for key in sorted(set(state) - expected)]
         if issues:
             raise InvalidInputError(issues)
         set_adapter_state(self.peft_model, state)

@@ -21,6 +21,18 @@ step per trained layer; ``a`` adapter bytes per layer; ``H`` head bytes.
 
     bytes(d) = d * a + H
 
+    A group that trains ``m`` given layers (``Group.layers``, FedRA) sends those ``m`` layers,
+    not ``d``; one that trains rank ``r`` of the full ``R = cost.lora_rank`` (``Group.lora_rank``,
+    HetLoRA) sends ``r / R`` of each layer's factors (rounded to whole bytes)::
+
+    bytes(d, m, r) = round(m * a * r / R) + H       (m = d, r = R when not given)
+
+    :func:`group_adapter_bytes` reads ``m`` and ``r`` off a :class:`Group`; every formula below
+    that moves adapters takes the bytes as an optional ``num_bytes`` (default ``bytes(d)``).
+    Compute (C1) and memory (C4) stay depth-based: backward reaches the lowest trained layer
+    whatever layers above it are skipped, and a smaller rank changes a step's seconds and bytes
+    by a few per cent of the frozen model's (an approximation we accept).
+
 (C3) Exchange with the group aggregator (seconds)::
 
     exchange_i(d) = 8 * bytes(d) / (1e6 * up_i) + 8 * bytes(d) / (1e6 * down_i) + intra_latency
@@ -61,6 +73,8 @@ Examples
 0.32
 >>> adapter_bytes(cm, depth=2)
 2000
+>>> adapter_bytes(cm, depth=2, num_trained_layers=1, lora_rank=4)  # one layer at half of rank 8
+500
 >>> peak_memory_bytes(cm, depth=1, batch_size=4)  # 100 + 3000 + 0 + 4 * 2 * 10
 3180
 """
@@ -72,10 +86,12 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
+from hierfedlora.planner.outcomes import Group
 from hierfedlora.planner.types import CostModel, DeviceProfile
 
 __all__ = [
     "adapter_bytes",
+    "group_adapter_bytes",
     "exchange_time_s",
     "global_aggregation_s",
     "group_traffic_bytes",
@@ -100,14 +116,35 @@ def step_time_s(cost: CostModel, *, compute_scale: float, depth: int, batch_size
     return compute_scale * (batch_size * _per_sample_s(cost, depth) + depth * cost.layer_optimizer_s)
 
 
-def adapter_bytes(cost: CostModel, *, depth: int) -> int:
-    """(C2) Bytes of the adapters (and head) a depth-``depth`` device sends or receives."""
-    return depth * cost.adapter_bytes_per_layer + cost.head_bytes
+def adapter_bytes(
+    cost: CostModel, *, depth: int, num_trained_layers: int | None = None, lora_rank: int | None = None
+) -> int:
+    """(C2) Bytes of the adapters (and head) a device sends or receives.
+
+    ``num_trained_layers`` (default ``depth``) layers travel, each at ``lora_rank`` of the cost
+    model's ``lora_rank`` (default: all of it).
+    """
+    layers = depth if num_trained_layers is None else num_trained_layers
+    lora = layers * cost.adapter_bytes_per_layer
+    if lora_rank is not None:
+        lora = round(lora * lora_rank / cost.lora_rank)
+    return lora + cost.head_bytes
 
 
-def exchange_time_s(cost: CostModel, device: DeviceProfile, *, depth: int, latency_s: float) -> float:
-    """(C3) Upload plus download of the adapters over the device's links, plus latency."""
-    bits = 8.0 * adapter_bytes(cost, depth=depth)
+def group_adapter_bytes(cost: CostModel, group: Group) -> int:
+    """(C2) for a plan's group: its ``layers`` (or ``depth``) at its ``lora_rank`` (or full rank)."""
+    num_trained = None if group.layers is None else len(group.layers)
+    return adapter_bytes(cost, depth=group.depth, num_trained_layers=num_trained, lora_rank=group.lora_rank)
+
+
+def exchange_time_s(
+    cost: CostModel, device: DeviceProfile, *, depth: int, latency_s: float, num_bytes: int | None = None
+) -> float:
+    """(C3) Upload plus download of the adapters over the device's links, plus latency.
+
+    ``num_bytes`` (default ``adapter_bytes(cost, depth=depth)``) is what travels each way.
+    """
+    bits = 8.0 * (adapter_bytes(cost, depth=depth) if num_bytes is None else num_bytes)
     return bits / (MEGABIT * device.uplink_mbps) + bits / (MEGABIT * device.downlink_mbps) + latency_s
 
 
@@ -129,18 +166,30 @@ def intra_round_time_s(
     local_steps: int,
     batch_size: int,
     latency_s: float,
+    num_bytes: int | None = None,
 ) -> float:
-    """(C5) One intra-group round: the slowest member's local steps plus its exchange."""
+    """(C5) One intra-group round: the slowest member's local steps plus its exchange of ``num_bytes``."""
     return max(
         local_steps * step_time_s(cost, compute_scale=d.compute_scale, depth=depth, batch_size=batch_size)
-        + exchange_time_s(cost, d, depth=depth, latency_s=latency_s)
+        + exchange_time_s(cost, d, depth=depth, latency_s=latency_s, num_bytes=num_bytes)
         for d in devices
     )
 
 
-def global_aggregation_s(cost: CostModel, depths: Sequence[int], *, backhaul_mbps: float, latency_s: float) -> float:
-    """(C6) Groups' aggregators exchange their merged adapters with the server."""
-    largest = max(adapter_bytes(cost, depth=d) for d in depths)
+def global_aggregation_s(
+    cost: CostModel,
+    depths: Sequence[int],
+    *,
+    backhaul_mbps: float,
+    latency_s: float,
+    num_bytes: Sequence[int] | None = None,
+) -> float:
+    """(C6) Groups' aggregators exchange their merged adapters with the server.
+
+    ``num_bytes`` (default ``adapter_bytes`` at each of ``depths``) holds each group's bytes.
+    """
+    sizes = [adapter_bytes(cost, depth=d) for d in depths] if num_bytes is None else num_bytes
+    largest = max(sizes)
     return 2 * 8.0 * largest / (MEGABIT * backhaul_mbps) + latency_s
 
 
@@ -149,9 +198,12 @@ def round_time_s(intra_round_s: Sequence[float], intra_rounds: Sequence[int], gl
     return max(t * tau for t, tau in zip(intra_round_s, intra_rounds, strict=True)) + global_s
 
 
-def group_traffic_bytes(cost: CostModel, *, num_devices: int, depth: int, intra_rounds: int) -> int:
-    """(C8) Bytes all devices of a group move per global round, up plus down."""
-    return intra_rounds * num_devices * 2 * adapter_bytes(cost, depth=depth)
+def group_traffic_bytes(
+    cost: CostModel, *, num_devices: int, depth: int, intra_rounds: int, num_bytes: int | None = None
+) -> int:
+    """(C8) Bytes all devices of a group move per global round, up plus down (``num_bytes`` each way)."""
+    one_way = adapter_bytes(cost, depth=depth) if num_bytes is None else num_bytes
+    return intra_rounds * num_devices * 2 * one_way
 
 
 def step_time_table_s(

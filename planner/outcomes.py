@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import itertools
 import json
 import math
 
@@ -32,9 +33,11 @@ from hierfedlora.planner.rules import (
     FINITE_POSITIVE,
     NON_EMPTY_STRING,
     NON_NEGATIVE_INT,
+    OPTIONAL_POSITIVE_INT,
     POSITIVE_INT,
     Rule,
     check_fields,
+    is_int,
     is_number,
 )
 from hierfedlora.planner.types import SCHEMA_RULE, SCHEMA_VERSION
@@ -126,6 +129,24 @@ GROUP_RULES: dict[str, Rule] = {
     "intra_rounds": POSITIVE_INT,
     "local_steps": POSITIVE_INT,
     "predicted_intra_round_s": FINITE_NON_NEGATIVE,
+    "layers": Rule(
+        "a non-empty list of distinct layer indices >= 0 in ascending order, or null (the top `depth` layers)",
+        lambda v: (
+            v is None
+            or (
+                isinstance(v, tuple)
+                and len(v) > 0
+                and all(is_int(x) and x >= 0 for x in v)
+                and all(a < b for a, b in itertools.pairwise(v))
+            )
+        ),
+        ((), (-1,), (2, 1), (1, 1), (1.5,), 3),
+    ),
+    "lora_rank": Rule(
+        f"{OPTIONAL_POSITIVE_INT.expected} (null: the run's full rank)",
+        OPTIONAL_POSITIVE_INT.accepts,
+        OPTIONAL_POSITIVE_INT.bad_values,
+    ),
 }
 
 
@@ -135,6 +156,15 @@ class Group:
 
     ``predicted_intra_round_s`` is the predicted time of one intra-group round (local
     steps of the slowest member plus its adapter exchange).
+
+    Two optional fields describe heterogeneous-LoRA baselines (``validation.heterogeneous``);
+    ``None`` leaves a group exactly as before:
+
+    - ``layers``: the exact layer indices (0 next to the embeddings) the group fine-tunes, for
+      non-contiguous sets (FedRA). ``depth`` must then equal ``num_layers - min(layers)``, since
+      backward reaches the lowest trained layer; ``planner.plan_checks`` checks it against a model.
+    - ``lora_rank``: the group trains only the first ``lora_rank`` LoRA rank components (HetLoRA);
+      ``None`` is the run's full rank.
     """
 
     group_id: int
@@ -144,9 +174,25 @@ class Group:
     local_steps: int
     label_skew: Skew
     predicted_intra_round_s: float = 0.0
+    layers: tuple[int, ...] | None = None
+    lora_rank: int | None = None
 
     def __post_init__(self) -> None:
         _raise_if(check_fields(self, GROUP_RULES))
+
+    @property
+    def trained_layers(self) -> int:
+        """How many layers carry live LoRA: ``len(layers)``, or ``depth`` when ``layers`` is null."""
+        return self.depth if self.layers is None else len(self.layers)
+
+
+def _group_content(group: Group) -> list[object]:
+    """A group's part of the plan id; the optional fields only when set, so older ids stay the same."""
+    content: list[object] = [group.device_ids, group.depth, group.intra_rounds, group.local_steps]
+    extra = {"layers": group.layers, "lora_rank": group.lora_rank}
+    if any(value is not None for value in extra.values()):
+        content.append({name: value for name, value in extra.items() if value is not None})
+    return content
 
 
 PLAN_RULES: dict[str, Rule] = {
@@ -238,7 +284,7 @@ class Plan:
     def plan_id(self) -> str:
         """Content hash (12 hex digits) of groups, provenance and objective; not of timing."""
         content = {
-            "groups": [[g.device_ids, g.depth, g.intra_rounds, g.local_steps] for g in self.groups],
+            "groups": [_group_content(g) for g in self.groups],
             "model": self.cost_model_sha256,
             "fleet": self.fleet_sha256,
             "batch_size": self.batch_size,

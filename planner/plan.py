@@ -242,11 +242,14 @@ def summarize_plan(plan: Plan) -> str:
         f"predicted: {plan.predicted_round_time_s:.4g} s per global round x {plan.predicted_rounds_to_target:.4g} "
         f"rounds = {plan.objective_value:.4g} s to target (bound {plan.dual_bound:.4g} s)"
     )
-    header = ("group", "devices", "skew L1", "depth", "intra_rounds", "intra-round s", "group part s")
+    header: tuple[str, ...] = ("group", "devices", "skew L1", "depth", "intra_rounds", "intra-round s", "group part s")
+    extra = any(g.layers is not None or g.lora_rank is not None for g in plan.groups)
+    if extra:  # heterogeneous-LoRA baselines: the layers and rank each group trains
+        header += ("layers", "rank")
     lines.append("  ".join(header))
     widths = [len(name) for name in header]
     for group in plan.groups:
-        cells = (
+        cells: tuple[str, ...] = (
             str(group.group_id),
             str(len(group.device_ids)),
             f"{group.label_skew.l1:.3f}",
@@ -255,5 +258,8 @@ def summarize_plan(plan: Plan) -> str:
             f"{group.predicted_intra_round_s:.3f}",
             f"{group.intra_rounds * group.predicted_intra_round_s:.3f}",
         )
+        if extra:
+            layers = "top" if group.layers is None else ",".join(map(str, group.layers))
+            cells += (layers, "full" if group.lora_rank is None else str(group.lora_rank))
         lines.append("  ".join(cell.rjust(width) for cell, width in zip(cells, widths, strict=True)))
     return "\n".join(lines)

@@ -24,7 +24,11 @@ exchanges are not scaled::
 
 (K3) Traffic of group ``k`` per global round, each way (all its devices)::
 
-    upload_k = download_k = tau_k * |k| * costs.adapter_bytes(d_k)     (so up + down is C8)
+    upload_k = download_k = tau_k * |k| * costs.group_adapter_bytes(group_k)     (so up + down is C8)
+
+    ``group_adapter_bytes`` is ``adapter_bytes(d_k)`` unless the group sets ``layers`` (only those
+    travel) or ``lora_rank`` (a fraction of each layer travels); exchanges (C3) and the global
+    aggregation (C6) move the same bytes. Step times stay depth-based (``costs.py`` (C2)).
 
 Examples
 --------
@@ -44,6 +48,7 @@ import numpy as np
 from hierfedlora.planner import costs
 from hierfedlora.planner.errors import InvalidInputError, Issue
 from hierfedlora.planner.outcomes import Group, Plan
+from hierfedlora.planner.plan_checks import check_plan_groups
 from hierfedlora.planner.rules import FINITE_NON_NEGATIVE, FINITE_POSITIVE, POSITIVE_INT
 from hierfedlora.planner.types import CostModel, DeviceProfile
 
@@ -138,11 +143,7 @@ def _check_inputs(
     missing = [d for d in plan.device_ids if d not in devices_by_id]
     if missing:
         issues.append(Issue("devices_by_id", "a profile for every device in the plan", f"none for {missing}"))
-    for idx, group in enumerate(plan.groups):
-        if group.depth > cost_model.num_layers:
-            issues.append(
-                Issue(f"plan.groups[{idx}].depth", f"at most the model's {cost_model.num_layers} layers", group.depth)
-            )
+    issues += [issue.with_prefix("plan") for issue in check_plan_groups(plan, num_layers=cost_model.num_layers)]
     _raise_if(issues)
 
 
@@ -195,7 +196,11 @@ def global_round_time_s(
     }
     _check_inputs(plan, cost_model, devices_by_id, numbers, rng)
     global_s = costs.global_aggregation_s(
-        cost_model, [g.depth for g in plan.groups], backhaul_mbps=backhaul_mbps, latency_s=global_latency_s
+        cost_model,
+        [g.depth for g in plan.groups],
+        backhaul_mbps=backhaul_mbps,
+        latency_s=global_latency_s,
+        num_bytes=[costs.group_adapter_bytes(cost_model, g) for g in plan.groups],
     )
     timings = tuple(
         _group_timing(cost_model, [devices_by_id[d] for d in g.device_ids], g, batch, intra_latency_s, noise, rng)
@@ -227,9 +232,13 @@ def _group_timing(
         ]
     )
     mean_step_s = step_s
+    num_bytes = costs.group_adapter_bytes(cost_model, group)
     if noise > 0 and rng is not None:
         exchange_s = np.array(
-            [costs.exchange_time_s(cost_model, d, depth=group.depth, latency_s=latency_s) for d in members]
+            [
+                costs.exchange_time_s(cost_model, d, depth=group.depth, latency_s=latency_s, num_bytes=num_bytes)
+                for d in members
+            ]
         )
         size = (group.intra_rounds, len(members), group.local_steps)
         factors = rng.lognormal(mean=-(noise**2) / 2, sigma=noise, size=size)  # mean one per step
@@ -245,9 +254,10 @@ def _group_timing(
             local_steps=group.local_steps,
             batch_size=batch_size,
             latency_s=latency_s,
+            num_bytes=num_bytes,
         )
         intra, group_s = (t_k,) * group.intra_rounds, t_k * group.intra_rounds
-    one_way = group.intra_rounds * len(members) * costs.adapter_bytes(cost_model, depth=group.depth)
+    one_way = group.intra_rounds * len(members) * num_bytes
     return GroupTiming(
         group_id=group.group_id,
         intra_round_s=intra,

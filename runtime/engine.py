@@ -2,12 +2,15 @@
 
 One global round ``r`` (1-based, like Flower's ``server_round``):
 
-1. every group k starts from the global state restricted to its top ``d_k`` layers (+ head);
+1. every group k starts from the global state restricted to its top ``d_k`` layers (+ head), or to
+   its ``layers`` when the group lists them (FedRA); a group with a ``lora_rank`` gets the state
+   truncated to that rank (``models.adapters.truncate_rank``, HetLoRA), and its zeros stay zero;
 2. ``intra_rounds`` times: each device trains ``local_steps`` AdamW steps from the group state
    (``local_training.train_device``), then the group takes the sample-weighted FedAvg;
 3. the server merges the groups layer by layer (``aggregation.merge_across_groups``);
 4. the merged global model and each group's model are evaluated on a fixed, seeded subset of the
-   fleet's held-out test split;
+   fleet's held-out test split (the global model at the deepest group's depth, or with LoRA on every
+   layer when a group lists ``layers``: FedRA's server model holds them all);
 5. the simulated clock advances by the cost model's round time (``clock.global_round_time_s``);
 6. round r is committed (checkpoint, then a fsynced JSONL line) and only then yielded.
 
@@ -31,13 +34,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from hierfedlora.models.adapters import AdapterState, initial_adapter_state
+from hierfedlora.models.adapters import AdapterState, initial_adapter_state, truncate_rank
 from hierfedlora.models.catalog import ModelSpec, model_sha256, resolve_model_dir
 from hierfedlora.models.lora import AdaptedModel, load_adapted_model
 from hierfedlora.planner.datasets import read_dataset
 from hierfedlora.planner.errors import InvalidInputError, Issue, RunInterruptedError
 from hierfedlora.planner.io import read_json, sha256_of, write_json
 from hierfedlora.planner.outcomes import GroupRoundResult, Plan, RoundReport
+from hierfedlora.planner.plan_checks import check_plan_groups
 from hierfedlora.planner.types import CostModel, DeviceProfile, Fleet
 from hierfedlora.runtime.aggregation import fedavg, merge_across_groups
 from hierfedlora.runtime.checkpoint import (
@@ -65,19 +69,15 @@ log = logging.getLogger(__name__)
 GLOBAL_PREFIX = "global."
 
 
-def check_plan_for_run(plan: Plan, fleet: Fleet, num_layers: int) -> list[Issue]:
-    """Issues that stop ``plan`` from running on ``fleet`` with a ``num_layers``-layer model."""
-    issues: list[Issue] = []
+def check_plan_for_run(plan: Plan, fleet: Fleet, num_layers: int, lora_rank: int | None = None) -> list[Issue]:
+    """Issues that stop ``plan`` from running on ``fleet`` with a ``num_layers``-layer model of rank ``lora_rank``."""
+    issues = check_plan_groups(plan, num_layers=num_layers, full_rank=lora_rank)
     positions = {device.device_id: idx for idx, device in enumerate(fleet.devices)}
     if fleet.dataset is None or not fleet.sample_indices:
         issues.append(
             Issue("fleet.sample_indices", "per-device sample indices (make the fleet with 'hierfedlora fleet')", "none")
         )
     for k, group in enumerate(plan.groups):
-        if not 1 <= group.depth <= num_layers:
-            issues.append(
-                Issue(f"groups[{k}].depth", f"an integer in 1..{num_layers} (the model's layers)", group.depth)
-            )
         for device_id in group.device_ids:
             if device_id not in positions:
                 issues.append(Issue(f"groups[{k}].device_ids", "ids of devices in the fleet", device_id))
@@ -104,9 +104,16 @@ class RunContext:
     model_sha256: str
     fleet_sha256: str
 
-    def forward_for(self, depth: int) -> Forward:
-        """The model at ``depth`` and a forward over the run's rows (cached or plain)."""
-        self.model.set_depth(depth)
+    def forward_for(self, depth: int, layers: Sequence[int] | None = None) -> Forward:
+        """The model at ``depth`` (LoRA on ``layers`` when given) and a forward over the run's rows.
+
+        With ``layers``, ``depth`` is ``num_layers - min(layers)`` (checked with the plan), so the
+        cache's boundary is the lowest trained layer.
+        """
+        if layers is None:
+            self.model.set_depth(depth)
+        else:
+            self.model.set_layers(layers)
         if isinstance(self.forward_source, PrefixCache):
             return self.forward_source.forward_for(depth)
         return self.forward_source  # type: ignore[no-any-return]
@@ -129,7 +136,7 @@ def prepare_run(plan: Plan, fleet: Fleet, options: RunOptions) -> RunContext:
         max_seq_len=options.max_seq_len,
     )
     model, tokenizer = load_adapted_model(spec, seed=options.seed)
-    issues = check_plan_for_run(plan, fleet, model.num_layers)
+    issues = check_plan_for_run(plan, fleet, model.num_layers, options.lora_rank)
     if issues:
         raise InvalidInputError(issues, "plan")
     assert fleet.dataset is not None  # checked above
@@ -268,9 +275,8 @@ def run_plan(
                 weights.append(float(sum(samples)))
                 accuracy = None
                 if options.evaluate_groups:
-                    _load(context, group.depth, group_state)
                     _, accuracy = evaluate(
-                        context.forward_for(group.depth),
+                        _load(context, group.depth, group_state, group.layers),
                         context.data.labels,
                         context.eval_rows,
                         batch_size=options.eval_batch_size,
@@ -278,9 +284,10 @@ def run_plan(
                 results.append((group_loss, accuracy))
             global_state = merge_across_groups(global_state, group_states, weights)
             eval_depth = max(group.depth for group in plan.groups)
-            _load(context, eval_depth, global_state)
+            if any(group.layers is not None for group in plan.groups):
+                eval_depth = context.model.max_depth
             eval_loss, eval_accuracy = evaluate(
-                context.forward_for(eval_depth),
+                _load(context, eval_depth, global_state),
                 context.data.labels,
                 context.eval_rows,
                 batch_size=options.eval_batch_size,
@@ -359,7 +366,7 @@ def _consult(
     new_plan = replanner(plan, reports, plans)
     if new_plan is None or new_plan.plan_id == plan.plan_id:
         return plan
-    issues = check_plan_for_run(new_plan, fleet, context.model.num_layers)
+    issues = check_plan_for_run(new_plan, fleet, context.model.num_layers, context.model.spec.lora_rank)
     issues += [
         Issue("plan.device_ids", "devices the run has data for", d)
         for d in new_plan.device_ids
@@ -373,9 +380,10 @@ def _consult(
     return new_plan
 
 
-def _load(context: RunContext, depth: int, state: AdapterState) -> None:
-    context.model.set_depth(depth)
+def _load(context: RunContext, depth: int, state: AdapterState, layers: Sequence[int] | None = None) -> Forward:
+    forward = context.forward_for(depth, layers)
     context.model.set_adapter_state({key: state[key] for key in context.model.adapter_keys()})
+    return forward
 
 
 def _run_group(
@@ -388,8 +396,10 @@ def _run_group(
     step_s: dict[str, float],
 ) -> tuple[AdapterState, float]:
     group = plan.groups[k]
-    forward = context.forward_for(group.depth)
+    forward = context.forward_for(group.depth, group.layers)
     group_state = {key: global_state[key] for key in context.model.adapter_keys()}
+    if group.lora_rank is not None:  # HetLoRA: the group trains the first lora_rank components only
+        group_state = truncate_rank(group_state, group.lora_rank)
     weights = [float(len(context.device_rows[d])) for d in group.device_ids]
     losses: list[float] = []
     for intra in range(group.intra_rounds):

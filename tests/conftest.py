@@ -58,6 +58,21 @@ def minilm_slice_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def minilm_four_layer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model's embeddings and first 4 layers, with its tokenizer (room for non-contiguous layer sets)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    source = resolve_model_dir("default")
+    model = AutoModel.from_pretrained(source, local_files_only=True)
+    model.encoder.layer = model.encoder.layer[:4]
+    model.config.num_hidden_layers = 4
+    folder = tmp_path_factory.mktemp("minilm-4-layers")
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(source, local_files_only=True).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def slice_spec(minilm_slice_dir: Path) -> ModelSpec:
     """LoRA r=8 on query/value of the 2-layer slice, 4 classes."""

@@ -17,6 +17,8 @@ grouping_only      near-IID (``group_devices``)      full                uniform
 grouping_freq      near-IID                          full                optimised per group
 grouping_depth     near-IID                          optimised per group uniform (settings)
 legend             devices of equal depth            per device, by speed 1
+hetlora            capability classes                full, rank/class    1
+fedra              one per device                    random, every round 1
 hierfedlora        near-IID                          optimised jointly with intra_rounds
 =================  ================================  ==================  ======================
 
@@ -25,9 +27,11 @@ memory (``costs.peak_memory_bytes``); when that is short of the deepest choice t
 ``reason`` says so. *legend* follows LEGEND (arXiv 2412.20004): with ``T*`` the
 ``legend_deadline_quantile`` quantile over devices of one full-depth local round (local steps
 plus the adapter exchange, (C5) for the device alone), each device takes the deepest depth it
-holds whose local round fits in ``T*`` (the shallowest choice if none does).
+holds whose local round fits in ``T*`` (the shallowest choice if none does). *hetlora* and *fedra*
+(heterogeneous LoRA ranks, random layer allocation) live in ``validation.heterogeneous``, which
+states what they simplify; fedra re-draws its layers every round through :func:`method_replanner`.
 
-Outcomes. A *fixed construction* (fedlora, hierfavg, grouping_only, legend) has nothing to
+Outcomes. A *fixed construction* (fedlora, hierfavg, grouping_only, legend, hetlora, fedra) has nothing to
 optimise: its depths and intra_rounds are priced, not solved, so its ``dual_bound`` equals
 its ``objective_value``. It ignores ``round_budget_s`` and ``traffic_budget_bytes`` (the
 methods know no budget) and its ``reason`` says when it breaks one. The ablations
@@ -63,6 +67,7 @@ import dataclasses
 import logging
 import time
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -76,8 +81,12 @@ from hierfedlora.planner.outcomes import Grouping, Plan, SolveStatus
 from hierfedlora.planner.plan import build_plan, make_plan
 from hierfedlora.planner.rules import FRACTION, POSITIVE_INT, check_fields
 from hierfedlora.planner.types import PlanningProblem
+from hierfedlora.validation.heterogeneous import FedraReplanner, fedra_plan, full_depth, hetlora_plan
 
-__all__ = ["METHODS", "BaselineSettings", "describe_method", "make_method_plan"]
+if TYPE_CHECKING:  # the runtime imports torch; the baselines stay pure planning
+    from hierfedlora.runtime.engine import Replanner
+
+__all__ = ["METHODS", "BaselineSettings", "describe_method", "make_method_plan", "method_replanner"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +97,8 @@ METHODS: tuple[str, ...] = (
     "grouping_freq",
     "grouping_depth",
     "legend",
+    "hetlora",
+    "fedra",
     "hierfedlora",
 )
 """Every method the experiment compares, baselines first."""
@@ -99,6 +110,10 @@ _DESCRIPTIONS = {
     "grouping_freq": "ablation: near-IID groups, intra_rounds optimised per group, full depth",
     "grouping_depth": "ablation: near-IID groups, depth optimised per group, uniform intra_rounds",
     "legend": "LEGEND-like: per-device depth by speed and memory, flat aggregation",
+    "hetlora": "HetLoRA-like: LoRA rank by capability class (full/half/quarter), zero-padding merge, full depth; "
+    "no self-pruning or sparsity-weighted aggregation",
+    "fedra": "FedRA-like: random layers per device re-drawn every round, count by capability class, flat "
+    "aggregation; independent draws per device",
     "hierfedlora": "HierFedLoRA: near-IID groups, depth and intra_rounds optimised jointly",
 }
 
@@ -182,7 +197,12 @@ def make_method_plan(method: str, problem: PlanningProblem, *, settings: Baselin
     memory = [conflict for conflict in check_feasibility(problem) if conflict.family == "memory"]
     if memory:  # every method needs each device to hold at least the shallowest depth
         raise InfeasibleError(memory[0].reason, conflicting=("memory",), hint=memory[0].hint)
-    depth, depth_note = _full_depth(problem)
+    depth, depth_note = full_depth(problem)
+    if method == "hetlora":
+        return _logged(method, hetlora_plan(problem, depth=depth, note=depth_note))
+    if method == "fedra":
+        plan = fedra_plan(problem, global_round=1, seed=problem.solver.seed, depth=depth, note=depth_note)
+        return _logged(method, plan)
     tau = settings.uniform_intra_rounds
     if method == "legend":
         grouping, depths, reason = _legend(problem, settings.legend_deadline_quantile)
@@ -215,6 +235,31 @@ def make_method_plan(method: str, problem: PlanningProblem, *, settings: Baselin
     return _plan(problem, grouping, assignment, method=method, reason=reason, started=started)
 
 
+def method_replanner(
+    method: str, problem: PlanningProblem, *, settings: BaselineSettings = BaselineSettings(), seed: int = 0
+) -> Replanner | None:
+    """The replanner ``method`` runs with (``runtime.engine.run_plan(..., replanner=...)``), or ``None``.
+
+    Only fedra has one: :class:`~hierfedlora.validation.heterogeneous.FedraReplanner`, which re-draws
+    every device's layers after each round from ``(seed, next round)``. :func:`make_method_plan`
+    draws round 1 from ``problem.solver.seed``; pass the same ``seed`` for one seeded sequence.
+    ``settings`` is accepted for symmetry with :func:`make_method_plan` (no method reads it yet).
+
+    Raises
+    ------
+    InvalidInputError
+        ``method`` is not one of :data:`METHODS`.
+    """
+    _check_method(method)
+    del settings
+    return FedraReplanner(problem, seed) if method == "fedra" else None
+
+
+def _logged(method: str, plan: Plan) -> Plan:
+    log.info("%s plan %s: %s; %.4g s to target", method, plan.plan_id, plan.reason, plan.objective_value)
+    return plan
+
+
 def _check_method(method: object) -> None:
     if method not in METHODS:
         expected = "one of " + ", ".join(repr(name) for name in METHODS)
@@ -223,18 +268,6 @@ def _check_method(method: object) -> None:
 
 def _each(grouping: Grouping, value: int) -> tuple[int, ...]:
     return (value,) * len(grouping.members)
-
-
-def _full_depth(problem: PlanningProblem) -> tuple[int, str]:
-    """The deepest depth choice every device holds, and a note for ``reason`` when it is not the deepest choice."""
-    cost, batch = problem.cost_model, problem.effective_batch_size
-    smallest = min(device.memory_bytes for device in problem.devices)
-    choices = problem.effective_depth_choices
-    held = [d for d in choices if costs.peak_memory_bytes(cost, depth=d, batch_size=batch) <= smallest]
-    depth = held[-1]  # the shallowest choice fits: the memory check ran first
-    if depth == choices[-1]:
-        return depth, ""
-    return depth, f" (full depth {choices[-1]} exceeds some device's memory; {depth} is the deepest every device holds)"
 
 
 def _constructed(problem: PlanningProblem, members: tuple[tuple[int, ...], ...], method: str) -> Grouping:

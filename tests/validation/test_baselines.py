@@ -43,25 +43,38 @@ def problem() -> PlanningProblem:
     )
 
 
+def _sent_bytes(cost, group) -> int:
+    """(C2) by hand: the listed layers (else depth) at the group's share of the rank, plus the head."""
+    layers = group.depth if group.layers is None else len(group.layers)
+    share = 1.0 if group.lora_rank is None else group.lora_rank / cost.lora_rank
+    return round(layers * cost.adapter_bytes_per_layer * share) + cost.head_bytes
+
+
 def _independent_round_time_s(plan: Plan, problem: PlanningProblem) -> float:
-    """(C7) from the scalar cost formulas (C1)-(C3), (C6), device by device."""
+    """(C7) from the scalar cost formulas (C1), (C3), (C6), device by device; bytes as (C2) by hand."""
     cost, by_id = problem.cost_model, {d.device_id: d for d in problem.devices}
     slowest_part_s = 0.0
     for group in plan.groups:
         members = [by_id[device_id] for device_id in group.device_ids]
+        bits = 8.0 * _sent_bytes(cost, group)
         intra_s = max(
             problem.local_steps
             * costs.step_time_s(cost, compute_scale=d.compute_scale, depth=group.depth, batch_size=plan.batch_size)
-            + costs.exchange_time_s(cost, d, depth=group.depth, latency_s=problem.intra_latency_s)
+            + bits / (1e6 * d.uplink_mbps)
+            + bits / (1e6 * d.downlink_mbps)
+            + problem.intra_latency_s
             for d in members
         )
         slowest_part_s = max(slowest_part_s, group.intra_rounds * intra_s)
-    largest_bytes = max(costs.adapter_bytes(cost, depth=g.depth) for g in plan.groups)
+    largest_bytes = max(_sent_bytes(cost, g) for g in plan.groups)
     return slowest_part_s + 2 * 8.0 * largest_bytes / (1e6 * problem.backhaul_mbps) + problem.global_latency_s
 
 
 def _independent_rounds_to_target(plan: Plan, problem: PlanningProblem) -> float:
-    """(M1)-(M4) by hand: R0 / sum_k w_k (d_k / L)^beta tau_k / (1 + c delta_k (tau_k - 1))."""
+    """(M1)-(M4) by hand: R0 / sum_k w_k (d_k / L)^beta tau_k / (1 + c delta_k (tau_k - 1)).
+
+    ``d_k`` counts the layers a group trains: ``len(layers)`` when it lists them (FedRA).
+    """
     params, by_id = problem.convergence, {d.device_id: d for d in problem.devices}
     fleet = np.sum([d.label_counts for d in problem.devices], axis=0)
     progress = 0.0
@@ -72,7 +85,7 @@ def _independent_rounds_to_target(plan: Plan, problem: PlanningProblem) -> float
         progress += (
             pooled.sum()
             / fleet.sum()
-            * (group.depth / NUM_LAYERS) ** params.depth_exponent
+            * ((group.depth if group.layers is None else len(group.layers)) / NUM_LAYERS) ** params.depth_exponent
             * tau
             / (1 + params.skew_sensitivity * tv * (tau - 1))
         )
