@@ -265,6 +265,15 @@ PRESETS: dict[str, ExperimentPreset] = {
         methods=("fedlora", "grouping_only", "grouping_freq", "grouping_depth", "hierfedlora"),
         **_PAPER_SCALE,  # type: ignore[arg-type]
     ),
+    "heterogeneous": ExperimentPreset(
+        name="heterogeneous",
+        description="the heterogeneous-LoRA baselines (HetLoRA-like ranks, FedRA-like random layers) against "
+        "FedLoRA, LEGEND-like and HierFedLoRA on the paper preset's fleet at alpha = 0.5 and 0.1",
+        alphas=(0.5, 0.1),
+        seeds=(0,),
+        methods=("fedlora", "legend", "hetlora", "fedra", "hierfedlora"),
+        **_PAPER_SCALE,  # type: ignore[arg-type]
+    ),
 }
 
 

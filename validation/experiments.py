@@ -48,7 +48,7 @@ import numpy as np
 from hierfedlora.planner.io import read_json, write_json
 from hierfedlora.planner.outcomes import Plan, RoundReport
 from hierfedlora.planner.types import CostModel, DeviceProfile, Fleet, PlanningProblem, SolverOptions
-from hierfedlora.validation.baselines import make_method_plan
+from hierfedlora.validation.baselines import make_method_plan, method_replanner
 from hierfedlora.validation.experiment_presets import (
     ALL_METHODS,
     LOOP_METHOD,
@@ -150,7 +150,11 @@ def _run_one(
         global_latency_s=problem.global_latency_s,
         seed=setting.seed,
     )
-    replanner = Replanner(problem, every_rounds=preset.replan_every) if method == LOOP_METHOD else None
+    replanner = (
+        Replanner(problem, every_rounds=preset.replan_every)
+        if method == LOOP_METHOD
+        else method_replanner(method, problem, settings=preset.baseline, seed=setting.seed)
+    )
     run_dir = folder / "run"
     resume = (run_dir / "checkpoint.json").exists()
     started = time.perf_counter()
