@@ -1,0 +1,123 @@
+"""What a run holds in memory, and the checks before it starts: :func:`prepare_run` loads the model and
+the data a plan touches, tokenizes them once and refuses a plan that cannot run (:func:`check_plan_for_run`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from hierfedlora.models.catalog import ModelSpec, model_sha256, resolve_model_dir
+from hierfedlora.models.lora import AdaptedModel, load_adapted_model
+from hierfedlora.planner.datasets import read_dataset
+from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.io import sha256_of
+from hierfedlora.planner.outcomes import Plan
+from hierfedlora.planner.plan_checks import check_plan_groups
+from hierfedlora.planner.types import Fleet
+from hierfedlora.runtime.data import TokenizedData, tokenize_texts
+from hierfedlora.runtime.local_training import derive_seed
+from hierfedlora.runtime.options import RunOptions
+from hierfedlora.runtime.prefix_cache import Forward, PlainForward, PrefixCache
+
+__all__ = ["RunContext", "check_plan_for_run", "prepare_run"]
+
+
+def check_plan_for_run(plan: Plan, fleet: Fleet, num_layers: int, lora_rank: int | None = None) -> list[Issue]:
+    """Issues that stop ``plan`` from running on ``fleet`` with a ``num_layers``-layer model of rank ``lora_rank``."""
+    issues = check_plan_groups(plan, num_layers=num_layers, full_rank=lora_rank)
+    positions = {device.device_id: idx for idx, device in enumerate(fleet.devices)}
+    if fleet.dataset is None or not fleet.sample_indices:
+        issues.append(
+            Issue("fleet.sample_indices", "per-device sample indices (make the fleet with 'hierfedlora fleet')", "none")
+        )
+    for k, group in enumerate(plan.groups):
+        for device_id in group.device_ids:
+            if device_id not in positions:
+                issues.append(Issue(f"groups[{k}].device_ids", "ids of devices in the fleet", device_id))
+            elif fleet.sample_indices and not fleet.sample_indices[positions[device_id]]:
+                issues.append(
+                    Issue(
+                        f"groups[{k}].device_ids",
+                        "devices with training samples (the partition left this one empty)",
+                        device_id,
+                    )
+                )
+    return issues
+
+
+@dataclasses.dataclass(slots=True)
+class RunContext:
+    """Everything a run holds in memory: the one model, the tokenized rows, the forward source."""
+
+    model: AdaptedModel
+    data: TokenizedData
+    device_rows: dict[str, torch.Tensor]
+    eval_rows: torch.Tensor
+    forward_source: Any
+    model_sha256: str
+    fleet_sha256: str
+
+    def forward_for(self, depth: int, layers: Sequence[int] | None = None) -> Forward:
+        """The model at ``depth`` (LoRA on ``layers`` when given) and a forward over the run's rows.
+
+        With ``layers``, ``depth`` is ``num_layers - min(layers)`` (checked with the plan), so the
+        cache's boundary is the lowest trained layer.
+        """
+        if layers is None:
+            self.model.set_depth(depth)
+        else:
+            self.model.set_layers(layers)
+        if isinstance(self.forward_source, PrefixCache):
+            return self.forward_source.forward_for(depth)
+        return self.forward_source  # type: ignore[no-any-return]
+
+
+def prepare_run(plan: Plan, fleet: Fleet, options: RunOptions) -> RunContext:
+    """Load data and model, tokenize the rows the run touches, check the plan against both.
+
+    Raises
+    ------
+    InvalidInputError
+        A plan naming unknown devices, depths beyond the model, devices without data; a fleet
+        without a data set; a data file that changed since the fleet was made.
+    """
+    spec = ModelSpec(
+        path=options.model,
+        num_labels=len(fleet.class_names),
+        lora_rank=options.lora_rank,
+        lora_alpha=options.lora_alpha,
+        max_seq_len=options.max_seq_len,
+    )
+    model, tokenizer = load_adapted_model(spec, seed=options.seed)
+    issues = check_plan_for_run(plan, fleet, model.num_layers, options.lora_rank)
+    if issues:
+        raise InvalidInputError(issues, "plan")
+    assert fleet.dataset is not None  # checked above
+    texts = read_dataset(fleet.dataset)
+    positions = {device.device_id: idx for idx, device in enumerate(fleet.devices)}
+    used = {device_id: fleet.sample_indices[positions[device_id]] for device_id in plan.device_ids}
+    rng = np.random.default_rng(derive_seed(options.seed, 7))
+    test = np.array(fleet.dataset.test_indices, dtype=np.int64)
+    eval_source = np.sort(rng.choice(test, size=min(options.eval_samples, len(test)), replace=False))
+    rows = sorted({row for indices in used.values() for row in indices} | set(eval_source.tolist()))
+    row_position = {row: pos for pos, row in enumerate(rows)}
+    data = tokenize_texts(
+        [texts.texts[r] for r in rows], [texts.labels[r] for r in rows], tokenizer, options.max_seq_len
+    )
+    device_rows = {d: torch.tensor([row_position[r] for r in rows_of], dtype=torch.long) for d, rows_of in used.items()}
+    eval_rows = torch.tensor([row_position[int(r)] for r in eval_source], dtype=torch.long)
+    source: Any = PrefixCache(model, data) if options.use_prefix_cache else PlainForward(model, data)
+    model_dir = resolve_model_dir(options.model)
+    return RunContext(
+        model=model,
+        data=data,
+        device_rows=device_rows,
+        eval_rows=eval_rows,
+        forward_source=source,
+        model_sha256=model_sha256(model_dir),
+        fleet_sha256=sha256_of(fleet),
+    )
