@@ -22,6 +22,7 @@ from hierfedlora.planner.errors import InvalidInputError, Issue
 from hierfedlora.planner.io import read_json
 from hierfedlora.planner.rules import FINITE_NON_NEGATIVE, FINITE_POSITIVE, POSITIVE_INT, Rule, check_fields
 from hierfedlora.planner.tiers import PRESETS as TIER_MIXES
+from hierfedlora.planner.types import ConvergenceParams
 from hierfedlora.validation.baselines import METHODS, BaselineSettings
 
 __all__ = [
@@ -137,7 +138,8 @@ class ExperimentPreset:
     The simulated-time budget is ``budget_fedlora_rounds`` times FedLoRA's predicted round time on
     the setting's fleet (a formula of the cost model and the fleet, known before training); every
     method gets the same budget. ``max_rounds`` caps a run's global rounds. ``target_accuracy`` is
-    fixed here, before any result is seen.
+    fixed here, before any result is seen. ``convergence`` is the planners' convergence-model prior
+    (:mod:`hierfedlora.planner.convergence`), the same for every method that plans with it.
     """
 
     name: str
@@ -163,6 +165,7 @@ class ExperimentPreset:
     replan_every: int = 3
     plan_time_limit_s: float = 10.0
     baseline: BaselineSettings = dataclasses.field(default_factory=BaselineSettings)
+    convergence: ConvergenceParams = dataclasses.field(default_factory=ConvergenceParams)
 
     def __post_init__(self) -> None:
         issues = check_fields(self, PRESET_RULES)

@@ -272,8 +272,9 @@ def render_report(
         f"{problem_defaults['global_latency_s'].default} s.",
         f"- Costs: measured on this host by `models/profiling` ({cost_model.model_name}, "
         f"batch {cost_model.batch_size}, {cost_model.seq_len} tokens), scaled per device (planner/costs.py C1-C8). "
-        "Convergence model defaults: "
-        "depth exponent 0.5, skew sensitivity 4, reference rounds 30 (planner/convergence.py).",
+        f"Convergence model prior: depth exponent {preset.convergence.depth_exponent:g}, skew sensitivity "
+        f"{preset.convergence.skew_sensitivity:g}, reference rounds {preset.convergence.reference_rounds:g} "
+        "(planner/convergence.py).",
         "",
         "## Methods",
         "",

@@ -101,6 +101,7 @@ def _problem(preset: ExperimentPreset, fleet: Fleet, cost_model: CostModel, seed
         local_steps=preset.local_steps,
         batch_size=preset.batch_size,
         solver=SolverOptions(seed=seed, time_limit_s=preset.plan_time_limit_s),
+        convergence=preset.convergence,
     )
 
 

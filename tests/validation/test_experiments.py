@@ -232,3 +232,23 @@ def test_documented_example_presets_load():
     # Assert
     assert files and all(p.name == f.stem for p, f in zip(presets, files, strict=True))
     assert any(len(p.fleet_sizes) > 1 and len(p.tier_mixes) > 1 for p in presets)
+
+
+def test_preset_convergence_prior_reaches_the_planner_and_the_report(tmp_path):
+    """A preset file's convergence prior is the one the planning problem gets and the report states."""
+    # Arrange
+    from hierfedlora.planner.io import to_dict
+    from hierfedlora.planner.types import ConvergenceParams, Fleet
+    from hierfedlora.validation.experiments import _problem
+
+    prior = ConvergenceParams(skew_sensitivity=2.0)
+    path = tmp_path / "prior.json"
+    path.write_text(json.dumps(to_dict(dataclasses.replace(PRESETS["quick"], convergence=prior))))
+    preset = read_preset(path)
+    fleet = Fleet(devices=make_devices(12), class_names=("a", "b", "c", "d"))
+    # Act
+    problem = _problem(preset, fleet, make_cost_model(6), seed=0)
+    write_outputs(preset, make_cost_model(6), [_result("fedlora", 0, (0.1, 0.3), (10.0, 20.0))], tmp_path / "out")
+    # Assert
+    assert problem.convergence.skew_sensitivity == 2.0
+    assert "skew sensitivity 2" in (tmp_path / "out" / "report.md").read_text()
