@@ -248,10 +248,12 @@ def render_report(
         f"held-out samples.",
         f"- Tuning effort, the same for every method: one optimizer ({preset.optimizer}) and learning rate "
         f"({preset.learning_rate:g}), chosen on FedLoRA alone (alpha 0.5, seed 0, 5-8 rounds) from AdamW "
-        "{0.005, 0.01, 0.02, 0.05} and SGD {0.3, 1.0} before any other method ran; no per-method tuning. "
+        "{0.005, 0.01, 0.02, 0.05} and SGD {0.3, 1.0} before any other method ran. "
         "HierFAVG and the ablations that fix tau use "
         f"tau = {preset.baseline.uniform_intra_rounds}; LEGEND's deadline is the "
         f"{preset.baseline.legend_deadline_quantile:g} quantile of the devices' full-depth round times.",
+        *(f"- Tuning: {note}" for note in preset.tuning_notes),
+        *(() if preset.tuning_notes else ("- No per-method tuning.",)),
         f"- Closed loop: re-plan every {preset.replan_every} rounds (planner/feedback.py), 5% minimum predicted gain.",
         "- Metrics: final accuracy after the last round within the budget; time to target = simulated time at the "
         "end of the first round at or above the target; speed-up vs FedLoRA = FedLoRA's time to target over the "

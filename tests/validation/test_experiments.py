@@ -235,7 +235,7 @@ def test_documented_example_presets_load():
 
 
 def test_preset_convergence_prior_reaches_the_planner_and_the_report(tmp_path):
-    """A preset file's convergence prior is the one the planning problem gets and the report states."""
+    """A preset file's convergence prior and tuning notes reach the planning problem and the report."""
     # Arrange
     from hierfedlora.planner.io import to_dict
     from hierfedlora.planner.types import ConvergenceParams, Fleet
@@ -243,7 +243,8 @@ def test_preset_convergence_prior_reaches_the_planner_and_the_report(tmp_path):
 
     prior = ConvergenceParams(skew_sensitivity=2.0)
     path = tmp_path / "prior.json"
-    path.write_text(json.dumps(to_dict(dataclasses.replace(PRESETS["quick"], convergence=prior))))
+    tuned = dataclasses.replace(PRESETS["quick"], convergence=prior, tuning_notes=("c chosen from {4, 2}",))
+    path.write_text(json.dumps(to_dict(tuned)))
     preset = read_preset(path)
     fleet = Fleet(devices=make_devices(12), class_names=("a", "b", "c", "d"))
     # Act
@@ -251,4 +252,6 @@ def test_preset_convergence_prior_reaches_the_planner_and_the_report(tmp_path):
     write_outputs(preset, make_cost_model(6), [_result("fedlora", 0, (0.1, 0.3), (10.0, 20.0))], tmp_path / "out")
     # Assert
     assert problem.convergence.skew_sensitivity == 2.0
-    assert "skew sensitivity 2" in (tmp_path / "out" / "report.md").read_text()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "skew sensitivity 2" in report and "- Tuning: c chosen from {4, 2}" in report
+    assert "No per-method tuning" not in report
