@@ -34,11 +34,28 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--no-prefix-cache", action="store_true", help="train without the frozen-prefix cache")
     parser.add_argument("--clock-noise", type=float, default=0.0, help="lognormal sigma on simulated step times")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--replan-every",
+        type=int,
+        default=None,
+        metavar="R",
+        help="close the loop: refit the convergence model and device speeds from the reports and re-plan every R "
+        "rounds (planner/feedback.py); default: keep the plan",
+    )
+    parser.add_argument(
+        "--problem",
+        type=Path,
+        default=None,
+        help="with --replan-every: JSON with the PlanningProblem fields the plan was made with (as for "
+        "'hierfedlora plan --problem'); num_groups, local_steps and batch_size default to the plan's",
+    )
     parser.set_defaults(handler=handle)
 
 
-def execute(plan: Any, fleet: Any, cost_model: Any, options: Any, out: Path, *, resume: bool) -> list[Any]:
-    """Run with a progress bar; write the plot; return the reports (all rounds, from the log)."""
+def execute(
+    plan: Any, fleet: Any, cost_model: Any, options: Any, out: Path, *, resume: bool, replanner: Any = None
+) -> list[Any]:
+    """Run with a progress bar (and ``replanner``, if any); write the plot; return the reports (from the log)."""
     from tqdm import tqdm
 
     from hierfedlora.runtime.checkpoint import REPORTS_NAME, read_reports
@@ -46,7 +63,7 @@ def execute(plan: Any, fleet: Any, cost_model: Any, options: Any, out: Path, *, 
     from hierfedlora.validation.plots import plot_accuracy_vs_time
 
     with tqdm(total=options.rounds, desc="global rounds", unit="round", file=sys.stderr) as bar:
-        for report in run_plan(plan, fleet, cost_model, options, out, resume=resume):
+        for report in run_plan(plan, fleet, cost_model, options, out, resume=resume, replanner=replanner):
             bar.n = report.global_round
             bar.set_postfix(sim=f"{report.sim_time_s:.0f}s", acc=f"{report.eval_accuracy:.1%}")
             bar.refresh()
@@ -54,6 +71,35 @@ def execute(plan: Any, fleet: Any, cost_model: Any, options: Any, out: Path, *, 
     chance = 1.0 / len(fleet.class_names)
     plot_accuracy_vs_time({f"plan {plan.plan_id}": reports}, out / "accuracy_vs_time.png", chance=chance)
     return reports
+
+
+def build_replanner(args: argparse.Namespace, plan: Any) -> Any:
+    """The closed loop's :class:`Replanner` for ``--replan-every``, over the plan's problem (``None`` without it).
+
+    Raises
+    ------
+    InvalidInputError
+        ``--replan-every`` below 1, or a bad ``--problem`` file (before any training starts).
+    """
+    if args.replan_every is None:
+        if args.problem is not None:
+            log.warning("--problem is only used with --replan-every; ignored")
+        return None
+    from hierfedlora.commands.common import read_json_object
+    from hierfedlora.commands.plan import build_problem
+    from hierfedlora.planner.errors import InvalidInputError, Issue
+    from hierfedlora.planner.feedback import Replanner
+
+    if args.replan_every < 1:
+        raise InvalidInputError([Issue("--replan-every", "an integer >= 1", args.replan_every)])
+    fields: dict[str, Any] = read_json_object(args.problem) if args.problem else {}
+    fields.setdefault("num_groups", len(plan.groups))
+    fields.setdefault("batch_size", plan.batch_size)
+    steps = {group.local_steps for group in plan.groups}
+    if len(steps) == 1:
+        fields.setdefault("local_steps", steps.pop())
+    problem = build_problem(args.fleet, args.cost_model, fields)
+    return Replanner(problem, every_rounds=args.replan_every)
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -76,7 +122,8 @@ def handle(args: argparse.Namespace) -> int:
         clock_noise=args.clock_noise,
         seed=args.seed,
     )
-    reports = execute(plan, fleet, cost_model, options, args.out, resume=args.resume)
+    replanner = build_replanner(args, plan)
+    reports = execute(plan, fleet, cost_model, options, args.out, resume=args.resume, replanner=replanner)
     last = reports[-1]
     sys.stdout.write(
         f"{len(reports)} global rounds, {last.sim_time_s:.0f} s simulated: test accuracy {last.eval_accuracy:.1%} "

@@ -420,3 +420,36 @@ def test_clock_devices_and_group_evaluation_switch(tmp_path, small_fleet, minilm
     assert all(g.accuracy is not None for g in base.groups)
     assert all(g.accuracy is None for g in slowed.groups)
     assert slowed.eval_accuracy == base.eval_accuracy  # same training; only the clock differs
+
+
+def test_cli_closed_loop_consults_the_planner_every_round(tmp_path, small_fleet, minilm_slice_dir):
+    """`run --replan-every 1` consults the planner after round 1 (logged with its reason) and commits rounds 1..N."""
+    # Arrange
+    fleet, fleet_path = small_fleet
+    plan_path, cost_path = tmp_path / "plan.json", tmp_path / "cost.json"
+    write_json(plan_path, _plan(fleet))
+    write_json(cost_path, make_cost_model(2))
+    base = _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "run", 2)
+    command = [*base, "--replan-every", "1"]
+    # Act
+    done = subprocess.run(command, capture_output=True, text=True)
+    # Assert
+    assert done.returncode == 0, done.stderr
+    assert [r.global_round for r in read_reports(tmp_path / "run" / REPORTS_NAME)] == [1, 2]
+    assert "re-plan " in done.stderr and "after global round 1" in done.stderr
+
+
+def test_cli_refuses_a_bad_replan_period_before_training(tmp_path, small_fleet, minilm_slice_dir):
+    """`run --replan-every 0` exits 2 naming the flag, and writes no run folder."""
+    # Arrange
+    fleet, fleet_path = small_fleet
+    plan_path, cost_path = tmp_path / "plan.json", tmp_path / "cost.json"
+    write_json(plan_path, _plan(fleet))
+    write_json(cost_path, make_cost_model(2))
+    base = _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "run", 2)
+    command = [*base, "--replan-every", "0"]
+    # Act
+    done = subprocess.run(command, capture_output=True, text=True)
+    # Assert
+    assert done.returncode == 2 and "--replan-every" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()
