@@ -422,15 +422,19 @@ def test_clock_devices_and_group_evaluation_switch(tmp_path, small_fleet, minilm
     assert slowed.eval_accuracy == base.eval_accuracy  # same training; only the clock differs
 
 
-def test_cli_closed_loop_consults_the_planner_every_round(tmp_path, small_fleet, minilm_slice_dir):
-    """`run --replan-every 1` consults the planner after round 1 (logged with its reason) and commits rounds 1..N."""
-    # Arrange
+def _cli_run_with_replan_every(tmp_path, small_fleet, model_dir, period: str) -> list[str]:
+    """The CLI run of the hand plan for 2 rounds into ``tmp_path/run``, with ``--replan-every period``."""
     fleet, fleet_path = small_fleet
     plan_path, cost_path = tmp_path / "plan.json", tmp_path / "cost.json"
     write_json(plan_path, _plan(fleet))
     write_json(cost_path, make_cost_model(2))
-    base = _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "run", 2)
-    command = [*base, "--replan-every", "1"]
+    return [*_cli_run(plan_path, fleet_path, cost_path, model_dir, tmp_path / "run", 2), "--replan-every", period]
+
+
+def test_cli_closed_loop_consults_the_planner_every_round(tmp_path, small_fleet, minilm_slice_dir):
+    """`run --replan-every 1` consults the planner after round 1 (logged with its reason) and commits rounds 1..N."""
+    # Arrange
+    command = _cli_run_with_replan_every(tmp_path, small_fleet, minilm_slice_dir, "1")
     # Act
     done = subprocess.run(command, capture_output=True, text=True)
     # Assert
@@ -442,12 +446,7 @@ def test_cli_closed_loop_consults_the_planner_every_round(tmp_path, small_fleet,
 def test_cli_refuses_a_bad_replan_period_before_training(tmp_path, small_fleet, minilm_slice_dir):
     """`run --replan-every 0` exits 2 naming the flag, and writes no run folder."""
     # Arrange
-    fleet, fleet_path = small_fleet
-    plan_path, cost_path = tmp_path / "plan.json", tmp_path / "cost.json"
-    write_json(plan_path, _plan(fleet))
-    write_json(cost_path, make_cost_model(2))
-    base = _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "run", 2)
-    command = [*base, "--replan-every", "0"]
+    command = _cli_run_with_replan_every(tmp_path, small_fleet, minilm_slice_dir, "0")
     # Act
     done = subprocess.run(command, capture_output=True, text=True)
     # Assert
