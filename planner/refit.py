@@ -55,6 +55,7 @@ __all__ = [
     "History",
     "loss_curve",
     "plan_progress",
+    "pooled_refit",
     "refit_convergence",
     "refit_devices",
     "step_time_ratios",
@@ -171,31 +172,61 @@ def refit_convergence(
         A report listed with another plan, rounds not increasing, a plan device the problem
         lacks, or the weight or the floor out of range.
     """
-    top = math.log(len(problem.devices[0].label_counts))
-    issues = _check_history(history, problem)
+    return pooled_refit(
+        [(history, problem)], problem.convergence, loss_floor=loss_floor, prior_weight=prior_weight
+    )
+
+
+def pooled_refit(
+    runs: Sequence[tuple[History, PlanningProblem]],
+    prior: ConvergenceParams,
+    *,
+    loss_floor: float = 0.0,
+    prior_weight: float = 1.0,
+) -> ConvergenceFit:
+    """(F3) over several runs at once: one ``(R0, beta, c)`` for all their eval losses.
+
+    Each run is its own ``(history, problem)`` and starts from an untrained model, so (F1)
+    restarts at 0 for each; the problems must share the number of classes (``l_0``). Runs of
+    different plans on the same kind of fleet (flat, hierarchical at several ``tau``, several
+    depths) separate ``beta`` and ``c`` from ``R0``, which one run cannot
+    (:func:`calibrate_convergence` builds the runs from run folders).
+
+    Raises
+    ------
+    InvalidInputError
+        As :func:`refit_convergence`, naming the run (``runs[i]``), or problems with different
+        numbers of classes.
+    """
+    issues: list[Issue] = []
+    tops = {math.log(len(problem.devices[0].label_counts)) for _, problem in runs}
+    for i, (history, problem) in enumerate(runs):
+        issues += [
+            dataclasses.replace(issue, path=f"runs[{i}].{issue.path}") if len(runs) > 1 else issue
+            for issue in _check_history(history, problem)
+        ]
+    if len(tops) > 1:
+        classes = sorted(round(math.exp(t)) for t in tops)
+        issues.append(Issue("runs", "problems with the same number of classes", classes))
     if not (math.isfinite(prior_weight) and prior_weight >= 0):
         issues.append(Issue("prior_weight", "a finite number >= 0", prior_weight))
-    if not (math.isfinite(loss_floor) and 0 <= loss_floor < top):
+    top = min(tops) if tops else 0.0
+    if tops and not (math.isfinite(loss_floor) and 0 <= loss_floor < top):
         issues.append(Issue("loss_floor", f"a number in [0, ln(num_classes) = {top:.4g})", loss_floor))
     if issues:
         raise InvalidInputError(issues)
-    prior = problem.convergence
-    observed = [(idx, r) for idx, (_, reports) in enumerate(history) for r in reports]
-    if not observed:
+    curves = [_RunCurve.of(history, problem) for history, problem in runs]
+    curves = [c for c in curves if c.eval_loss.size]
+    num_points = sum(c.eval_loss.size for c in curves)
+    if not num_points:
         return ConvergenceFit(params=prior, residual_rms=0.0, num_points=0, prior_params=prior)
-    counts, num_layers = {d.device_id: d.label_counts for d in problem.devices}, problem.cost_model.num_layers
-    plan_idx = np.array([idx for idx, _ in observed])
-    steps = np.diff([float(r.global_round) for _, r in observed], prepend=0.0)  # rounds each report adds
-    eval_loss = np.array([r.eval_loss for _, r in observed])
+    eval_loss = np.concatenate([c.eval_loss for c in curves])
     prior_theta = _theta(prior)
     sigma = np.array(PRIOR_SCALES) * np.array([1.0, 1.0, max(1.0, prior.skew_sensitivity)])
 
     def predicted(theta: NDArray[np.float64]) -> NDArray[np.float64]:
         params = _params(theta)
-        rate = np.array([plan_progress(plan, counts, num_layers, params) for plan, _ in history])
-        progress = np.cumsum(steps * rate[plan_idx])  # (F1)
-        gap: NDArray[np.float64] = TARGET_GAP_FRACTION ** (progress / params.reference_rounds)  # (F2)
-        return loss_floor + (top - loss_floor) * gap
+        return np.concatenate([c.predicted(params, top, loss_floor) for c in curves])
 
     def residuals(theta: NDArray[np.float64]) -> NDArray[np.float64]:
         data = (predicted(theta) - eval_loss) / LOSS_NOISE_NATS
@@ -204,7 +235,7 @@ def refit_convergence(
     lower, upper = _theta_bounds()
     start = np.clip(prior_theta, lower, upper)
     if not np.any(predicted(start) - eval_loss) and np.array_equal(start, prior_theta):  # as predicted
-        return ConvergenceFit(params=prior, residual_rms=0.0, num_points=len(observed), prior_params=prior)
+        return ConvergenceFit(params=prior, residual_rms=0.0, num_points=num_points, prior_params=prior)
     solution = least_squares(
         residuals,
         start,
@@ -219,8 +250,38 @@ def refit_convergence(
     theta = np.clip(solution.x, lower, upper)
     params = prior if np.array_equal(theta, prior_theta) else _params(theta)
     rms = float(np.sqrt(np.mean((predicted(theta) - eval_loss) ** 2)))
-    log.debug("convergence refit %s: rms %.3g nats over %d rounds (%s)", params, rms, len(observed), solution.message)
-    return ConvergenceFit(params=params, residual_rms=rms, num_points=len(observed), prior_params=prior)
+    log.debug("convergence refit %s: rms %.3g nats over %d rounds (%s)", params, rms, num_points, solution.message)
+    return ConvergenceFit(params=params, residual_rms=rms, num_points=num_points, prior_params=prior)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _RunCurve:
+    """One run's observations for (F1)-(F2): which plan each report ran under, and its losses."""
+
+    plans: tuple[Plan, ...]
+    label_counts: Mapping[str, Sequence[int]]
+    num_layers: int
+    plan_idx: NDArray[np.int64]
+    steps: NDArray[np.float64]
+    eval_loss: NDArray[np.float64]
+
+    @classmethod
+    def of(cls, history: History, problem: PlanningProblem) -> _RunCurve:
+        observed = [(idx, r) for idx, (_, reports) in enumerate(history) for r in reports]
+        return cls(
+            plans=tuple(plan for plan, _ in history),
+            label_counts={d.device_id: d.label_counts for d in problem.devices},
+            num_layers=problem.cost_model.num_layers,
+            plan_idx=np.array([idx for idx, _ in observed], dtype=np.int64),
+            steps=np.diff([float(r.global_round) for _, r in observed], prepend=0.0),  # rounds each report adds
+            eval_loss=np.array([r.eval_loss for _, r in observed], dtype=np.float64),
+        )
+
+    def predicted(self, params: ConvergenceParams, top: float, loss_floor: float) -> NDArray[np.float64]:
+        rate = np.array([plan_progress(plan, self.label_counts, self.num_layers, params) for plan in self.plans])
+        progress = np.cumsum(self.steps * rate[self.plan_idx])  # (F1)
+        gap: NDArray[np.float64] = TARGET_GAP_FRACTION ** (progress / params.reference_rounds)  # (F2)
+        return loss_floor + (top - loss_floor) * gap
 
 
 def _theta_bounds() -> tuple[NDArray[np.float64], NDArray[np.float64]]:

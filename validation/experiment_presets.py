@@ -283,6 +283,15 @@ PRESETS: dict[str, ExperimentPreset] = {
         methods=("fedlora", "grouping_only", "grouping_freq", "grouping_depth", "hierfedlora"),
         **_PAPER_SCALE,  # type: ignore[arg-type]
     ),
+    "pilot": ExperimentPreset(
+        name="pilot",
+        description="baseline runs on a fleet the other presets never use (alpha = 0.3, seed 7) from which "
+        "`hierfedlora calibrate` fits the convergence constants of the paper-scale presets",
+        alphas=(0.3,),
+        seeds=(7,),
+        methods=("fedlora", "hierfavg", "grouping_only", "legend"),
+        **_PAPER_SCALE,  # type: ignore[arg-type]
+    ),
     "heterogeneous": ExperimentPreset(
         name="heterogeneous",
         description="the heterogeneous-LoRA baselines (HetLoRA-like ranks, FedRA-like random layers) against "

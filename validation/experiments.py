@@ -71,6 +71,7 @@ __all__ = [
     "alpha_name",
     "clock_devices_for",
     "markdown_table",
+    "problem_for",
     "read_preset",
     "run_experiment",
     "summarize",
@@ -93,7 +94,8 @@ def clock_devices_for(devices: Sequence[DeviceProfile], sigma: float, seed: int)
     )
 
 
-def _problem(preset: ExperimentPreset, fleet: Fleet, cost_model: CostModel, seed: int) -> PlanningProblem:
+def problem_for(preset: ExperimentPreset, fleet: Fleet, cost_model: CostModel, seed: int) -> PlanningProblem:
+    """The planning problem every method of a setting shares: the fleet, the cost model, the preset's knobs."""
     return PlanningProblem(
         devices=fleet.devices,
         cost_model=cost_model,
@@ -258,7 +260,7 @@ def run_experiment(
         )
         setting_dir.mkdir(parents=True, exist_ok=True)
         save_fleet(setting_dir / "fleet.json", fleet)
-        problem = _problem(preset, fleet, cost_model, seed)
+        problem = problem_for(preset, fleet, cost_model, seed)
         truth = clock_devices_for(fleet.devices, preset.speed_error_sigma, seed)
         reference = make_method_plan("fedlora", problem, settings=preset.baseline)
         budget_s = preset.budget_fedlora_rounds * reference.predicted_round_time_s

@@ -25,6 +25,7 @@ from hierfedlora.planner.feedback import (
     TARGET_GAP_FRACTION,
     Replanner,
     history_from_reports,
+    pooled_refit,
     refit_convergence,
     refit_devices,
     replan,
@@ -230,6 +231,43 @@ def test_the_fit_never_leaves_its_bounds(losses, beta, c, r0):
     assert r_lo <= params.reference_rounds <= r_hi
     assert b_lo <= params.depth_exponent <= b_hi
     assert c_lo <= params.skew_sensitivity <= c_hi
+
+
+def test_pooled_runs_identify_what_one_run_cannot():
+    """Three runs, each of one plan from an untrained model, pooled: the constants that made them come back;
+    the run at depth 2 alone cannot move c from the prior."""
+    # Arrange
+    problem, plans = _skewed_problem_and_plans()
+    runs = [(_history([(plan, 12)], problem, TRUE), problem) for plan in plans]
+    # Act
+    pooled = pooled_refit(runs, problem.convergence)
+    alone = pooled_refit(runs[1:2], problem.convergence)
+    # Assert
+    assert pooled.num_points == 36 and pooled.prior_params == problem.convergence
+    assert pooled.params.depth_exponent == pytest.approx(0.8, abs=0.05)
+    assert pooled.params.skew_sensitivity == pytest.approx(2.0, abs=0.2)
+    assert pooled.params.reference_rounds == pytest.approx(40.0, rel=0.03)
+    assert alone.params.skew_sensitivity == pytest.approx(problem.convergence.skew_sensitivity, rel=1e-6)
+
+
+def test_pooled_refit_names_the_run_and_refuses_mixed_class_counts():
+    """A bad report is named with its run; problems with different numbers of classes cannot share l_0."""
+    # Arrange
+    problem, plans = _skewed_problem_and_plans()
+    good = _history([(plans[0], 2)], problem, TRUE)
+    bad = [(plans[0], [dataclasses.replace(r, plan_id="other") for r in good[0][1]])]
+    wider = dataclasses.replace(
+        problem, devices=tuple(dataclasses.replace(d, label_counts=(*d.label_counts, 1)) for d in problem.devices)
+    )
+    # Act
+    with pytest.raises(InvalidInputError) as bad_run:
+        pooled_refit([(good, problem), (bad, problem)], problem.convergence)
+    with pytest.raises(InvalidInputError) as mixed:
+        pooled_refit([(good, problem), (good, wider)], problem.convergence)
+    # Assert
+    assert [i.path for i in bad_run.value.issues] == ["runs[1].history[0].reports[0].plan_id",
+                                                      "runs[1].history[0].reports[1].plan_id"]
+    assert [i.path for i in mixed.value.issues] == ["runs"]
 
 
 def test_refit_reports_every_inconsistent_report():

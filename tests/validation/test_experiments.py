@@ -11,6 +11,8 @@ import sys
 import pytest
 
 from hierfedlora.planner.errors import InvalidInputError
+from hierfedlora.planner.io import read_json
+from hierfedlora.planner.types import ConvergenceParams
 from hierfedlora.validation.experiment_report import pair_speedup
 from hierfedlora.validation.experiments import (
     PRESETS,
@@ -199,8 +201,9 @@ def test_true_device_speeds_are_seeded_and_mean_one():
 
 
 @pytest.mark.slow
-def test_quick_preset_runs_from_the_cli_and_resumes(tmp_path):
-    """`hierfedlora experiment quick` writes every artefact; a second call reuses the finished runs."""
+def test_quick_preset_runs_from_the_cli_resumes_and_calibrates(tmp_path):
+    """`hierfedlora experiment quick` writes every artefact; a second call reuses the finished runs;
+    `hierfedlora calibrate` fits the convergence constants to all four runs."""
     # Arrange
     out = tmp_path / "quick"
     command = [sys.executable, "-m", "hierfedlora.cli", "experiment", "quick", "--out", str(out)]
@@ -209,6 +212,12 @@ def test_quick_preset_runs_from_the_cli_and_resumes(tmp_path):
     first = subprocess.run(command, capture_output=True, text=True)
     results = json.loads((out / "results.json").read_text()) if first.returncode == 0 else []
     second = subprocess.run(command, capture_output=True, text=True)
+    fitted = tmp_path / "convergence.json"
+    calibrated = subprocess.run(
+        [sys.executable, "-m", "hierfedlora.cli", "calibrate", str(out), "--out", str(fitted)],
+        capture_output=True,
+        text=True,
+    )
     # Assert
     assert first.returncode == 0, first.stderr[-2000:]
     assert second.returncode == 0, second.stderr[-2000:]
@@ -219,6 +228,9 @@ def test_quick_preset_runs_from_the_cli_and_resumes(tmp_path):
     assert json.loads((out / "results.json").read_text()) == results  # nothing re-ran differently
     assert "| alpha_0.5 | fedlora |" in first.stdout
     assert all(r["num_devices"] == 12 and r["tier_mix"] == "paper" for r in results)
+    assert calibrated.returncode == 0, calibrated.stderr[-2000:]
+    assert calibrated.stdout.startswith(f"{len(preset.methods)} runs, {sum(r['rounds'] for r in results)} rounds")
+    assert read_json(ConvergenceParams, fitted) != preset.convergence
 
 
 def test_documented_example_presets_load():
@@ -238,8 +250,8 @@ def test_preset_convergence_prior_reaches_the_planner_and_the_report(tmp_path):
     """A preset file's convergence prior and tuning notes reach the planning problem and the report."""
     # Arrange
     from hierfedlora.planner.io import to_dict
-    from hierfedlora.planner.types import ConvergenceParams, Fleet
-    from hierfedlora.validation.experiments import _problem
+    from hierfedlora.planner.types import Fleet
+    from hierfedlora.validation.experiments import problem_for
 
     prior = ConvergenceParams(skew_sensitivity=2.0)
     path = tmp_path / "prior.json"
@@ -248,7 +260,7 @@ def test_preset_convergence_prior_reaches_the_planner_and_the_report(tmp_path):
     preset = read_preset(path)
     fleet = Fleet(devices=make_devices(12), class_names=("a", "b", "c", "d"))
     # Act
-    problem = _problem(preset, fleet, make_cost_model(6), seed=0)
+    problem = problem_for(preset, fleet, make_cost_model(6), seed=0)
     write_outputs(preset, make_cost_model(6), [_result("fedlora", 0, (0.1, 0.3), (10.0, 20.0))], tmp_path / "out")
     # Assert
     assert problem.convergence.skew_sensitivity == 2.0
