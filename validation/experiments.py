@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hierfedlora.planner.errors import InvalidInputError, Issue
 from hierfedlora.planner.io import read_json, write_json
 from hierfedlora.planner.outcomes import Plan, RoundReport
 from hierfedlora.planner.types import CostModel, DeviceProfile, Fleet, PlanningProblem, SolverOptions
@@ -203,6 +204,33 @@ def _run_one(
     return result
 
 
+def _refuse_another_presets_folder(preset: ExperimentPreset, folder: Path) -> None:
+    """Finished runs are reused by folder name alone: a folder made with other knobs would mix results."""
+    saved = folder / "preset.json"
+    if not saved.is_file():
+        return
+    try:
+        before = read_preset(saved)
+    except InvalidInputError:
+        before = None
+    if before == preset:
+        return
+    changed = (
+        ["preset.json (unreadable)"]
+        if before is None
+        else [f.name for f in dataclasses.fields(preset) if getattr(before, f.name) != getattr(preset, f.name)]
+    )
+    raise InvalidInputError(
+        [
+            Issue(
+                "out",
+                "a new folder, or one made with the same preset (its finished runs are reused)",
+                f"{folder}, made with a preset that differs in {', '.join(changed)}",
+            )
+        ]
+    )
+
+
 def run_experiment(
     preset: ExperimentPreset,
     out: str | Path,
@@ -231,6 +259,7 @@ def run_experiment(
     from hierfedlora.runtime.options import RunOptions
 
     folder = Path(out)
+    _refuse_another_presets_folder(preset, folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "preset.json", preset)
     cost_path = folder / "cost_model.json"

@@ -267,3 +267,21 @@ def test_preset_convergence_prior_reaches_the_planner_and_the_report(tmp_path):
     report = (tmp_path / "out" / "report.md").read_text()
     assert "skew sensitivity 2" in report and "- Tuning: c chosen from {4, 2}" in report
     assert "No per-method tuning" not in report
+
+
+def test_a_folder_made_with_another_preset_is_refused_before_anything_runs(tmp_path):
+    """Finished runs are reused by folder: other knobs in the same --out would mix results, so they are refused."""
+    # Arrange
+    from hierfedlora.planner.io import write_json
+    from hierfedlora.validation.experiments import run_experiment
+
+    write_json(tmp_path / "preset.json", PRESETS["quick"])
+    changed = dataclasses.replace(PRESETS["quick"], learning_rate=0.5, max_rounds=3)
+    # Act
+    with pytest.raises(InvalidInputError) as error:
+        run_experiment(changed, tmp_path)
+    # Assert
+    (issue,) = error.value.issues
+    assert issue.path == "out" and issue.got.endswith("differs in learning_rate, max_rounds")
+    assert read_preset(tmp_path / "preset.json") == PRESETS["quick"]  # left as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preset.json"]
