@@ -60,7 +60,7 @@ def test_presets_fix_target_and_budget_and_refuse_bad_fields():
     assert all("fedlora" in p.methods and 0 < p.target_accuracy < 1 for p in PRESETS.values())
     assert paper.fleet_sizes == (80,) and set(paper.alphas) == {None, 1.0, 0.5, 0.1}
     pairs = [(s.alpha, s.seed) for s in paper.settings()]
-    assert (0.1, 1) in pairs and (None, 1) not in pairs  # single-seed levels
+    assert (0.1, 1) in pairs and (0.5, 1) in pairs and (None, 1) not in pairs  # two seeds where the bar is judged
     assert [s.name for s in paper.settings()][:2] == ["iid_seed0", "alpha_1_seed0"]
     with pytest.raises(InvalidInputError, match="methods"):
         dataclasses.replace(paper, methods=("hierfavg",))
