@@ -18,7 +18,9 @@ its skew grows; for ``c * delta >= 1`` extra rounds stop helping. Rounds and tim
 
 ``R0`` is the rounds a single IID group at full depth with ``tau = 1`` (flat FedAvg of the
 whole fleet) needs; a flat full-depth plan has ``sum_k p_k = 1``. ``planner.feedback``
-refits ``beta``, ``c`` and ``R0`` from measured rounds.
+refits ``beta``, ``c`` and ``R0`` from measured rounds during a run; ``planner.refit.pooled_refit``
+(``hierfedlora calibrate``) fits them to several finished runs of different plans at once, which
+is what separates ``beta`` and ``c`` from ``R0``. The defaults of ConvergenceParams are set by hand.
 
 Examples
 --------
