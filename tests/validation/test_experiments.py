@@ -285,3 +285,40 @@ def test_a_folder_made_with_another_preset_is_refused_before_anything_runs(tmp_p
     assert issue.path == "out" and issue.got.endswith("differs in learning_rate, max_rounds")
     assert read_preset(tmp_path / "preset.json") == PRESETS["quick"]  # left as it was
     assert sorted(p.name for p in tmp_path.iterdir()) == ["preset.json"]
+
+
+def test_interpolated_time_to_puts_the_crossing_between_round_ends():
+    """Linear between the last round below and the first at or above; the first round keeps its time;
+    a crossing after the budget, or none, is None."""
+    # Arrange
+    from hierfedlora.validation.experiment_report import interpolated_time_to
+
+    run = _result("hierfedlora", 0, (0.1, 0.2, 0.4, 0.5), (10.0, 20.0, 30.0, 40.0))  # budget 30 s
+    # Act
+    crossing = interpolated_time_to(run, 0.3)
+    first = interpolated_time_to(run, 0.05)
+    late = interpolated_time_to(run, 0.45)
+    never = interpolated_time_to(run, 0.9)
+    # Assert
+    assert crossing == pytest.approx(25.0)
+    assert first == 10.0
+    assert late is None and never is None
+
+
+def test_the_bar_section_gives_the_interpolated_speedup_with_the_target():
+    """With the preset's target, each speed-up to it is followed by its interpolated value (here 25 s / 15 s)."""
+    # Arrange
+    from hierfedlora.validation.experiment_report import headline
+
+    results = [
+        _result("fedlora", 0, (0.1, 0.2, 0.4), (10.0, 20.0, 30.0)),  # crosses 0.3 at 25 s
+        _result("hierfedlora", 0, (0.2, 0.4, 0.5), (10.0, 20.0, 30.0)),  # crosses 0.3 at 15 s
+    ]
+    # Act
+    without = headline(results)
+    with_target = headline(results, 0.3)
+    # Assert
+    assert "interpolated" not in "\n".join(without)
+    assert "speed-up to the target vs `fedlora` 1.50x (1/1 seeds) (1.67x interpolated between round ends, 1 seeds)" in (
+        "\n".join(with_target)
+    )
