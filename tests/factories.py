@@ -7,8 +7,11 @@ tests use it so they need no torch. Tests that need the real measured model buil
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
+from hierfedlora.planner.outcomes import GroupRoundResult, Plan, RoundReport
 from hierfedlora.planner.types import CostModel, DeviceProfile
 
 
@@ -66,3 +69,25 @@ def make_devices(
 
 # The vocabulary of the tiny random decoder models built by tests/conftest.py.
 WORDS = ("<unk>", "<eos>", "a", "dog", "is", "an", "animal", "cake", "food", "the", "of", "tree", "plant")
+
+
+def make_round_report(
+    plan: Plan, global_round: int, *, eval_loss: float = 1.0, device_step_s: Mapping[str, float] | None = None
+) -> RoundReport:
+    """A report of ``plan``'s round ``global_round`` at simulated second ``global_round``: one zero-traffic
+    result per group, the given eval loss and step seconds, accuracy 0.5."""
+    return RoundReport(
+        plan_id=plan.plan_id,
+        global_round=global_round,
+        sim_time_s=float(global_round),
+        wall_time_s=0.0,
+        groups=tuple(
+            GroupRoundResult(
+                group_id=g.group_id, loss=1.0, accuracy=None, upload_bytes=0, download_bytes=0, sim_time_s=0
+            )
+            for g in plan.groups
+        ),
+        device_step_s=dict(device_step_s or {}),
+        eval_loss=eval_loss,
+        eval_accuracy=0.5,
+    )

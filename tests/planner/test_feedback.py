@@ -31,10 +31,10 @@ from hierfedlora.planner.feedback import (
     replan,
     step_time_ratios,
 )
-from hierfedlora.planner.outcomes import Grouping, GroupRoundResult, Plan, RoundReport, SolveStatus
+from hierfedlora.planner.outcomes import Grouping, Plan, RoundReport, SolveStatus
 from hierfedlora.planner.plan import make_plan
 from hierfedlora.planner.types import ConvergenceParams, PlanningProblem
-from tests.factories import make_cost_model, make_devices
+from tests.factories import make_cost_model, make_devices, make_round_report
 from tests.planner.cases import toy_problem
 
 TRUE = ConvergenceParams(depth_exponent=0.8, skew_sensitivity=2.0, reference_rounds=40.0)
@@ -81,20 +81,11 @@ def _history(
                 for d in g.device_ids
             }
             reports.append(
-                RoundReport(
-                    plan_id=plan.plan_id,
-                    global_round=global_round,
-                    sim_time_s=float(global_round),
-                    wall_time_s=0.0,
-                    groups=tuple(
-                        GroupRoundResult(
-                            group_id=g.group_id, loss=1.0, accuracy=None, upload_bytes=0, download_bytes=0, sim_time_s=0
-                        )
-                        for g in plan.groups
-                    ),
-                    device_step_s=step_s,
+                make_round_report(
+                    plan,
+                    global_round,
                     eval_loss=start * TARGET_GAP_FRACTION ** (done / params.reference_rounds),
-                    eval_accuracy=0.5,
+                    device_step_s=step_s,
                 )
             )
         history.append((plan, reports))

@@ -11,31 +11,14 @@ import pytest
 
 from hierfedlora.planner.errors import HierFedLoraWarning, InvalidInputError
 from hierfedlora.planner.io import to_json, write_json
-from hierfedlora.planner.outcomes import GroupRoundResult, Plan, RoundReport
+from hierfedlora.planner.outcomes import Plan
 from hierfedlora.planner.plan import make_plan
 from hierfedlora.planner.types import ConvergenceParams
 from hierfedlora.runtime.checkpoint import REPORTS_NAME
 from hierfedlora.runtime.engine import PLANS_FOLDER
 from hierfedlora.validation.calibration import CalibrationRun, calibrate, read_run_history
+from tests.factories import make_round_report
 from tests.planner.cases import toy_problem
-
-
-def _report(plan: Plan, global_round: int, eval_loss: float) -> RoundReport:
-    return RoundReport(
-        plan_id=plan.plan_id,
-        global_round=global_round,
-        sim_time_s=float(global_round),
-        wall_time_s=0.0,
-        groups=tuple(
-            GroupRoundResult(
-                group_id=g.group_id, loss=1.0, accuracy=None, upload_bytes=0, download_bytes=0, sim_time_s=0
-            )
-            for g in plan.groups
-        ),
-        device_step_s={},
-        eval_loss=eval_loss,
-        eval_accuracy=0.5,
-    )
 
 
 def _run_folder(tmp_path, plans_and_rounds: list[tuple[Plan, int]], *, save_plans: bool = True):
@@ -48,7 +31,7 @@ def _run_folder(tmp_path, plans_and_rounds: list[tuple[Plan, int]], *, save_plan
             write_json(run_dir / PLANS_FOLDER / f"{plan.plan_id}.json", plan)
         for _ in range(rounds):
             global_round += 1
-            lines.append(to_json(_report(plan, global_round, 1.0 / global_round)).replace("\n", ""))
+            lines.append(to_json(make_round_report(plan, global_round, eval_loss=1.0 / global_round)).replace("\n", ""))
     (run_dir / REPORTS_NAME).write_text("".join(line + "\n" for line in lines))
     return run_dir
 
