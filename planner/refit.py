@@ -190,7 +190,7 @@ def pooled_refit(
     restarts at 0 for each; the problems must share the number of classes (``l_0``). Runs of
     different plans on the same kind of fleet (flat, hierarchical at several ``tau``, several
     depths) separate ``beta`` and ``c`` from ``R0``, which one run cannot
-    (:func:`calibrate_convergence` builds the runs from run folders).
+    (``hierfedlora.validation.calibration.calibrate`` builds the runs from run folders).
 
     Raises
     ------

@@ -19,7 +19,6 @@ True
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -123,8 +122,6 @@ def calibrate(runs: Sequence[CalibrationRun], *, prior: ConvergenceParams, prior
     InvalidInputError
         From :func:`pooled_refit` (a bad history, runs with different numbers of classes, a bad weight).
     """
-    if not (math.isfinite(prior_weight) and prior_weight >= 0):
-        raise InvalidInputError([Issue("prior_weight", "a finite number >= 0", prior_weight)])
     fit = pooled_refit([(run.history, run.problem) for run in runs], prior, prior_weight=prior_weight)
     return Calibration(
         fit=fit,
