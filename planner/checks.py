@@ -49,7 +49,7 @@ from numpy.typing import NDArray
 
 from hierfedlora.planner import costs
 from hierfedlora.planner.errors import HierFedLoraWarning, InfeasibleError, InvalidInputError, Issue
-from hierfedlora.planner.grouping_model import resolve_num_groups
+from hierfedlora.planner.grouping.model import resolve_num_groups
 from hierfedlora.planner.types import PlanningProblem
 
 __all__ = [

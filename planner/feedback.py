@@ -66,7 +66,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from hierfedlora.planner.assignment import assign_depths_and_rounds, evaluate_assignment
-from hierfedlora.planner.assignment_data import build_assignment_data
+from hierfedlora.planner.assignment.data import build_assignment_data
 from hierfedlora.planner.errors import InfeasibleError, InvalidInputError, Issue, NoSolutionError
 from hierfedlora.planner.io import sha256_of
 from hierfedlora.planner.outcomes import Grouping, Limit, Plan, RoundReport, SolveStatus

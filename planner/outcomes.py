@@ -101,7 +101,7 @@ class Grouping:
 
     ``members[k]`` holds the *positions* (into ``problem.devices``) of group k's devices,
     sorted; groups are ordered by their smallest member. ``objective`` and ``bound`` are in
-    the grouping objective's units (see ``grouping.py``); ``bound`` is a proven lower bound.
+    the grouping objective's units (see ``planner/grouping/__init__.py``); ``bound`` is a proven lower bound.
     """
 
     members: tuple[tuple[int, ...], ...]

@@ -46,9 +46,22 @@ def test_importing_the_planner_pulls_no_torch():
     """A fresh interpreter importing hierfedlora.planner (and its solvers) never loads torch or flwr."""
     code = (
         "import sys, importlib, pkgutil, hierfedlora.planner as p\n"
-        "for m in pkgutil.iter_modules(p.__path__): importlib.import_module('hierfedlora.planner.' + m.name)\n"
+        "for m in pkgutil.walk_packages(p.__path__, 'hierfedlora.planner.'): importlib.import_module(m.name)\n"
         "bad = [m for m in ('torch', 'flwr', 'transformers', 'peft') if m in sys.modules]\n"
         "print(','.join(bad))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == ""
+
+
+def test_every_package_folder_is_installed():
+    """pyproject.toml lists every folder holding an ``__init__.py``, so a wheel ships each subpackage."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
+    found = {"hierfedlora"}
+    for init in ROOT.rglob("__init__.py"):
+        parts = init.parent.relative_to(ROOT).parts
+        if parts and parts[0] not in ("tests", "docs", "scripts", "runs") and not any(p.startswith(".") for p in parts):
+            found.add(".".join(("hierfedlora", *parts)))
+    assert found - listed == set()

@@ -6,7 +6,7 @@ merge across groups weighted by samples. With ``tau = 1`` in every group, hierar
 aggregation followed by that merge *is* flat FedAvg over the devices (layer-wise where
 depths differ), so the flat methods are plans with ``tau = 1``. Every method is priced with
 the planner's own formulas (``costs.py`` (C1)-(C8), ``convergence.py`` (M1)-(M5), through
-``assignment_data``), so their predictions compare one to one.
+``assignment.data``), so their predictions compare one to one.
 
 =================  ================================  ==================  ======================
 method             groups                            depth               intra_rounds
@@ -73,7 +73,7 @@ import numpy as np
 
 from hierfedlora.planner import costs
 from hierfedlora.planner.assignment import Assignment, assign_depths_and_rounds, assignment_from_choices
-from hierfedlora.planner.assignment_data import build_assignment_data
+from hierfedlora.planner.assignment.data import build_assignment_data
 from hierfedlora.planner.checks import BUDGET_TOLERANCE, check_feasibility, check_problem, device_round_times_s
 from hierfedlora.planner.errors import HierFedLoraWarning, InfeasibleError, InvalidInputError, Issue
 from hierfedlora.planner.grouping import group_devices, grouping_objective, random_grouping

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from hierfedlora.planner import costs
 from hierfedlora.planner.assignment import Assignment, assign_depths_and_rounds, evaluate_assignment
-from hierfedlora.planner.assignment_data import build_assignment_data
-from hierfedlora.planner.assignment_levels import best_level_solution
-from hierfedlora.planner.assignment_milp import build_milp, solve_milp
+from hierfedlora.planner.assignment.data import build_assignment_data
+from hierfedlora.planner.assignment.levels import best_level_solution
+from hierfedlora.planner.assignment.milp import build_milp, solve_milp
 from hierfedlora.planner.checks import BUDGET_TOLERANCE
 from hierfedlora.planner.errors import InfeasibleError, InvalidInputError, NoSolutionError, SolverFailedError
 from hierfedlora.planner.outcomes import Grouping, Limit, SolveStatus

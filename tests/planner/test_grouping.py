@@ -18,8 +18,8 @@ from hierfedlora.planner.grouping import (
     random_grouping,
     resolve_num_groups,
 )
-from hierfedlora.planner.grouping_cpsat import solve_cpsat
-from hierfedlora.planner.grouping_model import grouping_data
+from hierfedlora.planner.grouping.cpsat import solve_cpsat
+from hierfedlora.planner.grouping.model import grouping_data
 from hierfedlora.planner.outcomes import Grouping, Limit, SolveStatus
 from hierfedlora.planner.types import DeviceProfile, PlanningProblem, SolverOptions
 from tests.factories import make_cost_model, make_devices

@@ -16,7 +16,7 @@ Constraints:
 
 (1) each device in exactly one group:   ``sum_k x_ik = 1``  for every i
 (2) group sizes:                        ``a <= sum_i x_ik <= b``; ``(a, b)`` from
-                                        ``grouping_model.size_bounds``: balanced
+                                        ``grouping.model.size_bounds``: balanced
                                         ``floor(N/K)..ceil(N/K)`` unless a bound is set
 (3) group samples (when set):           ``min_group_samples <= S_k <= max_group_samples``
 (4) speed band (when set):              ``max_{i in k} s_i <= max_speed_ratio * min_{i in k} s_i``
@@ -30,13 +30,13 @@ Objective: the sample-weighted L1 skew, linear in ``x`` through ``t_kc >= |n_kc 
 The first term equals ``sum_k (S_k / S) * L1(group k, fleet)``; ``w`` is
 ``problem.speed_spread_weight`` (the term is absent when ``w = 0``). CP-SAT works in integers:
 ``S * n_kc - N_c * S_k`` is an integer, so the first term is ``sum |.| / S**2`` exactly
-(``grouping_cpsat`` explains the speed term).
+(``grouping.cpsat`` explains the speed term).
 
 Solvers (``problem.solver.grouping_method``): ``"cpsat"``, the exact model above
-(:mod:`~hierfedlora.planner.grouping_cpsat`); ``"flow"``, min-cost dealing plus local search for
-thousands of devices (:mod:`~hierfedlora.planner.grouping_flow`); ``"random"``, the baseline;
+(:mod:`~hierfedlora.planner.grouping.cpsat`); ``"flow"``, min-cost dealing plus local search for
+thousands of devices (:mod:`~hierfedlora.planner.grouping.flow`); ``"random"``, the baseline;
 ``"auto"``, cpsat up to ``exact_grouping_max_devices`` devices, flow beyond. Every one checks
-the arithmetic of (2)-(4) first (``grouping_model.check_feasibility``) and reports a proven
+the arithmetic of (2)-(4) first (``grouping.model.check_feasibility``) and reports a proven
 lower bound.
 
 Note that the objective never rewards balance: merging two groups never raises it (triangle
@@ -54,9 +54,9 @@ import time
 from collections.abc import Sequence
 
 from hierfedlora.planner.errors import HierFedLoraError, InvalidInputError, Issue, NoSolutionError
-from hierfedlora.planner.grouping_cpsat import solve_cpsat
-from hierfedlora.planner.grouping_flow import solve_flow, solve_random
-from hierfedlora.planner.grouping_model import (
+from hierfedlora.planner.grouping.cpsat import solve_cpsat
+from hierfedlora.planner.grouping.flow import solve_flow, solve_random
+from hierfedlora.planner.grouping.model import (
     FAMILY_NUM_GROUPS,
     FAMILY_SAMPLES,
     FAMILY_SIZES,
@@ -193,7 +193,7 @@ def random_grouping(problem: PlanningProblem, seed: int) -> Grouping:
 
     Devices are shuffled into groups of sizes as even as (2) allows (uniform over the
     assignments with those sizes); a speed band (4) or sample bounds (3) are then met as
-    ``grouping_flow.solve_random`` describes. The same seed gives the same grouping.
+    ``grouping.flow.solve_random`` describes. The same seed gives the same grouping.
 
     Raises
     ------

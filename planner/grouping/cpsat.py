@@ -28,7 +28,7 @@ import numpy as np
 from ortools.sat.python import cp_model
 
 from hierfedlora.planner.errors import InfeasibleError, NoSolutionError, SolverFailedError
-from hierfedlora.planner.grouping_model import (
+from hierfedlora.planner.grouping.model import (
     FAMILY_NUM_GROUPS,
     FAMILY_SAMPLES,
     FAMILY_SIZES,

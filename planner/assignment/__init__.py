@@ -4,7 +4,7 @@ Sets
     k in K           groups (from ``planner.grouping``); i in k their devices
     c = (d, tau)     choices: d in D (depth_choices) x tau in Theta (intra_rounds_choices)
 
-Data (``assignment_data.py``, from ``costs.py`` (C1)-(C8) and ``convergence.py`` (M1)-(M5))
+Data (``assignment/data.py``, from ``costs.py`` (C1)-(C8) and ``convergence.py`` (M1)-(M5))
     t_k(d)   (C5) one intra-group round of group k: max over members of I·step_i(d) + exchange_i(d)
     a_kc     = tau · t_k(d)                 group k's part of a global round
     g_c      (C6) global aggregation when the deepest group has depth d
@@ -20,7 +20,7 @@ Variables
     T >= 0           the slowest group's part of the round
     G >= 0           the global aggregation time t_glob
 
-Constraints (built in this order by ``assignment_milp.build_milp``)
+Constraints (built in this order by ``assignment.milp.build_milp``)
     (0)  x_kc >= S_kc                                   S = 0, except in the one solve that
                                                         hands HiGHS a starting choice
     (1)  sum_c x_kc = 1              for all k          one choice per group
@@ -40,7 +40,7 @@ Objective
 
 Solve (exact)
     (a) Levels. Without (5) the optimum is found by enumerating the round-time level and the
-        depth cap (``assignment_levels.py`` proves it). That optimum is a lower bound on the
+        depth cap (``assignment/levels.py`` proves it). That optimum is a lower bound on the
         full problem; when it also meets (5) it is optimal, proven, and no MILP runs.
     (b) Dinkelbach. Otherwise, with lambda at the best incumbent's ratio, repeat: solve the MILP
         ``min T + G - lambda · sum p x`` subject to (1)-(5) with HiGHS, and set lambda to the
@@ -56,7 +56,7 @@ Solve (exact)
         absolute gap is ``tol · lambda · P_min / 2``, which keeps the final relative gap
         within ``tol``. The first incumbent is the better of the cheapest choice per group
         and a Lagrangian heuristic that prices traffic
-        (``assignment_levels.lagrangian_incumbent``), handed to HiGHS as its start, so a time
+        (``assignment.levels.lagrangian_incumbent``), handed to HiGHS as its start, so a time
         limit still leaves a good plan.
 
 Outcomes: proven within ``relative_gap_tolerance`` -> OPTIMAL; time limit with an incumbent
@@ -102,9 +102,9 @@ import time
 import numpy as np
 from numpy.typing import NDArray
 
-from hierfedlora.planner.assignment_data import AssignmentData, build_assignment_data, evaluate_assignment
-from hierfedlora.planner.assignment_levels import best_level_solution, lagrangian_incumbent
-from hierfedlora.planner.assignment_milp import (
+from hierfedlora.planner.assignment.data import AssignmentData, build_assignment_data, evaluate_assignment
+from hierfedlora.planner.assignment.levels import best_level_solution, lagrangian_incumbent
+from hierfedlora.planner.assignment.milp import (
     MILP_FAMILIES,
     Milp,
     build_milp,

@@ -1,7 +1,7 @@
 """Local search for grouping: exchanges of small bundles of devices between two groups at a time.
 
 Formulation: :mod:`hierfedlora.planner.grouping`. The search keeps each group's integer
-residual ``r_k = sum_{i in k} E_i`` (``grouping_model``): the L1 part of the objective is
+residual ``r_k = sum_{i in k} E_i`` (``grouping.model``): the L1 part of the objective is
 ``sum_k ||r_k||_1 / S**2``, and an exchange between groups a and b changes only ``r_a`` and
 ``r_b``, so a candidate costs O(C).
 
@@ -22,7 +22,7 @@ import time
 import numpy as np
 from numpy.typing import NDArray
 
-from hierfedlora.planner.grouping_model import GroupingData
+from hierfedlora.planner.grouping.model import GroupingData
 
 __all__ = ["LocalSearch"]
 

@@ -1,7 +1,7 @@
 """Scalable grouping: dealing by min-cost assignment, then swap/move local search between pairs of groups.
 
 Formulation: :mod:`hierfedlora.planner.grouping`. Work happens on the integer residuals
-``r_k = sum_{i in k} E_i`` (``grouping_model``), whose L1 norms are the objective times
+``r_k = sum_{i in k} E_i`` (``grouping.model``), whose L1 norms are the objective times
 ``S**2``; moving one device changes two residuals, so a candidate costs O(C).
 
 1. **Start.** Group sizes as even as (2) allows. Devices are dealt like cards: largest
@@ -11,14 +11,14 @@ Formulation: :mod:`hierfedlora.planner.grouping`. Work happens on the integer re
    the start is the contiguous speed segmentation of ``segment_sizes_by_speed`` instead
    (it meets (2) and (4) whenever any assignment does), re-dealt within pools of
    segments that fit the band together.
-2. **Local search** (:mod:`~hierfedlora.planner.grouping_search`). For each group (worst
+2. **Local search** (:mod:`~hierfedlora.planner.grouping.search`). For each group (worst
    first) and a few partners (the groups whose residuals point most opposite, those with
    the most opposite sample slack, speed neighbours, one at random), evaluate every
    exchange of up to two devices each way at once (numpy) and apply the best while it
    improves ``(sample violation, objective)``; (2) and (4) are never broken.
 3. **Kicks.** Random swaps between two random groups, local search again, kept only if
    better (iterated local search), within a deterministic work budget.
-4. **Bound.** ``grouping_model.lower_bound``: proven, cheap, weak when groups may be large.
+4. **Bound.** ``grouping.model.lower_bound``: proven, cheap, weak when groups may be large.
 
 Deterministic for ``SolverOptions.seed`` unless the time limit cuts the search short.
 ``threads`` is ignored (numpy runs the inner loops).
@@ -35,13 +35,13 @@ from numpy.typing import NDArray
 from scipy.optimize import linear_sum_assignment
 
 from hierfedlora.planner.errors import NoSolutionError
-from hierfedlora.planner.grouping_model import (
+from hierfedlora.planner.grouping.model import (
     GroupingData,
     exact_objective,
     lower_bound,
     segment_sizes_by_speed,
 )
-from hierfedlora.planner.grouping_search import LocalSearch
+from hierfedlora.planner.grouping.search import LocalSearch
 from hierfedlora.planner.outcomes import Grouping, Limit, SolveStatus
 from hierfedlora.planner.types import SolverOptions
 

@@ -41,7 +41,7 @@ from collections.abc import Callable
 import numpy as np
 from numpy.typing import NDArray
 
-from hierfedlora.planner.assignment_data import AssignmentData
+from hierfedlora.planner.assignment.data import AssignmentData
 
 __all__ = ["LevelSolution", "best_level_solution", "lagrangian_incumbent"]
 

@@ -32,7 +32,7 @@ from cvxpy.atoms.affine.binary_operators import multiply
 from cvxpy.atoms.affine.sum import sum as cvx_sum  # imported where defined: mypy --strict misses cp.sum
 from numpy.typing import NDArray
 
-from hierfedlora.planner.assignment_data import AssignmentData
+from hierfedlora.planner.assignment.data import AssignmentData
 from hierfedlora.planner.checks import format_bytes
 from hierfedlora.planner.errors import InfeasibleError, SolverFailedError
 from hierfedlora.planner.types import SolverOptions
