@@ -76,8 +76,14 @@ class RunContext:
         return self.forward_source  # type: ignore[no-any-return]
 
 
-def prepare_run(plan: Plan, fleet: Fleet, options: RunOptions) -> RunContext:
+def prepare_run(
+    plan: Plan, fleet: Fleet, options: RunOptions, *, device_ids: Sequence[str] | None = None
+) -> RunContext:
     """Load data and model, tokenize the rows the run touches, check the plan against both.
+
+    ``device_ids`` names the devices whose training rows this process needs (default: every
+    device of the plan); ``()`` loads only the evaluation rows, for a driver whose executor
+    trains elsewhere. A Ray actor passes the devices it owns.
 
     Raises
     ------
@@ -99,7 +105,11 @@ def prepare_run(plan: Plan, fleet: Fleet, options: RunOptions) -> RunContext:
     assert fleet.dataset is not None  # checked above
     texts = read_dataset(fleet.dataset)
     positions = {device.device_id: idx for idx, device in enumerate(fleet.devices)}
-    used = {device_id: fleet.sample_indices[positions[device_id]] for device_id in plan.device_ids}
+    wanted = plan.device_ids if device_ids is None else tuple(device_ids)
+    unknown = [d for d in wanted if d not in positions]
+    if unknown:
+        raise InvalidInputError([Issue("device_ids", "ids of devices in the fleet", d) for d in unknown], "run")
+    used = {device_id: fleet.sample_indices[positions[device_id]] for device_id in wanted}
     rng = np.random.default_rng(derive_seed(options.seed, 7))
     test = np.array(fleet.dataset.test_indices, dtype=np.int64)
     eval_source = np.sort(rng.choice(test, size=min(options.eval_samples, len(test)), replace=False))

@@ -35,7 +35,7 @@ import numpy as np
 from hierfedlora.models.adapters import AdapterState, initial_adapter_state, truncate_rank
 from hierfedlora.planner.errors import InvalidInputError, Issue, RunInterruptedError
 from hierfedlora.planner.io import read_json, write_json
-from hierfedlora.planner.outcomes import GroupRoundResult, Plan, RoundReport
+from hierfedlora.planner.outcomes import Group, GroupRoundResult, Plan, RoundReport
 from hierfedlora.planner.types import CostModel, DeviceProfile, Fleet
 from hierfedlora.runtime.aggregation import fedavg, merge_across_groups
 from hierfedlora.runtime.checkpoint import (
@@ -52,11 +52,21 @@ from hierfedlora.runtime.checkpoint import (
 )
 from hierfedlora.runtime.clock import SimClock, global_round_time_s
 from hierfedlora.runtime.context import RunContext, check_plan_for_run, prepare_run
-from hierfedlora.runtime.local_training import derive_seed, evaluate, train_device
+from hierfedlora.runtime.executors.base import Executor, TrainTask
+from hierfedlora.runtime.executors.inprocess import InProcessExecutor
+from hierfedlora.runtime.local_training import derive_seed, evaluate
 from hierfedlora.runtime.options import RunOptions
 from hierfedlora.runtime.prefix_cache import Forward
 
-__all__ = ["PLANS_FOLDER", "Replanner", "RunContext", "check_plan_for_run", "prepare_run", "run_plan"]
+__all__ = [
+    "PLANS_FOLDER",
+    "Replanner",
+    "RunContext",
+    "check_plan_for_run",
+    "device_sample_counts",
+    "prepare_run",
+    "run_plan",
+]
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +126,7 @@ def run_plan(
     context: RunContext | None = None,
     replanner: Replanner | None = None,
     clock_devices: Sequence[DeviceProfile] | None = None,
+    executor: Executor | None = None,
 ) -> Iterator[RoundReport]:
     """Execute ``plan`` for ``options.rounds`` global rounds, yielding each committed report.
 
@@ -139,6 +150,10 @@ def run_plan(
         The devices as they really are, for the simulated clock (default: ``fleet.devices``).
         Differing from the fleet's profiles, they model devices slower or faster than profiled,
         which the closed loop can measure and correct.
+    executor : Executor, optional
+        Who trains the devices (``runtime.executors``): default an in-process executor over
+        ``context``. The caller owns an executor it passes in (``run_plan`` does not close it).
+        With one, ``context`` needs only the evaluation rows (``prepare_run(..., device_ids=())``).
 
     Raises
     ------
@@ -152,7 +167,32 @@ def run_plan(
     """
     folder = Path(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    context = context or prepare_run(plan, fleet, options)
+    if context is None:
+        context = prepare_run(plan, fleet, options, device_ids=None if executor is None else ())
+    owned = executor is None
+    executor = executor or InProcessExecutor(context)
+    try:
+        yield from _run_rounds(
+            plan, fleet, cost_model, options, folder, resume, context, replanner, clock_devices, executor
+        )
+    finally:
+        if owned:
+            executor.close()
+
+
+def _run_rounds(
+    plan: Plan,
+    fleet: Fleet,
+    cost_model: CostModel,
+    options: RunOptions,
+    folder: Path,
+    resume: bool,
+    context: RunContext,
+    replanner: Replanner | None,
+    clock_devices: Sequence[DeviceProfile] | None,
+    executor: Executor,
+) -> Iterator[RoundReport]:
+    samples_of = device_sample_counts(fleet)
     devices_by_id = {device.device_id: device for device in (clock_devices or fleet.devices)}
     positions = {device.device_id: idx for idx, device in enumerate(fleet.devices)}
     plans = {plan.plan_id: plan}
@@ -161,15 +201,16 @@ def run_plan(
     with ReportLog.open(folder / REPORTS_NAME, resume_state=state) as report_log, _sigint_deferred() as stop:
         reports = read_reports(folder / REPORTS_NAME) if state else []  # repaired to rounds 1..c by open
         if state and replanner is not None:  # the decision after the last commit may not have been acted on
-            plan = _consult(replanner, plan, reports, plans, fleet, context, folder)
+            plan = _consult(replanner, plan, reports, plans, fleet, context, folder, samples_of)
         for global_round in range(state.global_round + 1 if state else 1, options.rounds + 1):
             started = time.perf_counter()
-            results, group_states, weights, step_s = [], [], [], {}
-            for k, group in enumerate(plan.groups):
-                group_state, group_loss = _run_group(context, plan, k, global_state, options, global_round, step_s)
-                samples = [fleet.devices[positions[d]].num_samples for d in group.device_ids]
-                group_states.append(group_state)
-                weights.append(float(sum(samples)))
+            step_s: dict[str, float] = {}
+            group_states, group_losses = _train_groups(
+                executor, context, plan, global_state, options, global_round, samples_of, step_s
+            )
+            results, weights = [], []
+            for group, group_state, group_loss in zip(plan.groups, group_states, group_losses, strict=True):
+                weights.append(float(sum(fleet.devices[positions[d]].num_samples for d in group.device_ids)))
                 accuracy = None
                 if options.evaluate_groups:
                     _, accuracy = evaluate(
@@ -239,7 +280,7 @@ def run_plan(
             if stop.is_set() and global_round < options.rounds:
                 raise RunInterruptedError(global_round, str(folder))
             if replanner is not None and global_round < options.rounds:
-                plan = _consult(replanner, plan, reports, plans, fleet, context, folder)
+                plan = _consult(replanner, plan, reports, plans, fleet, context, folder, samples_of)
 
 
 def _save_plan(folder: Path, plan: Plan) -> None:
@@ -250,6 +291,13 @@ def _save_plan(folder: Path, plan: Plan) -> None:
     write_json(folder / "plan.json", plan)
 
 
+def device_sample_counts(fleet: Fleet) -> dict[str, int]:
+    """Training samples per device id: the lengths of the fleet's sample indices (else its counts)."""
+    if fleet.sample_indices:
+        return {d.device_id: len(rows) for d, rows in zip(fleet.devices, fleet.sample_indices, strict=True)}
+    return {d.device_id: d.num_samples for d in fleet.devices}
+
+
 def _consult(
     replanner: Replanner,
     plan: Plan,
@@ -258,6 +306,7 @@ def _consult(
     fleet: Fleet,
     context: RunContext,
     folder: Path,
+    samples_of: Mapping[str, int],
 ) -> Plan:
     """Ask the replanner; check, record and return the plan in force for the next round."""
     new_plan = replanner(plan, reports, plans)
@@ -267,7 +316,7 @@ def _consult(
     issues += [
         Issue("plan.device_ids", "devices the run has data for", d)
         for d in new_plan.device_ids
-        if d not in context.device_rows
+        if not samples_of.get(d)
     ]
     if issues:
         raise InvalidInputError(issues, "re-plan")
@@ -283,41 +332,66 @@ def _load(context: RunContext, depth: int, state: AdapterState, layers: Sequence
     return forward
 
 
-def _run_group(
-    context: RunContext,
-    plan: Plan,
-    k: int,
-    global_state: AdapterState,
-    options: RunOptions,
-    global_round: int,
-    step_s: dict[str, float],
-) -> tuple[AdapterState, float]:
-    group = plan.groups[k]
-    forward = context.forward_for(group.depth, group.layers)
+def _group_start_state(context: RunContext, group: Group, global_state: AdapterState) -> AdapterState:
+    """The global state restricted to the group's depth (or layers), truncated to its rank."""
+    if group.layers is None:
+        context.model.set_depth(group.depth)
+    else:
+        context.model.set_layers(group.layers)
     group_state = {key: global_state[key] for key in context.model.adapter_keys()}
     if group.lora_rank is not None:  # HetLoRA: the group trains the first lora_rank components only
         group_state = truncate_rank(group_state, group.lora_rank)
-    weights = [float(len(context.device_rows[d])) for d in group.device_ids]
-    losses: list[float] = []
-    for intra in range(group.intra_rounds):
-        updates = []
-        for position, device_id in enumerate(group.device_ids):
-            update = train_device(
-                context.model,
-                forward,
-                group_state,
-                context.device_rows[device_id],
-                local_steps=group.local_steps,
+    return group_state
+
+
+def _train_groups(
+    executor: Executor,
+    context: RunContext,
+    plan: Plan,
+    global_state: AdapterState,
+    options: RunOptions,
+    global_round: int,
+    samples_of: Mapping[str, int],
+    step_s: dict[str, float],
+) -> tuple[list[AdapterState], list[float]]:
+    """Every group's intra-group rounds, in lockstep by level; the groups' states and mean losses.
+
+    Level ``i`` hands the executor one task per group with ``intra_rounds > i``; after it, each
+    of those groups takes the sample-weighted FedAvg of its devices' states (A1).
+    """
+    states = [_group_start_state(context, group, global_state) for group in plan.groups]
+    losses: list[list[float]] = [[] for _ in plan.groups]
+    sample_weights = [[float(samples_of[d]) for d in group.device_ids] for group in plan.groups]
+    for intra in range(max(group.intra_rounds for group in plan.groups)):
+        active = [k for k, group in enumerate(plan.groups) if intra < group.intra_rounds]
+        tasks = [
+            TrainTask(
+                global_round=global_round,
+                intra_round=intra,
+                group_index=k,
+                depth=plan.groups[k].depth,
+                layers=plan.groups[k].layers,
+                device_ids=plan.groups[k].device_ids,
+                seeds=tuple(
+                    derive_seed(options.seed, global_round, k, intra, position)
+                    for position in range(len(plan.groups[k].device_ids))
+                ),
+                start_state=states[k],
+                local_steps=plan.groups[k].local_steps,
                 batch_size=plan.batch_size,
                 learning_rate=options.learning_rate,
                 optimizer=options.optimizer,
-                seed=derive_seed(options.seed, global_round, k, intra, position),
             )
-            updates.append(update)
-            step_s[device_id] = update.mean_step_s
-        group_state = fedavg([u.state for u in updates], weights)
-        losses.append(float(np.average([u.mean_loss for u in updates], weights=weights)))
-    return group_state, float(np.mean(losses))
+            for k in active
+        ]
+        for k, task, updates in zip(active, tasks, executor.train(tasks), strict=True):
+            if len(updates) != len(task.device_ids):
+                raise RuntimeError(f"executor returned {len(updates)} updates for {len(task.device_ids)} devices")
+            for device_id, update in zip(task.device_ids, updates, strict=True):
+                step_s[device_id] = update.mean_step_s
+            states[k] = fedavg([u.state for u in updates], sample_weights[k])
+            losses[k].append(float(np.average([u.mean_loss for u in updates], weights=sample_weights[k])))
+    return states, [float(np.mean(group_losses)) for group_losses in losses]
 
 
 def _start(

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from hierfedlora.planner.outcomes import GroupRoundResult, Plan, RoundReport
+from hierfedlora.planner.outcomes import Group, GroupRoundResult, Plan, RoundReport, Skew, SolveStatus
 from hierfedlora.planner.types import CostModel, DeviceProfile
 
 
@@ -90,4 +90,27 @@ def make_round_report(
         device_step_s=dict(device_step_s or {}),
         eval_loss=eval_loss,
         eval_accuracy=0.5,
+    )
+
+
+def make_two_group_plan(fleet, *, batch_size: int = 4) -> Plan:
+    """A hand-made plan over the fleet's devices in two halves: depth 1 with 2 intra rounds, depth 2 with 1."""
+    ids = [d.device_id for d in fleet.devices]
+    half = len(ids) // 2
+    skew = Skew(kl=0.0, l1=0.0, hellinger=0.0)
+    groups = (
+        Group(group_id=0, device_ids=tuple(ids[:half]), depth=1, intra_rounds=2, local_steps=2, label_skew=skew),
+        Group(group_id=1, device_ids=tuple(ids[half:]), depth=2, intra_rounds=1, local_steps=2, label_skew=skew),
+    )
+    return Plan(
+        groups=groups,
+        predicted_round_time_s=1.0,
+        predicted_rounds_to_target=3.0,
+        objective_value=3.0,
+        dual_bound=3.0,
+        status=SolveStatus.OPTIMAL,
+        solve_time_s=0.0,
+        solver="hand",
+        seed=0,
+        batch_size=batch_size,
     )

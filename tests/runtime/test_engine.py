@@ -15,68 +15,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hierfedlora.planner.datasets import read_csv
 from hierfedlora.planner.errors import InvalidInputError, ResumeMismatchError
-from hierfedlora.planner.fleet import make_fleet, save_fleet
 from hierfedlora.planner.io import write_json
-from hierfedlora.planner.outcomes import Group, Plan, Skew, SolveStatus
+from hierfedlora.planner.outcomes import Plan
 from hierfedlora.runtime.checkpoint import MANIFEST_NAME, REPORTS_NAME, read_reports
 from hierfedlora.runtime.engine import prepare_run, run_plan
 from hierfedlora.runtime.options import RunOptions
-from tests.factories import make_cost_model
-
-CLASSES = {
-    "animal": ["dog", "cat", "horse", "cow", "sheep", "goat", "wolf", "bear"],
-    "food": ["bread", "cake", "rice", "soup", "cheese", "apple", "pasta", "salad"],
-    "plant": ["tree", "fern", "moss", "grass", "oak", "pine", "rose", "tulip"],
-}
-
-
-@pytest.fixture(scope="module")
-def small_fleet(tmp_path_factory: pytest.TempPathFactory):
-    """Four devices over a 3-class CSV of short definitions (non-IID, 12 samples each)."""
-    folder = tmp_path_factory.mktemp("engine-data")
-    rows = ["text,label"]
-    for label, words in CLASSES.items():
-        for idx, word in enumerate(words):
-            for template in ("a {w} is a kind of {l}", "the {w} is one {l} among many", "{w}: a common {l}"):
-                rows.append(f"{template.format(w=word, l=label)} number {idx},{label}")
-    path = folder / "data.csv"
-    path.write_text("\n".join(rows) + "\n")
-    fleet = make_fleet(
-        read_csv(path),
-        num_devices=4,
-        partition="dirichlet",
-        alpha=1.0,
-        tier_mix="paper",
-        test_fraction=0.25,
-        max_samples_per_device=12,
-        seed=0,
-    )
-    fleet_path = folder / "fleet.json"
-    save_fleet(fleet_path, fleet)
-    return fleet, fleet_path
+from tests.factories import make_cost_model, make_two_group_plan
 
 
 def _plan(fleet) -> Plan:
-    ids = [d.device_id for d in fleet.devices]
-    skew = Skew(kl=0.0, l1=0.0, hellinger=0.0)
-    groups = (
-        Group(group_id=0, device_ids=tuple(ids[:2]), depth=1, intra_rounds=2, local_steps=2, label_skew=skew),
-        Group(group_id=1, device_ids=tuple(ids[2:]), depth=2, intra_rounds=1, local_steps=2, label_skew=skew),
-    )
-    return Plan(
-        groups=groups,
-        predicted_round_time_s=1.0,
-        predicted_rounds_to_target=3.0,
-        objective_value=3.0,
-        dual_bound=3.0,
-        status=SolveStatus.OPTIMAL,
-        solve_time_s=0.0,
-        solver="hand",
-        seed=0,
-        batch_size=4,
-    )
+    return make_two_group_plan(fleet)
 
 
 def _options(model_dir: Path, rounds: int, **overrides) -> RunOptions:

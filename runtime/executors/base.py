@@ -1,0 +1,116 @@
+"""The executor contract: who trains a group's devices for one intra-group round.
+
+The engine (``runtime.engine.run_plan``) keeps every piece of round logic: the groups' start
+states, intra-group FedAvg, the layer-wise merge, evaluation, the simulated clock, commit-then-yield
+and re-planning. What it hands out is one :class:`TrainTask` per group and intra-group round:
+"train these devices of this group from this state, at this depth, for these steps, with these
+seeds". An :class:`Executor` answers with one :class:`~hierfedlora.runtime.local_training.DeviceUpdate`
+per device (state, mean loss, measured step seconds), in the task's device order.
+
+The engine advances all groups in lockstep, one intra-group level at a time: level ``i`` holds a
+task for every group whose ``intra_rounds`` exceeds ``i``. Groups are independent within a global
+round, so an executor may train all tasks of a level at once (Ray does); the in-process executor
+trains them one after another.
+
+Where a device trains does not change what it computes: its batches and dropout come from the
+task's per-device seed (``local_training.derive_seed`` of run seed, global round, group, intra round
+and device position), and :class:`LocalTrainer` is the same code path everywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from hierfedlora.models.adapters import AdapterState
+from hierfedlora.runtime.context import RunContext
+from hierfedlora.runtime.local_training import DeviceUpdate, train_device
+
+__all__ = ["Executor", "LocalTrainer", "TrainTask"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class TrainTask:
+    """One intra-group round of one group: train ``device_ids`` from ``start_state``.
+
+    Parameters
+    ----------
+    global_round, intra_round : int
+        Where the task sits in the run (global rounds count from 1, intra rounds from 0).
+    group_index : int
+        Position of the group in the plan (``plan.groups[group_index]``).
+    depth : int
+        LoRA depth of the group: its top ``depth`` layers are trained.
+    layers : tuple of int or None
+        An explicit set of trained layers (FedRA-like plans); ``None`` means the top ``depth``.
+    device_ids, seeds : tuple
+        The devices to train and one seed per device, in the same order.
+    start_state : AdapterState
+        The group's state: exactly the adapter keys of its depth (or layers) and the head, already
+        truncated to the group's LoRA rank where it has one.
+    local_steps, batch_size : int
+        Optimizer steps per device and samples per step.
+    learning_rate : float
+    optimizer : {"adamw", "sgd"}
+    """
+
+    global_round: int
+    intra_round: int
+    group_index: int
+    depth: int
+    layers: tuple[int, ...] | None
+    device_ids: tuple[str, ...]
+    seeds: tuple[int, ...]
+    start_state: AdapterState
+    local_steps: int
+    batch_size: int
+    learning_rate: float
+    optimizer: str
+
+    def __post_init__(self) -> None:
+        # An internal contract (the engine builds tasks), so an assert states it.
+        assert len(self.device_ids) == len(self.seeds), "one seed per device"
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Trains the devices of the tasks it is given; the engine does everything else.
+
+    ``train`` returns, for each task in order, one ``DeviceUpdate`` per device in the task's
+    device order. ``close`` releases whatever the executor holds (processes, actors); the engine
+    closes only executors it created itself.
+    """
+
+    def train(self, tasks: Sequence[TrainTask]) -> list[list[DeviceUpdate]]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalTrainer:
+    """Trains tasks on one process's :class:`RunContext` (the model and the rows of its devices).
+
+    The in-process executor is a loop over it; a Ray actor or a Flower ClientApp builds one over
+    the devices it owns, so every executor runs the same training code.
+    """
+
+    def __init__(self, context: RunContext) -> None:
+        self.context = context
+
+    def train_task(self, task: TrainTask) -> list[DeviceUpdate]:
+        """Train every device of ``task`` from its start state; one update per device, in order."""
+        forward = self.context.forward_for(task.depth, task.layers)
+        return [
+            train_device(
+                self.context.model,
+                forward,
+                task.start_state,
+                self.context.device_rows[device_id],
+                local_steps=task.local_steps,
+                batch_size=task.batch_size,
+                learning_rate=task.learning_rate,
+                optimizer=task.optimizer,
+                seed=seed,
+            )
+            for device_id, seed in zip(task.device_ids, task.seeds, strict=True)
+        ]
