@@ -1,27 +1,29 @@
-"""Scalable grouping: dealing by min-cost assignment, then swap/move local search between pairs of groups.
+"""Scalable grouping: a dealing start, then batched exchange descent between pairs of groups.
 
 Formulation: :mod:`hierfedlora.planner.grouping`. Work happens on the integer residuals
 ``r_k = sum_{i in k} E_i`` (``grouping.model``), whose L1 norms are the objective times
 ``S**2``; moving one device changes two residuals, so a candidate costs O(C).
 
-1. **Start.** Group sizes as even as (2) allows. Devices are dealt like cards: largest
-   first, one round at a time, each round giving every group that still has room one
-   device by a min-cost assignment (the Hungarian method, a min-cost flow on a bipartite
-   graph) whose costs are the exact objective increases. If that breaks a speed band (4),
-   the start is the contiguous speed segmentation of ``segment_sizes_by_speed`` instead
-   (it meets (2) and (4) whenever any assignment does), re-dealt within pools of
-   segments that fit the band together.
-2. **Local search** (:mod:`~hierfedlora.planner.grouping.search`). For each group (worst
-   first) and a few partners (the groups whose residuals point most opposite, those with
-   the most opposite sample slack, speed neighbours, one at random), evaluate every
-   exchange of up to two devices each way at once (numpy) and apply the best while it
-   improves ``(sample violation, objective)``; (2) and (4) are never broken.
-3. **Kicks.** Random swaps between two random groups, local search again, kept only if
-   better (iterated local search), within a deterministic work budget.
+1. **Start** (:mod:`~hierfedlora.planner.grouping.start`). Group sizes as even as (2) allows.
+   Devices are dealt like cards, largest first, one round at a time, each round a min-cost
+   assignment of that round's devices to the open groups (exact up to 1,024 groups; beyond, in
+   strata of 512 groups that each receive a like mix of devices), so memory and time grow
+   linearly with N. If that breaks a speed band (4), the start is the contiguous speed
+   segmentation of ``segment_sizes_by_speed`` instead (it meets (2) and (4) whenever any
+   assignment does), re-dealt within pools of segments that fit the band together.
+2. **Descent** (:mod:`~hierfedlora.planner.grouping.exchange`). Sweeps over matchings of the
+   groups (a round-robin tournament up to 64 groups; opposite residuals beyond) evaluate every
+   exchange of up to one, then two, devices each way for all matched pairs at once and apply
+   the improving ones, while ``(sample violation, objective)`` improves; (2) and (4) are never broken.
+3. **Kicks.** Random swaps between two random groups, descent again, kept only if better
+   (iterated local search), while work is left.
 4. **Bound.** ``grouping.model.lower_bound``: proven, cheap, weak when groups may be large.
 
-Deterministic for ``SolverOptions.seed`` unless the time limit cuts the search short.
-``threads`` is ignored (numpy runs the inner loops).
+Deterministic: the search stops on work (candidate evaluations, :func:`flow_work_budget`), at a
+local optimum, or after ``_MAX_FAILED_KICKS`` fruitless kicks, never on the clock, so the same
+data and seed give the same grouping on a loaded and an idle host. ``SolverOptions.time_limit_s``
+is only a safety cap, checked in every stage (``Limit.TIME`` when it struck). ``threads`` is
+ignored (numpy runs the inner loops).
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ import time
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import linear_sum_assignment
 
 from hierfedlora.planner.errors import NoSolutionError
+from hierfedlora.planner.grouping.exchange import TOURNAMENT_MAX_GROUPS, ExchangeSearch, circle_matching
 from hierfedlora.planner.grouping.model import (
     GroupingData,
     exact_objective,
@@ -42,15 +44,21 @@ from hierfedlora.planner.grouping.model import (
     segment_sizes_by_speed,
 )
 from hierfedlora.planner.grouping.search import LocalSearch
+from hierfedlora.planner.grouping.start import DeadlineError, deal
 from hierfedlora.planner.outcomes import Grouping, Limit, SolveStatus
 from hierfedlora.planner.types import SolverOptions
 
-__all__ = ["balanced_sizes", "solve_flow", "solve_random"]
+__all__ = ["balanced_sizes", "descend", "flow_work_budget", "solve_flow", "solve_random"]
 
 logger = logging.getLogger(__name__)
 
-_WORK_BUDGET = 300_000_000  # candidate floats for the whole search: about a second or two on a slow core
-_MAX_KICKS = 300
+_WORK_BUDGET = 300_000_000  # candidate floats for the random baseline's sample repair
+_WORK_BASE = 100_000_000  # candidate floats every flow search may spend ...
+_WORK_PER_DEVICE = 20_000  # ... plus this much per device: about 100 single-device sweeps at K = N / 10
+_MAX_SWEEPS = 2_000  # sweeps per level
+_PATIENCE = 8  # beyond the tournament: a level ends when this many sweeps gain < _MIN_GAIN together
+_MIN_GAIN = 1e-4
+_MAX_REPEATS = 16  # sweeps of one matching's changed pairs
 _MAX_FAILED_KICKS = 60  # kicks in a row that find nothing better end the search
 _KICK_SWAPS = 3
 
@@ -61,52 +69,9 @@ def balanced_sizes(data: GroupingData) -> NDArray[np.int64]:
     return np.array([quotient + (k < extra) for k in range(data.num_groups)], dtype=np.int64)
 
 
-def _deal(data: GroupingData, devices: NDArray[np.int64], sizes: NDArray[np.int64]) -> NDArray[np.int64]:
-    """Deal ``devices`` into groups of ``sizes`` round by round, each round a min-cost assignment.
-
-    Returns each device's group (an index into ``sizes``), aligned with ``devices``.
-    """
-    excess = data.excess[devices].astype(np.float64)
-    scales = data.scales[devices]
-    order = np.lexsort((np.arange(len(devices)), -np.abs(excess).sum(axis=1), -data.samples[devices]))
-    residual = np.zeros((len(sizes), excess.shape[1]))
-    low, high = np.full(len(sizes), np.inf), np.full(len(sizes), -np.inf)
-    weight = data.speed_weight * data.total_samples**2 if data.has_speed_term else 0.0
-    group_of, position = np.empty(len(devices), dtype=np.int64), 0
-    for round_idx in range(int(sizes.max())):
-        open_groups = np.flatnonzero(sizes > round_idx)
-        dealt = order[position : position + len(open_groups)]
-        position += len(open_groups)
-        cost = _dealing_cost(residual[open_groups], excess[dealt])
-        if weight:
-            started = np.isfinite(low[open_groups])
-            old = np.zeros(len(open_groups))
-            old[started] = np.log(high[open_groups][started]) - np.log(low[open_groups][started])
-            new_high = np.maximum(high[open_groups], scales[dealt][:, None])
-            new_low = np.minimum(low[open_groups], scales[dealt][:, None])
-            cost += weight * (np.log(new_high) - np.log(new_low) - old)
-        rows, cols = linear_sum_assignment(cost)
-        chosen, groups = dealt[rows], open_groups[cols]
-        group_of[chosen] = groups
-        residual[groups] += excess[chosen]
-        low[groups] = np.minimum(low[groups], scales[chosen])
-        high[groups] = np.maximum(high[groups], scales[chosen])
-    return group_of
-
-
-def _dealing_cost(residual: NDArray[np.float64], excess: NDArray[np.float64]) -> NDArray[np.float64]:
-    """``cost[i, k] = ||r_k + E_i||_1 - ||r_k||_1``, built one class at a time (in place: fast and small)."""
-    cost = np.zeros((len(excess), len(residual)))
-    scratch = np.empty_like(cost)
-    for c in range(residual.shape[1]):
-        np.add(excess[:, c, None], residual[None, :, c], out=scratch)
-        np.abs(scratch, out=scratch)
-        cost += scratch
-    cost -= np.abs(residual).sum(axis=1)[None, :]
-    return cost
-
-
-def _banded_start(data: GroupingData, rng: np.random.Generator | None = None) -> NDArray[np.int64]:
+def _banded_start(
+    data: GroupingData, rng: np.random.Generator | None = None, *, seed: int = 0, deadline: float = math.inf
+) -> NDArray[np.int64]:
     """A start that meets (2) and (4): the speed segmentation, re-assigned within pools.
 
     Consecutive segments whose devices together still fit the band form a pool; any
@@ -131,7 +96,7 @@ def _banded_start(data: GroupingData, rng: np.random.Generator | None = None) ->
         devices = np.array([i for g in pool for i in segments[g]], dtype=np.int64)
         sizes = np.array([len(segments[g]) for g in pool], dtype=np.int64)
         if rng is None:
-            group_of[devices] = np.array(pool)[_deal(data, devices, sizes)]
+            group_of[devices] = np.array(pool)[deal(data, devices, sizes, seed=seed, deadline=deadline)]
         else:
             group_of[rng.permutation(devices)] = np.repeat(np.array(pool), sizes)
     return group_of
@@ -148,7 +113,9 @@ def _meets_speed_band(data: GroupingData, group_of: NDArray[np.int64]) -> bool:
     return bool(np.all(slowest <= data.max_speed_ratio * fastest))
 
 
-def _outcome(search: LocalSearch, data: GroupingData, method: str, started: float, limit: Limit) -> Grouping:
+def _outcome(
+    search: LocalSearch | ExchangeSearch, data: GroupingData, method: str, started: float, limit: Limit
+) -> Grouping:
     elapsed = time.perf_counter() - started
     if search.total_violation() > 0:
         raise NoSolutionError(
@@ -157,7 +124,7 @@ def _outcome(search: LocalSearch, data: GroupingData, method: str, started: floa
             f"{method} grouping of {data.size_text()} found no assignment meeting "
             "min/max_group_samples; grouping_method='cpsat' decides feasibility exactly",
         )
-    members = search.grouping_members()
+    members = search.grouping_members() if isinstance(search, LocalSearch) else search.members()
     objective = exact_objective(data, members)
     bound = objective if data.num_groups == 1 else min(lower_bound(data), objective)
     optimal = bound >= objective
@@ -175,64 +142,168 @@ def _outcome(search: LocalSearch, data: GroupingData, method: str, started: floa
     )
 
 
+def flow_work_budget(data: GroupingData) -> int:
+    """The search's work budget in candidate floats: ``_WORK_BASE + _WORK_PER_DEVICE * N`` (deterministic)."""
+    return _WORK_BASE + _WORK_PER_DEVICE * data.num_devices
+
+
 def solve_flow(data: GroupingData, options: SolverOptions) -> Grouping:
-    """Deal, then improve by local search (module docstring). Feasibility checked beforehand.
+    """Deal, then improve by batched exchange descent (module docstring). Feasibility checked beforehand.
+
+    The search stops on its work budget (:func:`flow_work_budget`) or at a local optimum, so the same
+    data and seed give the same grouping on any host; ``options.time_limit_s`` is a safety cap,
+    checked in every stage, after which the best grouping so far is returned with ``Limit.TIME``.
 
     Raises
     ------
     NoSolutionError
-        The search ended with a group outside the sample bounds (3).
+        The search ended with a group outside the sample bounds (3), or the safety cap passed
+        before a start was built.
     """
     started = time.perf_counter()
-    rng = np.random.default_rng(options.seed)
-    start = _deal(data, np.arange(data.num_devices), balanced_sizes(data))
-    if not _meets_speed_band(data, start):
-        start = _banded_start(data)
     deadline = started + options.time_limit_s
-    search = _iterated_search(data, start, rng, deadline)
-    # A local optimum carries no proof: FEASIBLE, with TIME when the clock cut the search short
-    # and NODE when it ended on its own work budget (more time would not have been used).
-    limit = Limit.TIME if time.perf_counter() > deadline else Limit.NODE
+    try:
+        start = deal(data, np.arange(data.num_devices), balanced_sizes(data), seed=options.seed, deadline=deadline)
+        if not _meets_speed_band(data, start):
+            start = _banded_start(data, seed=options.seed, deadline=deadline)
+    except DeadlineError:
+        raise NoSolutionError(
+            Limit.TIME, time.perf_counter() - started, f"flow grouping of {data.size_text()}: no start built"
+        ) from None
+    search = ExchangeSearch(data, start, deadline=deadline)
+    rng = np.random.default_rng(options.seed)
+    try:
+        descend(search, rng, flow_work_budget(data))
+        limit = Limit.NODE  # it ended on its own: a local optimum or the work budget, no proof
+    except DeadlineError:
+        limit = Limit.TIME
     return _outcome(search, data, "flow", started, limit)
 
 
-def _descend(
-    search: LocalSearch, rng: np.random.Generator, limits: tuple[float, int], focus: set[int] | None = None
-) -> bool:
-    """Single-device exchanges to a local optimum, then bundles of two; False if a limit struck."""
-    return search.run(rng, limits, 1, focus) and search.run(rng, limits, 2, focus)
+def descend(search: ExchangeSearch, rng: np.random.Generator, budget: int) -> None:
+    """Exchanges of single devices to a local optimum, then of up to two devices a side, within ``budget``.
 
-
-def _iterated_search(
-    data: GroupingData, start: NDArray[np.int64], rng: np.random.Generator, deadline: float
-) -> LocalSearch:
-    """Local search, then kicks (random swaps between two groups) each followed by local search.
-
-    A kicked solution is kept only if it beats the best so far, otherwise rolled back.
-    Effort is bounded by a work budget (candidate evaluations, ``_WORK_BUDGET``), at most
-    ``_MAX_KICKS`` kicks and ``_MAX_FAILED_KICKS`` failures in a row, not by time, so
-    results depend on the seed only, unless the deadline strikes first.
+    Raises
+    ------
+    DeadlineError
+        The safety cap passed; ``search`` holds the best state so far (exchanges only improve).
     """
-    search = LocalSearch(data, start, use_cost=True)
-    limits = (deadline, _WORK_BUDGET)
-    if not _descend(search, rng, limits) or data.num_groups == 1:
-        return search
-    best_score, failures = search.score(), 0
-    for _ in range(_MAX_KICKS):
-        if time.perf_counter() > deadline or search.work > _WORK_BUDGET or failures >= _MAX_FAILED_KICKS:
-            break
-        mark = search.checkpoint()
-        pair = rng.choice(data.num_groups, size=2, replace=False)
-        among = np.concatenate([search.members[pair[0]], search.members[pair[1]]]).astype(np.int64)
-        _random_swaps(search, rng, _KICK_SWAPS, among)
-        _descend(search, rng, limits, {int(pair[0]), int(pair[1])})
+    if search.data.num_groups == 1:
+        return
+    for level in (1, 2):
+        if not _descend_level(search, rng, level, budget):
+            return
+    _kick(search, rng, budget)
+
+
+def _kick(search: ExchangeSearch, rng: np.random.Generator, budget: int) -> None:
+    """Iterated local search while work is left: random swaps between two random groups, descent at both
+    levels, kept only if better (rolled back otherwise); ``_MAX_FAILED_KICKS`` failures in a row end it."""
+    best, failures = search.score(), 0
+    while search.work <= budget and failures < _MAX_FAILED_KICKS:
+        saved = search.snapshot()
+        pair = rng.choice(search.data.num_groups, size=2, replace=False)
+        search.random_swaps(rng, int(pair[0]), int(pair[1]), _KICK_SWAPS)
+        for level in (1, 2):
+            if not _descend_level(search, rng, level, budget):
+                break
         score = search.score()
-        if score[0] < best_score[0] or (score[0] == best_score[0] and score[1] < best_score[1] - search.tolerance):
-            best_score, failures = score, 0
+        if score[0] < best[0] or (score[0] == best[0] and score[1] < best[1] - search.tolerance):
+            best, failures = score, 0
         else:
-            search.rollback(mark)
+            search.restore(saved)
             failures += 1
-    return search
+
+
+def _descend_level(search: ExchangeSearch, rng: np.random.Generator, level: int, budget: int) -> bool:
+    """Sweeps at one level until a local optimum or a stall; False when the work budget ran out."""
+    num_groups = search.data.num_groups
+    tournament = num_groups <= TOURNAMENT_MAX_GROUPS
+    quiet, history = 0, [search.score()]
+    for sweep_idx in range(_MAX_SWEEPS):
+        if search.work > budget:
+            return False
+        if tournament:
+            pairs = circle_matching(num_groups, sweep_idx)
+        else:
+            pairs = _projection_matching(search, rng, sweep_idx)
+        changed = _settle(search, pairs, level)
+        if tournament:
+            quiet = 0 if changed else quiet + 1
+            if quiet >= num_groups - 1:  # every pair met and none improved: a local optimum
+                return True
+            continue
+        history.append(search.score())
+        if len(history) > _PATIENCE:
+            (v_old, c_old), (v_new, c_new) = history[-1 - _PATIENCE], history[-1]
+            if v_new == v_old and c_old - c_new <= _MIN_GAIN * c_old:
+                return True
+    return True
+
+
+def _settle(search: ExchangeSearch, pairs: NDArray[np.int64], level: int) -> int:
+    """Sweep ``pairs``, then again the pairs that changed, until none does; the number of exchanges."""
+    total = 0
+    for _ in range(_MAX_REPEATS):
+        improved = search.sweep(pairs, level)
+        if not len(improved):
+            break
+        total += len(improved)
+        pairs = improved
+    return total
+
+
+def _projection_matching(search: ExchangeSearch, rng: np.random.Generator, sweep_idx: int) -> NDArray[np.int64]:
+    """Disjoint pairs of groups for a sweep beyond the tournament's size.
+
+    Most sweeps pair *opposite* groups: a group whose residual's largest surplus is class c and
+    largest deficit class d meets one with surplus d and deficit c (largest residuals first), the
+    rest sorted by their projection on a random direction and paired first with last. Every fourth
+    sweep is a random matching; with sample bounds every third pairs the fullest with the emptiest;
+    with a speed band or term every fifth pairs speed neighbours.
+    """
+    num_groups, half = search.data.num_groups, search.data.num_groups // 2
+    if sweep_idx % 4 == 3:
+        order = rng.permutation(num_groups)
+        return np.stack([order[0::2][:half], order[1::2][:half]], axis=1)
+    if search.track_speed and sweep_idx % 5 == 4:
+        order = np.roll(np.argsort(search.low_of[search.slots].min(axis=1), kind="stable"), -((sweep_idx // 5) % 2))
+        return np.stack([order[0::2][:half], order[1::2][:half]], axis=1)
+    if search.sample_bounds and sweep_idx % 3 == 2:
+        order = np.argsort(search.samples, kind="stable")
+        return np.stack([order[:half], order[::-1][:half]], axis=1)
+    return _opposite_matching(search.residual, rng)
+
+
+def _opposite_matching(residual: NDArray[np.float64], rng: np.random.Generator) -> NDArray[np.int64]:
+    """Pairs of groups with opposite residuals (``_projection_matching``), O(K log K)."""
+    num_groups, num_classes = residual.shape
+    # each group's surplus class c, and deficit class d chosen at random among its three largest
+    deficits = np.argsort(residual, axis=1, kind="stable")[:, :3]
+    surplus = np.argmax(residual, axis=1)
+    deficit = deficits[np.arange(num_groups), rng.integers(0, min(3, num_classes), size=num_groups)]
+    norm = np.abs(residual).sum(axis=1)
+    key = surplus * num_classes + deficit
+    mirror = deficit * num_classes + surplus
+    order = np.lexsort((-norm, key))  # by key, largest residual first
+    sorted_key = key[order]
+    starts = np.searchsorted(sorted_key, np.arange(num_classes * num_classes))
+    ends = np.searchsorted(sorted_key, np.arange(num_classes * num_classes), side="right")
+    counts = ends - starts
+    rank = np.empty(num_groups, dtype=np.int64)
+    rank[order] = np.arange(num_groups) - starts[sorted_key]
+    # group g (rank j in its bucket) meets the rank-j group of the mirror bucket, when both buckets hold one
+    lower = key < mirror  # each bucket pair once, from its lower key
+    partner_exists = lower & (rank < counts[mirror])
+    first = np.flatnonzero(partner_exists)
+    second = order[starts[mirror[first]] + rank[first]]
+    paired = np.zeros(num_groups, dtype=bool)
+    paired[first] = paired[second] = True
+    rest = np.flatnonzero(~paired)
+    rest = rest[np.argsort(residual[rest] @ rng.standard_normal(num_classes), kind="stable")]
+    cut = len(rest) // 2
+    extra = np.stack([rest[:cut], rest[::-1][:cut]], axis=1)
+    return np.concatenate([np.stack([first, second], axis=1), extra])
 
 
 def solve_random(data: GroupingData, seed: int, time_limit_s: float) -> Grouping:
