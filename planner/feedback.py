@@ -70,7 +70,7 @@ from hierfedlora.planner.assignment.data import build_assignment_data
 from hierfedlora.planner.errors import InfeasibleError, InvalidInputError, Issue, NoSolutionError
 from hierfedlora.planner.io import sha256_of
 from hierfedlora.planner.outcomes import Grouping, Limit, Plan, RoundReport, SolveStatus
-from hierfedlora.planner.plan import make_plan
+from hierfedlora.planner.plan import devices_sha256, make_plan
 from hierfedlora.planner.refit import (
     FIT_BOUNDS,
     LOSS_NOISE_NATS,
@@ -203,7 +203,7 @@ def _reassigned(plan: Plan, problem: PlanningProblem) -> Plan:
         seed=problem.solver.seed,
         batch_size=problem.effective_batch_size,
         cost_model_sha256=problem.cost_model.model_sha256 or sha256_of(problem.cost_model),
-        fleet_sha256=sha256_of(problem.devices),
+        fleet_sha256=devices_sha256(problem.devices),
         parent_plan_id=plan.plan_id,
     )
 

@@ -53,6 +53,7 @@ import numpy as np
 
 from hierfedlora.planner.datasets import LabelledTexts, raise_capped, train_test_split
 from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.fleet_store import FLEET_NPZ_SUFFIX, read_fleet_npz, write_fleet_npz
 from hierfedlora.planner.io import read_json, write_json
 from hierfedlora.planner.partition import PartitionMethod, PartitionSpec, partition_indices
 from hierfedlora.planner.rules import FINITE_POSITIVE, is_int
@@ -212,7 +213,8 @@ def _index_issues(fleet: Fleet) -> list[Issue]:
 
 
 def load_fleet(path: str | os.PathLike[str]) -> Fleet:
-    """Read and check a fleet JSON file.
+    """Read and check a fleet file: JSON, or the columnar format of :mod:`planner.fleet_store` for a
+    ``.npz`` name (large fleets).
 
     Raises
     ------
@@ -221,7 +223,7 @@ def load_fleet(path: str | os.PathLike[str]) -> Fleet:
         or unknown keys (with a "did you mean"), broken field rules, then the cross-checks of
         :func:`check_fleet`.
     """
-    fleet = read_json(Fleet, path)
+    fleet = read_fleet_npz(path) if Path(path).suffix == FLEET_NPZ_SUFFIX else read_json(Fleet, path)
     issues = check_fleet(fleet)
     if issues:
         raise InvalidInputError(issues, Path(path).name)
@@ -229,7 +231,8 @@ def load_fleet(path: str | os.PathLike[str]) -> Fleet:
 
 
 def save_fleet(path: str | os.PathLike[str], fleet: Fleet) -> None:
-    """Write ``fleet`` as JSON atomically (temporary file, fsync, rename), after :func:`check_fleet`.
+    """Write ``fleet`` atomically (temporary file, fsync, rename), after :func:`check_fleet`: as JSON, or
+    columnar (:mod:`planner.fleet_store`) when ``path`` ends in ``.npz``.
 
     Raises
     ------
@@ -239,7 +242,10 @@ def save_fleet(path: str | os.PathLike[str], fleet: Fleet) -> None:
     issues = check_fleet(fleet)
     if issues:
         raise InvalidInputError(issues)
-    write_json(path, fleet)
+    if Path(path).suffix == FLEET_NPZ_SUFFIX:
+        write_fleet_npz(path, fleet)
+    else:
+        write_json(path, fleet)
 
 
 def _trace_rows(path: Path, columns: tuple[str, ...]) -> list[tuple[str, str, dict[str, object]]]:

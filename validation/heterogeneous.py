@@ -65,6 +65,7 @@ from hierfedlora.planner.checks import BUDGET_TOLERANCE, device_round_times_s
 from hierfedlora.planner.grouping import grouping_objective
 from hierfedlora.planner.io import sha256_of
 from hierfedlora.planner.outcomes import Group, Plan, RoundReport, SolveStatus
+from hierfedlora.planner.plan import devices_sha256
 from hierfedlora.planner.types import PlanningProblem
 
 __all__ = ["FedraReplanner", "capability_classes", "fedra_plan", "full_depth", "hetlora_plan"]
@@ -257,7 +258,7 @@ def _plan(
         batch_size=problem.effective_batch_size,
         model_name=cost.model_name,
         cost_model_sha256=cost.model_sha256 or sha256_of(cost),
-        fleet_sha256=sha256_of(problem.devices),
+        fleet_sha256=devices_sha256(problem.devices),
         grouping_objective=objective,
         grouping_bound=objective,
         reason=reason,

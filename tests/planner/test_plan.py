@@ -215,3 +215,18 @@ def test_summary_lists_every_group():
         ["0", "2", "0.000", "2", "2", "5.000", "10.000"],
         ["1", "2", "0.000", "2", "2", "5.000", "10.000"],
     ]
+
+
+def test_the_fast_fleet_digest_equals_the_canonical_one():
+    """devices_sha256 gives io.sha256_of's digest, tiers and availability windows included."""
+    # Arrange
+    import dataclasses as dc
+
+    from hierfedlora.planner.io import sha256_of
+    from hierfedlora.planner.plan import devices_sha256
+    from tests.factories import make_devices
+
+    devices = make_devices(6, 3, seed=1)
+    devices = (dc.replace(devices[0], tier="phone", availability=((0.0, 2.5), (4.0, 9.0))), *devices[1:])
+    # Act / Assert
+    assert devices_sha256(devices) == sha256_of(devices)
