@@ -1,0 +1,162 @@
+"""The Flower layer's pure parts: message codecs, run-config parsing, discovery's checks; its doc examples."""
+
+from __future__ import annotations
+
+import dataclasses
+import doctest
+import importlib
+
+import pytest
+import torch
+
+from hierfedlora.planner.errors import InvalidInputError
+from hierfedlora.runtime.local_training import DeviceUpdate
+from tests.factories import make_cost_model
+
+pytestmark = pytest.mark.flower
+
+pytest.importorskip("flwr")
+
+
+def _job(layers=None):
+    from hierfedlora.runtime.flower.protocol import DeviceJob
+
+    state = {"layers.1.query.lora_A": torch.randn(8, 4), "head.bias": torch.tensor([1e-38, -0.0, 3.5])}
+    return DeviceJob(
+        device_id="d3",
+        group_index=1,
+        depth=2,
+        layers=layers,
+        local_steps=3,
+        batch_size=4,
+        learning_rate=2e-3,
+        optimizer="sgd",
+        seed=2**62 + 5,
+        global_round=4,
+        intra_round=1,
+        start_state=state,
+    )
+
+
+@pytest.mark.parametrize("layers", [None, (0, 1)])
+def test_a_train_message_carries_the_job_bit_for_bit(layers):
+    """Encoding then decoding a job gives the same fields and the same tensor bits (a 63-bit seed too)."""
+    from hierfedlora.runtime.flower.protocol import decode_job, encode_job
+
+    # Arrange
+    job = _job(layers)
+    # Act
+    back = decode_job(encode_job(job))
+    # Assert
+    same = [f.name for f in dataclasses.fields(job) if f.name != "start_state"]
+    assert all(getattr(back, name) == getattr(job, name) for name in same)
+    assert back.start_state.keys() == job.start_state.keys()
+    assert all(torch.equal(back.start_state[k], job.start_state[k]) for k in job.start_state)
+
+
+def test_a_train_reply_carries_the_update_and_what_was_trained():
+    """The reply's state, loss and step seconds come back with the depth, group and sample count trained."""
+    from hierfedlora.runtime.flower.protocol import decode_update, encode_update
+
+    # Arrange
+    job = _job()
+    update = DeviceUpdate(state=job.start_state, mean_loss=0.75, mean_step_s=0.125)
+    # Act
+    back, metrics = decode_update(encode_update(update, job, num_examples=12))
+    # Assert
+    assert (back.mean_loss, back.mean_step_s) == (0.75, 0.125)
+    assert all(torch.equal(back.state[k], update.state[k]) for k in update.state)
+    assert (metrics["lora-depth"], metrics["group"], metrics["num-examples"]) == (2, 1, 12)
+
+
+def test_a_message_without_the_task_record_is_refused_by_name():
+    """A train message someone else built names the record it lacks."""
+    from flwr.app import RecordDict
+
+    from hierfedlora.runtime.flower.protocol import decode_job
+
+    with pytest.raises(InvalidInputError) as info:
+        decode_job(RecordDict())
+    assert [issue.path for issue in info.value.issues] == ["message.content['hierfedlora-task']"]
+
+
+def test_run_config_reports_every_unknown_key_and_bad_value():
+    """Unknown keys get a suggestion; three problems are reported at once."""
+    from hierfedlora.runtime.flower.settings import AppSettings
+
+    with pytest.raises(InvalidInputError) as info:
+        AppSettings.from_run_config({"local-step": 3, "optimizer": "adam", "alpha": -1.0})
+    issues = {issue.path: issue for issue in info.value.issues}
+    assert set(issues) == {"local-step"}
+    assert "local-steps" in issues["local-step"].hint
+    with pytest.raises(InvalidInputError) as info:
+        AppSettings.from_run_config({"optimizer": "adam", "alpha": -1.0, "rounds": 0})
+    assert sorted(issue.path for issue in info.value.issues) == ["alpha", "optimizer", "rounds"]
+    assert AppSettings.from_run_config({"alpha": 1}).alpha == 1.0  # a TOML integer for a float field
+
+
+def _fleet():
+    from hierfedlora.planner.datasets import LabelledTexts
+    from hierfedlora.planner.fleet import make_fleet
+    from hierfedlora.planner.types import DatasetSpec
+
+    data = LabelledTexts(
+        texts=("t",) * 24,
+        labels=(0, 1, 2) * 8,
+        class_names=("a", "b", "c"),
+        spec=DatasetSpec(kind="csv", path="toy.csv", num_samples=24),
+    )
+    return make_fleet(data, num_devices=3, partition="iid", test_fraction=0.25, seed=1)
+
+
+def _profile(device, **changes):
+    from hierfedlora.runtime.flower.protocol import NodeProfile
+
+    fields = {
+        "device_id": device.device_id,
+        "label_counts": device.label_counts,
+        "memory_bytes": 2**30,
+        "uplink_mbps": 5.0,
+        "downlink_mbps": 9.0,
+        "measured_step_s": 0.5,
+    }
+    return NodeProfile(**{**fields, **changes})
+
+
+def test_discovery_keeps_the_answering_devices_with_their_profiles():
+    """Two of three devices answer: the fleet keeps them, in fleet order, with the nodes' links and memory."""
+    from hierfedlora.planner.costs import step_time_s
+    from hierfedlora.runtime.flower.server import discovered_fleet
+
+    # Arrange
+    fleet, cost = _fleet(), make_cost_model(2)
+    profiles = {7: _profile(fleet.devices[2], compute_scale=3.0), 5: _profile(fleet.devices[0])}
+    # Act
+    found = discovered_fleet(fleet, profiles, cost)
+    # Assert
+    host_step_s = step_time_s(cost, compute_scale=1.0, depth=2, batch_size=cost.batch_size)
+    assert [d.device_id for d in found.devices] == ["d0", "d2"]
+    assert found.sample_indices == (fleet.sample_indices[0], fleet.sample_indices[2])
+    assert [d.compute_scale for d in found.devices] == [pytest.approx(0.5 / host_step_s), 3.0]
+    assert {(d.uplink_mbps, d.downlink_mbps, d.memory_bytes) for d in found.devices} == {(5.0, 9.0, 2**30)}
+
+
+def test_discovery_refuses_a_node_with_other_data_or_an_unknown_device():
+    """A node whose label counts differ from its device's, and one naming no device, are both reported."""
+    from hierfedlora.runtime.flower.server import discovered_fleet
+
+    fleet = _fleet()
+    profiles = {1: _profile(fleet.devices[0], label_counts=(9, 9, 9)), 2: _profile(fleet.devices[1], device_id="x")}
+    with pytest.raises(InvalidInputError) as info:
+        discovered_fleet(fleet, profiles, make_cost_model(2))
+    assert [issue.path for issue in info.value.issues] == ["node 1.label_counts", "node 2.device_id"]
+
+
+@pytest.mark.parametrize(
+    "module_name",
+    ["hierfedlora.runtime.flower.settings", "hierfedlora.runtime.flower.node", "hierfedlora.runtime.flower.server"],
+)
+def test_flower_docstring_examples_run(module_name):
+    """doctest.testmod finds no failure in the module."""
+    result = doctest.testmod(importlib.import_module(module_name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
