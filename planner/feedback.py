@@ -70,7 +70,7 @@ from hierfedlora.planner.assignment.data import build_assignment_data
 from hierfedlora.planner.errors import InfeasibleError, InvalidInputError, Issue, NoSolutionError
 from hierfedlora.planner.io import sha256_of
 from hierfedlora.planner.outcomes import Grouping, Limit, Plan, RoundReport, SolveStatus
-from hierfedlora.planner.plan import devices_sha256, make_plan
+from hierfedlora.planner.plan import devices_sha256, make_plan, skew_free_bound
 from hierfedlora.planner.refit import (
     FIT_BOUNDS,
     LOSS_NOISE_NATS,
@@ -174,7 +174,8 @@ def _broken(plan: Plan, problem: PlanningProblem) -> list[str]:
 def _reassigned(plan: Plan, problem: PlanningProblem) -> Plan:
     """(F5) ``plan``'s grouping kept, depth and intra_rounds re-assigned under ``problem``."""
     started = time.perf_counter()
-    assignment = assign_depths_and_rounds(_grouping([g.device_ids for g in plan.groups], problem), problem)
+    kept = _grouping([g.device_ids for g in plan.groups], problem)
+    assignment = assign_depths_and_rounds(kept, problem)
     status, limit = SolveStatus.OPTIMAL, None
     if assignment.status is not SolveStatus.OPTIMAL:
         status, limit = SolveStatus.FEASIBLE, assignment.limit or Limit.TIME
@@ -196,7 +197,7 @@ def _reassigned(plan: Plan, problem: PlanningProblem) -> Plan:
         predicted_round_time_s=assignment.round_time_s,
         predicted_rounds_to_target=assignment.rounds_to_target,
         objective_value=assignment.objective_value,
-        dual_bound=assignment.dual_bound,
+        dual_bound=skew_free_bound(kept, problem, assignment),
         status=status,
         limit=limit,
         solve_time_s=time.perf_counter() - started,

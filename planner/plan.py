@@ -65,7 +65,17 @@ from hierfedlora.planner.outcomes import Group, Grouping, Limit, Plan, SolveStat
 from hierfedlora.planner.skew import label_skew
 from hierfedlora.planner.types import DeviceProfile, PlanningProblem
 
-__all__ = ["build_plan", "combined_status", "devices_sha256", "make_plan", "plan_groups", "summarize_plan"]
+__all__ = [
+    "build_plan",
+    "combined_status",
+    "devices_sha256",
+    "make_plan",
+    "plan_groups",
+    "skew_free_bound",
+    "summarize_plan",
+]
+
+GROUPING_GAP_SHOWN = 0.10  # the header shows the grouping's own gap only when its bound proves it this close
 
 _DEVICE_FIELDS = tuple(field.name for field in dataclasses.fields(DeviceProfile))
 
@@ -98,9 +108,12 @@ def make_plan(problem: PlanningProblem, *, parent_plan_id: str | None = None, re
     Returns
     -------
     Plan
-        ``objective_value`` is the predicted time to target (seconds) and ``dual_bound`` a
-        proven lower bound on it *for the grouping found*; ``status`` is FEASIBLE, with
-        the limit that stopped it, if grouping or assignment stopped at a limit.
+        ``objective_value`` is the predicted time to target (seconds) and ``dual_bound`` the
+        :func:`skew_free_bound`, a proven lower bound on the time to target of every plan with
+        these groups at any label mix, so ``relative_gap`` is the certified gap: what the
+        assignment left open plus the most the residual label skew can cost. ``status`` is
+        FEASIBLE, with the limit that stopped it, if grouping or assignment stopped at a limit
+        (the flow grouping always does: it proves nothing about its own objective).
 
     Raises
     ------
@@ -123,6 +136,7 @@ def make_plan(problem: PlanningProblem, *, parent_plan_id: str | None = None, re
     raise_for_problem(problem, stacklevel=3)  # warnings point at make_plan's caller
     grouping = group_devices(problem)
     assignment = assign_depths_and_rounds(grouping, problem)
+    bound = skew_free_bound(grouping, problem, assignment)
     plan = build_plan(
         problem,
         grouping,
@@ -131,34 +145,46 @@ def make_plan(problem: PlanningProblem, *, parent_plan_id: str | None = None, re
         solve_time_s=time.perf_counter() - started,
         parent_plan_id=parent_plan_id,
         reason=reason,
+        dual_bound=bound,
     )
     status, limit = plan.status, plan.limit
     log.info(
-        "plan %s: %d groups, %.4g s to target (%s, gap %.2g), %.3g s",
+        "plan %s: %d groups, %.4g s to target (%s, certified gap %.2f%% against the skew-free bound %.4g s), %.3g s",
         plan.plan_id,
         len(plan.groups),
         plan.objective_value,
         status.name,
-        plan.relative_gap,
+        100 * plan.relative_gap,
+        plan.dual_bound,
         plan.solve_time_s,
     )
-    if status is SolveStatus.FEASIBLE and limit is not Limit.TIME:
-        log.info(
-            "plan %s: the %s grouping stopped on its work budget without an optimality proof "
-            "(grouping gap %.2f%% against a weak bound); grouping_method='cpsat' certifies small fleets",
-            plan.plan_id,
-            grouping.method,
-            100 * grouping.relative_gap,
-        )
-    elif status is SolveStatus.FEASIBLE:
+    if status is SolveStatus.FEASIBLE and limit is Limit.TIME:
         warnings.warn(
-            f"a {limit.name if limit else ''} limit left a gap open: grouping {grouping.status.name} "
-            f"(gap {grouping.relative_gap:.2%}), assignment {assignment.status.name} "
-            f"(gap {assignment.relative_gap:.2%}); raise solver.time_limit_s to close it",
+            f"a TIME limit left a gap open (the limit is a safety cap): grouping {grouping.status.name}, assignment "
+            f"{assignment.status.name} (gap {assignment.relative_gap:.2%}); the plan's certified gap is "
+            f"{plan.relative_gap:.2%}; raise solver.time_limit_s for the deterministic result",
             HierFedLoraWarning,
             stacklevel=2,
         )
     return plan
+
+
+def skew_free_bound(grouping: Grouping, problem: PlanningProblem, assignment: Assignment | None = None) -> float:
+    """A proven lower bound on the predicted time to target of every plan with these groups.
+
+    The convergence model divides a group's progress by ``1 + c * skew_k * (tau_k - 1)``, which is
+    at least 1 and equals 1 at skew 0: the label skew's penalty is at its minimum, over all
+    groupings, when every group's skew is 0. So the same assignment problem with
+    ``skew_sensitivity = 0`` has, for every choice of depths and intra_rounds, a time to target no
+    larger than the real one, and its MILP's proven bound is a lower bound on every plan that uses
+    these groups' members (their speeds, links and memory set the round times). The plan's gap
+    against it certifies both what the assignment left open and what the residual skew costs at
+    most. ``assignment`` (the plan's own) tightens nothing but caps the value at its bound.
+    """
+    params = dataclasses.replace(problem.convergence, skew_sensitivity=0.0)
+    skew_free = assign_depths_and_rounds(grouping, dataclasses.replace(problem, convergence=params))
+    bound = skew_free.dual_bound
+    return bound if assignment is None else min(bound, assignment.dual_bound)
 
 
 def build_plan(
@@ -170,11 +196,14 @@ def build_plan(
     solve_time_s: float,
     parent_plan_id: str | None = None,
     reason: str = "",
+    dual_bound: float | None = None,
 ) -> Plan:
     """The :class:`Plan` of a grouping and an assignment of ``problem``, with its provenance stamped.
 
     ``status`` is OPTIMAL only if both steps are; otherwise FEASIBLE with the limit that stopped
-    one of them. Baselines (``validation.baselines``) build their fixed plans with it too.
+    one of them. ``dual_bound`` defaults to the assignment's (for these groups, with their skew);
+    :func:`make_plan` passes :func:`skew_free_bound`. Baselines (``validation.baselines``) build
+    their fixed plans with it too.
     """
     status, limit = combined_status(grouping, assignment)
     cost = problem.cost_model
@@ -183,7 +212,7 @@ def build_plan(
         predicted_round_time_s=assignment.round_time_s,
         predicted_rounds_to_target=assignment.rounds_to_target,
         objective_value=assignment.objective_value,
-        dual_bound=assignment.dual_bound,
+        dual_bound=assignment.dual_bound if dual_bound is None else dual_bound,
         status=status,
         limit=limit,
         solve_time_s=solve_time_s,
@@ -230,8 +259,9 @@ def plan_groups(problem: PlanningProblem, grouping: Grouping, assignment: Assign
 def summarize_plan(plan: Plan) -> str:
     """A plan as a readable table: provenance, prediction, then one row per group.
 
-    ``gap`` is the plan's (time to target, for its grouping); the grouping's own gap follows
-    in brackets, since a FEASIBLE plan may owe its status to either step.
+    ``gap`` is the plan's certified gap on predicted time to target, against ``dual_bound`` (for a
+    plan from :func:`make_plan`, the :func:`skew_free_bound`). The grouping's own gap follows in
+    brackets only where its bound proves something (within ``GROUPING_GAP_SHOWN``).
 
     Examples
     --------
@@ -248,10 +278,11 @@ def summarize_plan(plan: Plan) -> str:
         0        2    0.100      2             4          3.000        12.000
     """
     limit = f" ({plan.limit.name} limit)" if plan.limit is not None else ""
-    grouping_gap = max(0.0, plan.grouping_objective - plan.grouping_bound) / max(abs(plan.grouping_objective), 1e-9)
+    grouping_gap = plan.grouping_relative_gap
+    grouping = f" (grouping {grouping_gap:.2%})" if grouping_gap <= GROUPING_GAP_SHOWN else ""
     lines = [
-        f"plan {plan.plan_id}   status {plan.status.name}{limit}   gap {plan.relative_gap:.2%} "
-        f"(grouping {grouping_gap:.2%})   solver {plan.solver}   seed {plan.seed}   solve {plan.solve_time_s:.2f} s",
+        f"plan {plan.plan_id}   status {plan.status.name}{limit}   gap {plan.relative_gap:.2%}{grouping}"
+        f"   solver {plan.solver}   seed {plan.seed}   solve {plan.solve_time_s:.2f} s",
     ]
     if plan.parent_plan_id is not None or plan.reason:
         lines.append(f"parent: {plan.parent_plan_id or 'none'}   reason: {plan.reason or '-'}")

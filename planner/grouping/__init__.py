@@ -84,6 +84,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_WARM_START_SHARE = 0.25  # of the time limit, at most, for the flow start that CP-SAT is handed
+
 
 def grouping_method(problem: PlanningProblem) -> str:
     """The solver ``group_devices`` will use: ``"auto"`` resolved by the number of devices."""
@@ -160,14 +162,16 @@ def group_devices(problem: PlanningProblem) -> Grouping:
 
 
 def _solve_exact(data: GroupingData, options: SolverOptions) -> Grouping:
-    """CP-SAT, started from a flow solution (milliseconds at this size) within the same time limit.
+    """CP-SAT, started from a flow solution within the same time limit: flow may use at most
+    ``_WARM_START_SHARE`` of it (it stops on its work budget first on small fleets), CP-SAT gets the rest.
 
     A flow solution that its bound proves optimal, or one CP-SAT cannot better in the time
     left because it finds nothing, is returned as is (``method="flow"``).
     """
     started = time.perf_counter()
     try:
-        warm: Grouping | None = solve_flow(data, options)
+        warm_options = dataclasses.replace(options, time_limit_s=_WARM_START_SHARE * options.time_limit_s)
+        warm: Grouping | None = solve_flow(data, warm_options)
     except HierFedLoraError:  # flow could not meet the sample bounds; CP-SAT decides
         warm = None
     if warm is not None and warm.status is SolveStatus.OPTIMAL:  # its bound already proves it

@@ -230,3 +230,42 @@ def test_the_fast_fleet_digest_equals_the_canonical_one():
     devices = (dc.replace(devices[0], tier="phone", availability=((0.0, 2.5), (4.0, 9.0))), *devices[1:])
     # Act / Assert
     assert devices_sha256(devices) == sha256_of(devices)
+
+
+def test_the_certified_gap_is_against_the_skew_free_bound():
+    """dual_bound is the assignment optimum of the same groups at skew 0: below the objective by the skew's cost;
+    with skew_sensitivity 0 it is the objective itself (gap 0); the header prints that gap."""
+    # Arrange
+    import dataclasses as dc
+
+    from hierfedlora.planner.assignment import assign_depths_and_rounds
+    from hierfedlora.planner.outcomes import Grouping, SolveStatus
+    from hierfedlora.planner.plan import summarize_plan
+
+    problem = PlanningProblem(devices=make_devices(30, seed=2), cost_model=make_cost_model(), num_groups=3,
+                              solver=SolverOptions(grouping_method="flow"))  # fmt: skip
+    no_skew = dc.replace(problem, convergence=dc.replace(problem.convergence, skew_sensitivity=0.0))
+    # Act
+    plan, flat = make_plan(problem), make_plan(no_skew)
+    # Assert
+    position = {d.device_id: i for i, d in enumerate(problem.devices)}
+    grouping = Grouping(members=tuple(tuple(position[i] for i in g.device_ids) for g in plan.groups), objective=0.0,
+                        bound=0.0, status=SolveStatus.OPTIMAL, limit=None, solve_time_s=0.0, method="kept")  # fmt: skip
+    assert plan.dual_bound == pytest.approx(assign_depths_and_rounds(grouping, no_skew).objective_value, rel=1e-9)
+    assert 0 < plan.dual_bound < plan.objective_value
+    assert flat.relative_gap == pytest.approx(0.0, abs=1e-9)
+    assert f"gap {plan.relative_gap:.2%}" in summarize_plan(plan).splitlines()[0]
+    assert "(grouping" not in summarize_plan(plan)  # the flow grouping's own bound certifies nothing
+
+
+def test_cpsat_gets_its_share_of_the_limit():
+    """With grouping_method='cpsat' the flow warm start may use a quarter of the limit; CP-SAT runs on the rest."""
+    # Arrange
+    problem = PlanningProblem(devices=make_devices(40, seed=1), cost_model=make_cost_model(), num_groups=4,
+                              solver=SolverOptions(time_limit_s=1.0, grouping_method="cpsat"))  # fmt: skip
+    # Act
+    with warnings.catch_warnings():  # CP-SAT may stop at the limit (a warning) or prove its grouping
+        warnings.simplefilter("ignore", HierFedLoraWarning)
+        plan = make_plan(problem)
+    # Assert
+    assert plan.solver == "cpsat+highs"
