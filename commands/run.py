@@ -49,13 +49,42 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="with --replan-every: JSON with the PlanningProblem fields the plan was made with (as for "
         "'hierfedlora plan --problem'); num_groups, local_steps and batch_size default to the plan's",
     )
+    parser.add_argument(
+        "--executor",
+        choices=("inprocess", "ray"),
+        default="inprocess",
+        help="who trains the devices: this process (default) or Ray actors (needs the 'ray' extra; same results)",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS",
+        help="with --executor ray: a running cluster, e.g. HOST:6379 from 'ray start --head' (default: start a "
+        "local Ray for this run and stop it at the end)",
+    )
+    parser.add_argument(
+        "--ray-actors",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --executor ray: actors (worker processes, one model each; default one per CPU of the cluster, "
+        "at most one per device)",
+    )
     parser.set_defaults(handler=handle)
 
 
 def execute(
-    plan: Any, fleet: Any, cost_model: Any, options: Any, out: Path, *, resume: bool, replanner: Any = None
+    plan: Any,
+    fleet: Any,
+    cost_model: Any,
+    options: Any,
+    out: Path,
+    *,
+    resume: bool,
+    replanner: Any = None,
+    executor: Any = None,
 ) -> list[Any]:
-    """Run with a progress bar (and ``replanner``, if any); write the plot; return the reports (from the log)."""
+    """Run with a progress bar (and ``replanner``, ``executor``, if any); write the plot; return the reports."""
     from tqdm import tqdm
 
     from hierfedlora.runtime.checkpoint import REPORTS_NAME, read_reports
@@ -63,7 +92,9 @@ def execute(
     from hierfedlora.validation.plots import plot_accuracy_vs_time
 
     with tqdm(total=options.rounds, desc="global rounds", unit="round", file=sys.stderr) as bar:
-        for report in run_plan(plan, fleet, cost_model, options, out, resume=resume, replanner=replanner):
+        for report in run_plan(
+            plan, fleet, cost_model, options, out, resume=resume, replanner=replanner, executor=executor
+        ):
             bar.n = report.global_round
             bar.set_postfix(sim=f"{report.sim_time_s:.0f}s", acc=f"{report.eval_accuracy:.1%}")
             bar.refresh()
@@ -102,6 +133,28 @@ def build_replanner(args: argparse.Namespace, plan: Any) -> Any:
     return Replanner(problem, every_rounds=args.replan_every)
 
 
+def build_executor(args: argparse.Namespace, plan: Any, fleet: Any, cost_model: Any, options: Any) -> Any:
+    """The :class:`~hierfedlora.runtime.executors.ray.RayExecutor` for ``--executor ray`` (``None`` in-process).
+
+    Raises
+    ------
+    InvalidInputError
+        Ray flags without ``--executor ray``; a bad ``--ray-actors``; actors that do not fit the cluster.
+    """
+    from hierfedlora.planner.errors import InvalidInputError, Issue
+
+    if args.executor != "ray":
+        given = [
+            flag for flag, value in (("--ray-address", args.ray_address), ("--ray-actors", args.ray_actors)) if value
+        ]
+        if given:
+            raise InvalidInputError([Issue("--executor", f"ray when {flag} is given", args.executor) for flag in given])
+        return None
+    from hierfedlora.runtime.executors.ray import RayExecutor
+
+    return RayExecutor(plan, fleet, options, cost_model, num_actors=args.ray_actors, address=args.ray_address)
+
+
 def handle(args: argparse.Namespace) -> int:
     """Run ``run``."""
     from hierfedlora.planner.fleet import load_fleet
@@ -123,7 +176,14 @@ def handle(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     replanner = build_replanner(args, plan)
-    reports = execute(plan, fleet, cost_model, options, args.out, resume=args.resume, replanner=replanner)
+    executor = build_executor(args, plan, fleet, cost_model, options)
+    try:
+        reports = execute(
+            plan, fleet, cost_model, options, args.out, resume=args.resume, replanner=replanner, executor=executor
+        )
+    finally:
+        if executor is not None:
+            executor.close()
     last = reports[-1]
     sys.stdout.write(
         f"{len(reports)} global rounds, {last.sim_time_s:.0f} s simulated: test accuracy {last.eval_accuracy:.1%} "

@@ -86,8 +86,9 @@ class RayExecutor:
         The run's options (model, sequence length, seed, prefix cache).
     cost_model : CostModel
         The plan's cost model, for the memory check (placement (M1)).
-    num_actors : int
-        Worker processes; each holds one model.
+    num_actors : int, optional
+        Worker processes; each holds one model. Default: one per CPU of the cluster
+        (``num_cpus_per_actor`` each), at most one per device of the fleet.
     address : str, optional
         A running cluster (``"HOST:6379"``, ``"auto"``); ``None`` connects to the Ray already
         initialised in this process, else starts a local one. The executor shuts down only a
@@ -117,7 +118,7 @@ class RayExecutor:
         options: RunOptions,
         cost_model: CostModel,
         *,
-        num_actors: int,
+        num_actors: int | None = None,
         address: str | None = None,
         num_cpus_per_actor: int = 1,
         memory_bytes: int | None = None,
@@ -127,21 +128,33 @@ class RayExecutor:
         issues = [
             Issue(f"ray.{name}", POSITIVE_INT.expected, value)
             for name, value in (("num_actors", num_actors), ("num_cpus_per_actor", num_cpus_per_actor))
-            if not POSITIVE_INT.accepts(value)
+            if not POSITIVE_INT.accepts(value) and not (name == "num_actors" and value is None)
         ]
         if memory_bytes is not None and not POSITIVE_INT.accepts(memory_bytes):
             issues.append(Issue("ray.memory_bytes", "None or an integer >= 1", memory_bytes))
         if issues:
             raise InvalidInputError(issues)
-        import ray
-
+        try:
+            import ray
+        except ImportError:
+            expected = "'inprocess', or 'ray' with Ray installed (pip install 'hierfedlora[ray]')"
+            raise InvalidInputError([Issue("executor", expected, "ray")]) from None
         self._ray = ray
         self._started = False
+        self._actors: list[Any] = []
         if not ray.is_initialized():  # "local": a fresh local Ray, never one found on the machine by chance
             settings = {"include_dashboard": False, "log_to_driver": False, **(init_options or {})}
-            ray.init(address=address or "local", **settings)
+            try:
+                ray.init(address=address or "local", **settings)
+            except ConnectionError as err:
+                raise InvalidInputError(
+                    [Issue("ray.address", "the address of a running Ray cluster", address)]
+                ) from err
             self._started = address is None
         self._fleet_ids = tuple(device.device_id for device in fleet.devices)
+        if num_actors is None:
+            cluster_cpus = sum(node.cpus for node in self._nodes())
+            num_actors = max(1, min(int(cluster_cpus // num_cpus_per_actor), len(self._fleet_ids)))
         self._owned = assign_devices(self._fleet_ids, num_actors)
         self._owner = {device: w for w, devices in enumerate(self._owned) for device in devices}
         self._samples = {d.device_id: len(rows) for d, rows in zip(fleet.devices, fleet.sample_indices, strict=False)}
@@ -149,7 +162,6 @@ class RayExecutor:
         self._cpus, self._memory_option, self._overhead = num_cpus_per_actor, memory_bytes, worker_overhead_bytes
         self._hidden = _hidden_size(options.model)
         self._depths: dict[str, frozenset[int]] = {d: frozenset() for d in self._fleet_ids}
-        self._actors: list[Any] = []
         self._pids: tuple[int, ...] = ()
         try:
             requests = self._check_memory({(d, g.depth) for g in plan.groups for d in g.device_ids})

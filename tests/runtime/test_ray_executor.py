@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from hierfedlora.planner.errors import InvalidInputError
+from hierfedlora.planner.io import write_json
 from hierfedlora.runtime.checkpoint import MANIFEST_NAME, REPORTS_NAME, read_reports
 from hierfedlora.runtime.engine import run_plan
 from hierfedlora.runtime.executors import Executor
@@ -111,3 +117,115 @@ def test_bad_executor_settings_are_reported_together(ray_cluster, six_device_fle
     with pytest.raises(InvalidInputError) as info:
         RayExecutor(plan, fleet, options, make_cost_model(2), num_actors=0, num_cpus_per_actor=1.5, memory_bytes=-1)
     assert [i.path for i in info.value.issues] == ["ray.num_actors", "ray.num_cpus_per_actor", "ray.memory_bytes"]
+
+
+def _cli_run(plan_path, fleet_path, cost_path, model_dir, out, rounds, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "hierfedlora.cli",
+        "run",
+        str(plan_path),
+        "--fleet",
+        str(fleet_path),
+        "--cost-model",
+        str(cost_path),
+        "--rounds",
+        str(rounds),
+        "--out",
+        str(out),
+        "--model",
+        str(model_dir),
+        "--eval-samples",
+        "16",
+        "--seed",
+        "3",
+        *extra,
+    ]
+
+
+def _live_processes_of_session(session_id: int, timeout_s: float = 30.0) -> list[int]:
+    """Processes (zombies aside) still in ``session_id`` once none are left or ``timeout_s`` has passed."""
+
+    def scan() -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == session_id and fields[0] != "Z":  # fields: state, ppid, pgrp, session, ...
+                found.append(int(stat.parent.name))
+        return found
+
+    deadline = time.monotonic() + timeout_s
+    while (alive := scan()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive
+
+
+def test_cli_ray_run_killed_and_resumed_matches_the_in_process_run(
+    tmp_path, ray_cluster, six_device_fleet, minilm_slice_dir
+):
+    """`run --executor ray` on its own local Ray, SIGKILLed after round 1 and resumed on a running cluster
+    (`--ray-address`), commits rounds 1..N once and ends with the uninterrupted in-process adapters; the
+    killed run's Ray processes all go with its process group."""
+    import ray
+
+    # Arrange
+    fleet, fleet_path = six_device_fleet
+    plan, cost, rounds = make_two_group_plan(fleet), make_cost_model(2), 2
+    plan_path, cost_path = tmp_path / "plan.json", tmp_path / "cost.json"
+    write_json(plan_path, plan)
+    write_json(cost_path, cost)
+    list(run_plan(plan, fleet, cost, _options(minilm_slice_dir, rounds), tmp_path / "whole"))
+    command = _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "cut", rounds)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+    reports_path = tmp_path / "cut" / REPORTS_NAME
+    # Act: its own Ray in a new session, killed once round 1 is committed; then resumed on the test's cluster
+    process = subprocess.Popen(
+        [*command, "--executor", "ray", "--ray-actors", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:
+            if reports_path.exists() and reports_path.read_bytes().count(b"\n") >= 1:
+                break
+            time.sleep(0.05)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # Ray's gcs, raylet, agents and workers share the run's group
+    left_behind = _live_processes_of_session(process.pid)
+    killed_at = len(read_reports(reports_path))
+    resumed = subprocess.run(
+        [*command, "--resume", "--executor", "ray", "--ray-address", ray_cluster, "--ray-actors", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    # Assert
+    assert left_behind == []
+    assert 1 <= killed_at < rounds
+    assert resumed.returncode == 0, resumed.stderr
+    assert [r.global_round for r in read_reports(reports_path)] == list(range(1, rounds + 1))
+    whole, cut = _final_adapters(tmp_path / "whole"), _final_adapters(tmp_path / "cut")
+    assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
+    assert _free_cpus(ray, 2.0) == 2.0  # the resumed run's actors were released at its end
+
+
+def test_cli_refuses_ray_flags_without_the_ray_executor(tmp_path, six_device_fleet, minilm_slice_dir):
+    """`--ray-actors` with the in-process executor exits 2 naming the flag, before any training."""
+    fleet, fleet_path = six_device_fleet
+    plan_path, cost_path = tmp_path / "plan.json", tmp_path / "cost.json"
+    write_json(plan_path, make_two_group_plan(fleet))
+    write_json(cost_path, make_cost_model(2))
+    command = _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "run", 1, "--ray-actors", "2")
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert "--executor must be ray when --ray-actors is given; got 'inprocess'" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "run" / REPORTS_NAME).exists()
