@@ -20,7 +20,13 @@ its skew grows; for ``c * delta >= 1`` extra rounds stop helping. Rounds and tim
 whole fleet) needs; a flat full-depth plan has ``sum_k p_k = 1``. ``planner.feedback``
 refits ``beta``, ``c`` and ``R0`` from measured rounds during a run; ``planner.refit.pooled_refit``
 (``hierfedlora calibrate``) fits them to several finished runs of different plans at once, which
-is what separates ``beta`` and ``c`` from ``R0``. The defaults of ConvergenceParams are set by hand.
+is what separates ``beta`` and ``c`` from ``R0``. The defaults of ConvergenceParams are the
+calibrated ones (``types.CALIBRATION_SOURCE``: R0 58.3, beta 0.108, c 0.241 from the pilot runs).
+
+The target. ``R0`` is the rounds to an eval loss gap of 10% of an untrained model's
+(``refit`` (F2)); ``ConvergenceParams.target_loss_gap`` moves the target, and (M4) then uses
+``R0 · ln(target_loss_gap) / ln(0.1)`` (``ConvergenceParams.target_rounds``), since (F2) closes
+the gap geometrically in progress. Plans name their target (``Plan.target``).
 
 Examples
 --------
@@ -62,5 +68,5 @@ def group_progress(
 
 
 def rounds_to_target(total_progress: float, params: ConvergenceParams) -> float:
-    """(M4) ``R0 / sum_k p_k``."""
-    return params.reference_rounds / total_progress
+    """(M4) ``R0 / sum_k p_k``, with ``R0`` at the problem's target (``params.target_rounds``)."""
+    return params.target_rounds / total_progress

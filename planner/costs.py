@@ -50,9 +50,22 @@ step per trained layer; ``a`` adapter bytes per layer; ``H`` head bytes.
     t_k(d) = max_{i in k} ( I * step_i(d) + exchange_i(d) )
 
 (C6) Global aggregation: every group aggregator sends its merged adapter to the server and
-receives the merge over the backhaul::
+receives the merge over its backhaul link; all ``K`` aggregators share the server's own link
+(``server_ingress_mbps``, both ways), so their transfers queue on it::
 
-    t_glob = max_k 2 * 8 * bytes(d_k) / (1e6 * backhaul) + global_latency
+    t_glob = 2 * 8 * bytes(d_max) * max(1 / backhaul, K / ingress) / 1e6 + global_latency
+
+    ``d_max`` is the deepest group's depth. Each direction lasts as long as the slower of one
+    aggregator's own link and the server link carrying all ``K`` transfers. The queue is charged
+    as if every aggregator moved the deepest group's adapters: exact when the groups share one
+    depth, an upper bound otherwise; a cost that depends on the depth cap alone keeps the
+    assignment's exact level enumeration (``planner.assignment`` (a)). With no ingress limit
+    (``None``, the default) it is today's ``max_k 2 * 8 * bytes(d_k) / backhaul``: 8,000 devices
+    in 800 groups cost the server no more than 80 in 8.
+
+(C6b) Backhaul bytes per global round (all aggregators, up + down)::
+
+    backhaul = sum_k 2 * bytes(d_k)
 
 (C7) Global round::
 
@@ -91,6 +104,7 @@ from hierfedlora.planner.types import CostModel, DeviceProfile
 
 __all__ = [
     "adapter_bytes",
+    "backhaul_traffic_bytes",
     "group_adapter_bytes",
     "exchange_time_s",
     "global_aggregation_s",
@@ -183,14 +197,26 @@ def global_aggregation_s(
     backhaul_mbps: float,
     latency_s: float,
     num_bytes: Sequence[int] | None = None,
+    server_ingress_mbps: float | None = None,
 ) -> float:
     """(C6) Groups' aggregators exchange their merged adapters with the server.
 
-    ``num_bytes`` (default ``adapter_bytes`` at each of ``depths``) holds each group's bytes.
+    ``depths`` holds one depth per group (``K = len(depths)``); ``num_bytes`` (default
+    ``adapter_bytes`` at each of ``depths``) each group's bytes. ``server_ingress_mbps`` is the
+    server link all aggregators share (``None``: unlimited).
     """
     sizes = [adapter_bytes(cost, depth=d) for d in depths] if num_bytes is None else num_bytes
     largest = max(sizes)
-    return 2 * 8.0 * largest / (MEGABIT * backhaul_mbps) + latency_s
+    inverse_rate = 1.0 / backhaul_mbps
+    if server_ingress_mbps is not None:
+        inverse_rate = max(inverse_rate, len(sizes) / server_ingress_mbps)
+    return 2 * 8.0 * largest * inverse_rate / MEGABIT + latency_s
+
+
+def backhaul_traffic_bytes(cost: CostModel, depths: Sequence[int], *, num_bytes: Sequence[int] | None = None) -> int:
+    """(C6b) Bytes the group aggregators exchange with the server per global round, up plus down."""
+    sizes = [adapter_bytes(cost, depth=d) for d in depths] if num_bytes is None else num_bytes
+    return int(2 * sum(sizes))
 
 
 def round_time_s(intra_round_s: Sequence[float], intra_rounds: Sequence[int], global_s: float) -> float:

@@ -52,7 +52,7 @@ A device twice as slow as profiled gets twice the compute_scale, and its group a
 >>> decision.changed, [(g.depth, g.intra_rounds) for g in decision.plan.groups], round(decision.predicted_gain, 3)
 (True, [(1, 2), (2, 2)], 0.16)
 >>> decision.reason  # 10 * 14 / (5 / 3) = 84 s to target instead of 10 * 20 / 2 = 100 s
-'the refit (beta 1, c 4, R0 10; compute_scale of d0) predicts 16.0% less time to target'
+'the refit (beta 1, c 0.241, R0 10; compute_scale of d0) predicts 16.0% less time to target'
 """
 
 from __future__ import annotations

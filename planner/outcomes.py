@@ -129,6 +129,8 @@ GROUP_RULES: dict[str, Rule] = {
     "intra_rounds": POSITIVE_INT,
     "local_steps": POSITIVE_INT,
     "predicted_intra_round_s": FINITE_NON_NEGATIVE,
+    "predicted_traffic_bytes": NON_NEGATIVE_INT,
+    "predicted_peak_memory_bytes": NON_NEGATIVE_INT,
     "layers": Rule(
         "a non-empty list of distinct layer indices >= 0 in ascending order, or null (the top `depth` layers)",
         lambda v: (
@@ -155,7 +157,10 @@ class Group:
     """One group of a plan: its devices and what they do every global round.
 
     ``predicted_intra_round_s`` is the predicted time of one intra-group round (local
-    steps of the slowest member plus its adapter exchange).
+    steps of the slowest member plus its adapter exchange); ``predicted_traffic_bytes`` the bytes
+    its devices move per global round, up plus down (``planner.costs`` (C8)), and
+    ``predicted_peak_memory_bytes`` the training memory each member needs at ``depth`` ((C4)).
+    Both are 0 in plans written before they existed.
 
     Two optional fields describe heterogeneous-LoRA baselines (``validation.heterogeneous``);
     ``None`` leaves a group exactly as before:
@@ -174,6 +179,8 @@ class Group:
     local_steps: int
     label_skew: Skew
     predicted_intra_round_s: float = 0.0
+    predicted_traffic_bytes: int = 0
+    predicted_peak_memory_bytes: int = 0
     layers: tuple[int, ...] | None = None
     lora_rank: int | None = None
 
@@ -201,6 +208,8 @@ PLAN_RULES: dict[str, Rule] = {
     "objective_value": Rule("a finite number", lambda v: is_number(v) and math.isfinite(v), (math.nan, math.inf)),
     "dual_bound": Rule("a finite number", lambda v: is_number(v) and math.isfinite(v), (math.nan, -math.inf)),
     "solve_time_s": FINITE_NON_NEGATIVE,
+    "predicted_traffic_bytes": NON_NEGATIVE_INT,
+    "predicted_backhaul_bytes": NON_NEGATIVE_INT,
     "solver": NON_EMPTY_STRING,
     "seed": NON_NEGATIVE_INT,
     "batch_size": POSITIVE_INT,
@@ -216,11 +225,20 @@ class Plan:
     time); ``dual_bound`` a proven lower bound on it. ``plan_id`` is derived from the
     content (groups, model, fleet, objective), so the same inputs give the same id;
     ``parent_plan_id`` names the plan this one re-planned.
+
+    ``predicted_traffic_bytes`` is what all devices move per global round (up plus down, the sum
+    of the groups'); ``predicted_backhaul_bytes`` what the group aggregators exchange with the
+    server per global round (each sends its merged adapters and receives the global ones).
+    ``target`` says what "time to target" means: the loss level the convergence model's
+    rounds reach (``ConvergenceParams.describe_target``). All three are empty in older plan files.
     """
 
     groups: tuple[Group, ...]
     predicted_round_time_s: float
     predicted_rounds_to_target: float
+    predicted_traffic_bytes: int = 0
+    predicted_backhaul_bytes: int = 0
+    target: str = ""
     objective_value: float
     dual_bound: float
     status: SolveStatus
@@ -274,6 +292,11 @@ class Plan:
     def grouping_relative_gap(self) -> float:
         """The grouping's own gap, ``(objective - bound) / max(objective, 1e-9)``."""
         return max(0.0, self.grouping_objective - self.grouping_bound) / max(abs(self.grouping_objective), 1e-9)
+
+    @property
+    def predicted_peak_memory_bytes(self) -> int:
+        """The most training memory any device of the plan needs (the largest group's (C4))."""
+        return max(g.predicted_peak_memory_bytes for g in self.groups)
 
     @property
     def device_ids(self) -> tuple[str, ...]:

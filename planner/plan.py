@@ -56,8 +56,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from hierfedlora.planner import costs
 from hierfedlora.planner.assignment import Assignment, assign_depths_and_rounds
-from hierfedlora.planner.checks import raise_for_problem
+from hierfedlora.planner.checks import format_bytes, raise_for_problem
 from hierfedlora.planner.errors import HierFedLoraWarning
 from hierfedlora.planner.grouping import group_devices
 from hierfedlora.planner.io import sha256_of
@@ -207,10 +208,14 @@ def build_plan(
     """
     status, limit = combined_status(grouping, assignment)
     cost = problem.cost_model
+    groups = plan_groups(problem, grouping, assignment)
     return Plan(
-        groups=plan_groups(problem, grouping, assignment),
+        groups=groups,
         predicted_round_time_s=assignment.round_time_s,
         predicted_rounds_to_target=assignment.rounds_to_target,
+        predicted_traffic_bytes=sum(g.predicted_traffic_bytes for g in groups),
+        predicted_backhaul_bytes=costs.backhaul_traffic_bytes(cost, assignment.depths),
+        target=problem.convergence.describe_target(),
         objective_value=assignment.objective_value,
         dual_bound=assignment.dual_bound if dual_bound is None else dual_bound,
         status=status,
@@ -238,8 +243,9 @@ def combined_status(grouping: Grouping, assignment: Assignment) -> tuple[SolveSt
 
 
 def plan_groups(problem: PlanningProblem, grouping: Grouping, assignment: Assignment) -> tuple[Group, ...]:
-    """The plan's groups: members, assigned depth and intra_rounds, label skew, intra-round time."""
-    devices = problem.devices
+    """The plan's groups: members, assigned depth and intra_rounds, label skew, intra-round time,
+    traffic per global round ((C8)) and peak memory per device ((C4))."""
+    devices, cost, batch = problem.devices, problem.cost_model, problem.effective_batch_size
     counts = np.array([d.label_counts for d in devices], dtype=np.int64)
     global_counts = counts.sum(axis=0)
     return tuple(
@@ -251,6 +257,10 @@ def plan_groups(problem: PlanningProblem, grouping: Grouping, assignment: Assign
             local_steps=problem.local_steps,
             label_skew=label_skew(counts[list(members)].sum(axis=0), global_counts),
             predicted_intra_round_s=assignment.intra_round_time_s[k],
+            predicted_traffic_bytes=costs.group_traffic_bytes(
+                cost, num_devices=len(members), depth=assignment.depths[k], intra_rounds=assignment.intra_rounds[k]
+            ),
+            predicted_peak_memory_bytes=costs.peak_memory_bytes(cost, depth=assignment.depths[k], batch_size=batch),
         )
         for k, members in enumerate(grouping.members)
     )
@@ -290,6 +300,14 @@ def summarize_plan(plan: Plan) -> str:
         f"predicted: {plan.predicted_round_time_s:.4g} s per global round x {plan.predicted_rounds_to_target:.4g} "
         f"rounds = {plan.objective_value:.4g} s to target (bound {plan.dual_bound:.4g} s)"
     )
+    if plan.target:
+        lines.append(f"target: {plan.target}")
+    if plan.predicted_peak_memory_bytes or plan.predicted_traffic_bytes:
+        lines.append(
+            f"per global round: devices move {format_bytes(plan.predicted_traffic_bytes)}, the backhaul "
+            f"{format_bytes(plan.predicted_backhaul_bytes)}; peak device memory "
+            f"{format_bytes(plan.predicted_peak_memory_bytes)}"
+        )
     header: tuple[str, ...] = ("group", "devices", "skew L1", "depth", "intra_rounds", "intra-round s", "group part s")
     extra = any(g.layers is not None or g.lora_rank is not None for g in plan.groups)
     if extra:  # heterogeneous-LoRA baselines: the layers and rank each group trains

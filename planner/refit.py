@@ -44,7 +44,7 @@ from scipy.optimize import least_squares
 from hierfedlora.planner import convergence, costs
 from hierfedlora.planner.errors import InvalidInputError, Issue
 from hierfedlora.planner.outcomes import Plan, RoundReport
-from hierfedlora.planner.types import ConvergenceParams, DeviceProfile, PlanningProblem
+from hierfedlora.planner.types import REFERENCE_LOSS_GAP, ConvergenceParams, DeviceProfile, PlanningProblem
 
 __all__ = [
     "FIT_BOUNDS",
@@ -63,7 +63,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-TARGET_GAP_FRACTION = 0.1
+TARGET_GAP_FRACTION = REFERENCE_LOSS_GAP
 """``eps`` of (F2): the target is a loss gap of 10% of the untrained model's."""
 LOSS_NOISE_NATS = 0.05
 """``s`` of (F3): the typical round-to-round noise of an eval loss, in nats."""
@@ -249,6 +249,7 @@ def pooled_refit(
     )
     theta = np.clip(solution.x, lower, upper)
     params = prior if np.array_equal(theta, prior_theta) else _params(theta)
+    params = dataclasses.replace(params, target_loss_gap=prior.target_loss_gap)  # the fit is at the reference
     rms = float(np.sqrt(np.mean((predicted(theta) - eval_loss) ** 2)))
     log.debug("convergence refit %s: rms %.3g nats over %d rounds (%s)", params, rms, num_points, solution.message)
     return ConvergenceFit(params=params, residual_rms=rms, num_points=num_points, prior_params=prior)

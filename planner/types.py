@@ -54,6 +54,9 @@ __all__ = [
     "DeviceProfile",
     "Fleet",
     "GroupingMethod",
+    "CALIBRATION_SOURCE",
+    "REFERENCE_LOSS_GAP",
+    "target_for_loss",
     "PlanningProblem",
     "SolverOptions",
 ]
@@ -328,10 +331,25 @@ class SolverOptions:
         _raise_if(check_fields(self, SOLVER_RULES))
 
 
+REFERENCE_LOSS_GAP = 0.1
+"""The loss gap ``reference_rounds`` is defined at: 10% of an untrained model's (``planner.refit`` (F2))."""
+
+CALIBRATION_SOURCE = (
+    "fitted by 'hierfedlora calibrate' (planner.refit.pooled_refit) to the four baseline runs of the 'pilot' "
+    "experiment preset (docs/results/pilot: 80 devices of the 'paper' mix, WordNet at Dirichlet alpha 0.3, "
+    "seed 7, all-MiniLM-L6-v2 with LoRA r=8, batch 8, 24 tokens, 2 local steps; 2026-12-05), rounded to three digits"
+)
+"""Where the default :class:`ConvergenceParams` come from."""
+
 CONVERGENCE_RULES: dict[str, Rule] = {
     "depth_exponent": FINITE_POSITIVE,
     "skew_sensitivity": FINITE_NON_NEGATIVE,
     "reference_rounds": FINITE_POSITIVE,
+    "target_loss_gap": Rule(
+        "a number in (0, 1): the target eval loss gap as a fraction of an untrained model's",
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and 0 < v < 1,
+        (0.0, 1.0, 1.5, math.nan, "0.1"),
+    ),
 }
 
 
@@ -341,15 +359,74 @@ class ConvergenceParams:
 
     Progress of group k per global round is ``w_k * (d_k / L) ** depth_exponent *
     tau_k / (1 + skew_sensitivity * skew_k * (tau_k - 1))``; rounds to target are
-    ``reference_rounds / sum_k progress_k``.
+    ``target_rounds / sum_k progress_k``.
+
+    The target. A run's eval loss falls from ``l_0 = ln C`` (C classes, nothing learnt) towards
+    a floor ``l_inf`` (0 by default), closing the gap geometrically in progress (``planner.refit``
+    (F2)). ``reference_rounds`` (R0) is the rounds flat full-depth FedAvg needs to bring the gap
+    to ``REFERENCE_LOSS_GAP`` = 10% of ``l_0 - l_inf``; ``target_loss_gap`` sets the target this
+    problem plans for, and rounds scale with it as ``R0 * ln(target_loss_gap) / ln(0.1)``.
+    :func:`target_for_loss` turns a loss level in nats into that fraction.
+
+    The defaults are calibrated, not guessed: :data:`CALIBRATION_SOURCE`. They were fitted at
+    2 local steps of batch 8 per intra-group round; the model treats rounds as independent of
+    the fleet size and of the samples a round processes (``planner.convergence`` says why).
     """
 
-    depth_exponent: float = 0.5
-    skew_sensitivity: float = 4.0
-    reference_rounds: float = 30.0
+    depth_exponent: float = 0.108
+    skew_sensitivity: float = 0.241
+    reference_rounds: float = 58.3
+    target_loss_gap: float = REFERENCE_LOSS_GAP
 
     def __post_init__(self) -> None:
         _raise_if(check_fields(self, CONVERGENCE_RULES))
+
+    @property
+    def target_rounds(self) -> float:
+        """Rounds flat full-depth FedAvg needs to reach ``target_loss_gap``: ``R0 ln(gap) / ln(0.1)``."""
+        if self.target_loss_gap == REFERENCE_LOSS_GAP:
+            return self.reference_rounds  # exactly, not through two logarithms
+        return self.reference_rounds * math.log(self.target_loss_gap) / math.log(REFERENCE_LOSS_GAP)
+
+    def describe_target(self) -> str:
+        """The target in words, e.g. ``"eval loss gap 10% of the untrained model's (R0 58.3 rounds)"``."""
+        return (
+            f"eval loss gap {self.target_loss_gap:.3g} of the untrained model's (ln C - floor); "
+            f"flat FedAvg needs {self.target_rounds:.3g} rounds"
+        )
+
+
+def target_for_loss(loss_nats: float, num_classes: int, *, loss_floor_nats: float = 0.0) -> float:
+    """The ``target_loss_gap`` of an eval-loss target: ``(loss - floor) / (ln C - floor)``.
+
+    Examples
+    --------
+    >>> round(target_for_loss(0.1 * math.log(26), 26), 6)
+    0.1
+
+    Raises
+    ------
+    InvalidInputError
+        If the loss is not strictly between the floor and ``ln(num_classes)``.
+    """
+    issues = []
+    if not (is_int(num_classes) and num_classes >= 2):
+        issues.append(Issue("num_classes", "an integer >= 2", num_classes))
+    elif not (
+        isinstance(loss_nats, int | float)
+        and math.isfinite(loss_nats)
+        and loss_floor_nats < loss_nats < math.log(num_classes)
+    ):
+        issues.append(
+            Issue(
+                "target_loss_nats",
+                f"a loss between the floor {loss_floor_nats:g} and "
+                f"ln({num_classes}) = {math.log(num_classes):.4g} nats",
+                loss_nats,
+            )
+        )
+    _raise_if(issues)
+    return (loss_nats - loss_floor_nats) / (math.log(num_classes) - loss_floor_nats)
 
 
 PROBLEM_RULES: dict[str, Rule] = {
@@ -370,6 +447,7 @@ PROBLEM_RULES: dict[str, Rule] = {
     "round_budget_s": OPTIONAL_FINITE_POSITIVE,
     "traffic_budget_bytes": OPTIONAL_FINITE_POSITIVE,
     "backhaul_mbps": FINITE_POSITIVE,
+    "server_ingress_mbps": OPTIONAL_FINITE_POSITIVE,
     "intra_latency_s": FINITE_NON_NEGATIVE,
     "global_latency_s": FINITE_NON_NEGATIVE,
     "speed_spread_weight": FINITE_NON_NEGATIVE,
@@ -407,6 +485,9 @@ class PlanningProblem:
         Per-global-round limits on simulated time and on bytes moved (all devices, up + down).
     backhaul_mbps : float
         Link from each group aggregator to the server (megabits per second).
+    server_ingress_mbps : float or None
+        The server's own link, shared by every group aggregator's transfers, which queue on it
+        (``planner.costs`` (C6)); ``None`` (the default) never limits.
     intra_latency_s, global_latency_s : float
         Fixed latency of one intra-group aggregation (edge, LAN) and of one global
         aggregation (WAN round trip and server synchronisation), in seconds.
@@ -431,6 +512,7 @@ class PlanningProblem:
     round_budget_s: float | None = None
     traffic_budget_bytes: float | None = None
     backhaul_mbps: float = 20.0
+    server_ingress_mbps: float | None = None
     intra_latency_s: float = 0.05
     global_latency_s: float = 1.0
     speed_spread_weight: float = 0.0
@@ -455,3 +537,16 @@ class PlanningProblem:
         if self.depth_choices is None:
             return tuple(range(1, self.cost_model.num_layers + 1))
         return tuple(sorted(set(self.depth_choices)))
+
+
+_OUTCOME_TYPES = ("Group", "GroupRoundResult", "Limit", "Plan", "RoundReport", "Skew", "SolveStatus")
+
+
+def __getattr__(name: str) -> object:
+    # The outcome types live in planner.outcomes (which imports this module); they are reachable
+    # from here too, so ``from hierfedlora.planner.types import Plan`` works.
+    if name in _OUTCOME_TYPES:
+        from hierfedlora.planner import outcomes
+
+        return getattr(outcomes, name)
+    raise AttributeError(f"module 'hierfedlora.planner.types' has no attribute {name!r}")

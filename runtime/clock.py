@@ -154,6 +154,7 @@ def global_round_time_s(
     *,
     batch_size: int | None = None,
     backhaul_mbps: float,
+    server_ingress_mbps: float | None = None,
     intra_latency_s: float,
     global_latency_s: float,
     noise: float = 0.0,
@@ -173,6 +174,8 @@ def global_round_time_s(
         Samples per local step; ``None`` uses ``plan.batch_size``.
     backhaul_mbps : float
         Group aggregator to server link (megabits per second).
+    server_ingress_mbps : float or None
+        The server link all aggregators share (``planner.costs`` (C6)); ``None`` never limits.
     intra_latency_s, global_latency_s : float
         Fixed latency of an intra-group and of the global aggregation (seconds).
     noise : float
@@ -201,6 +204,7 @@ def global_round_time_s(
         backhaul_mbps=backhaul_mbps,
         latency_s=global_latency_s,
         num_bytes=[costs.group_adapter_bytes(cost_model, g) for g in plan.groups],
+        server_ingress_mbps=server_ingress_mbps,
     )
     timings = tuple(
         _group_timing(cost_model, [devices_by_id[d] for d in g.device_ids], g, batch, intra_latency_s, noise, rng)

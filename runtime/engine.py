@@ -235,6 +235,7 @@ def _run_rounds(
                 cost_model,
                 devices_by_id,
                 backhaul_mbps=options.backhaul_mbps,
+                server_ingress_mbps=options.server_ingress_mbps,
                 intra_latency_s=options.intra_latency_s,
                 global_latency_s=options.global_latency_s,
                 noise=options.clock_noise,

@@ -20,6 +20,7 @@ from hierfedlora.planner.rules import (
     FINITE_POSITIVE,
     NON_EMPTY_STRING,
     NON_NEGATIVE_INT,
+    OPTIONAL_FINITE_POSITIVE,
     POSITIVE_INT,
     Rule,
     check_fields,
@@ -42,6 +43,7 @@ RUN_OPTION_RULES: dict[str, Rule] = {
     "evaluate_groups": Rule("true or false", lambda v: isinstance(v, bool), (1, "yes")),
     "clock_noise": FINITE_NON_NEGATIVE,
     "backhaul_mbps": FINITE_POSITIVE,
+    "server_ingress_mbps": OPTIONAL_FINITE_POSITIVE,
     "intra_latency_s": FINITE_NON_NEGATIVE,
     "global_latency_s": FINITE_NON_NEGATIVE,
     "seed": NON_NEGATIVE_INT,
@@ -76,8 +78,9 @@ class RunOptions:
         the merged global model is evaluated (plans with many groups run much faster).
     clock_noise : float
         Sigma of mean-one lognormal noise on every simulated local step (0: the cost model exactly).
-    backhaul_mbps, intra_latency_s, global_latency_s : float
-        The network the simulated clock charges; defaults equal ``PlanningProblem``'s.
+    backhaul_mbps, server_ingress_mbps, intra_latency_s, global_latency_s : float
+        The network the simulated clock charges; defaults equal ``PlanningProblem``'s
+        (``server_ingress_mbps`` ``None``: the server link never limits).
     seed : int
         Seeds batches, dropout, the head initialisation, the evaluation subset and clock noise.
     """
@@ -95,6 +98,7 @@ class RunOptions:
     evaluate_groups: bool = True
     clock_noise: float = 0.0
     backhaul_mbps: float = 20.0
+    server_ingress_mbps: float | None = None
     intra_latency_s: float = 0.05
     global_latency_s: float = 1.0
     seed: int = 0

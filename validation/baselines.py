@@ -57,8 +57,8 @@ Examples
 ([(('d0', 'd1', 'd2', 'd3'), 2, 1)], 'baseline:fedlora')
 >>> plan.predicted_round_time_s  # 3 s of local step + 2 s of exchange, then 4 s of global aggregation
 9.0
->>> plan.predicted_rounds_to_target  # one IID group at full depth: R0 rounds
-30.0
+>>> plan.predicted_rounds_to_target  # one IID group at full depth: R0 rounds (the calibrated 58.3)
+58.3
 """
 
 from __future__ import annotations

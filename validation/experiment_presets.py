@@ -233,7 +233,7 @@ _TUNED_SCALE = {
     # Tuned at alpha 0.1 (seeds 0 and 1, 2026-12-04) with the same effort for each method that has a knob
     # besides the shared learning rate: two values, two seeds, the better mean final accuracy kept. The pilot
     # preset keeps these fields as they were when it ran (its runs are reused by folder).
-    "convergence": ConvergenceParams(skew_sensitivity=2.0),
+    "convergence": ConvergenceParams(depth_exponent=0.5, skew_sensitivity=2.0, reference_rounds=30.0),
     "baseline": BaselineSettings(uniform_intra_rounds=4, legend_deadline_quantile=0.5),
     "tuning_notes": (
         "one knob per method, the same effort for each: two values at alpha 0.1 on seeds 0 and 1 (7-FedLoRA-round "

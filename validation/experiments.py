@@ -150,6 +150,7 @@ def _run_one(
         eval_samples=preset.eval_samples,
         evaluate_groups=False,
         backhaul_mbps=problem.backhaul_mbps,
+        server_ingress_mbps=problem.server_ingress_mbps,
         intra_latency_s=problem.intra_latency_s,
         global_latency_s=problem.global_latency_s,
         seed=setting.seed,

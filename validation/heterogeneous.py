@@ -218,6 +218,7 @@ def _plan(
         backhaul_mbps=problem.backhaul_mbps,
         latency_s=problem.global_latency_s,
         num_bytes=num_bytes,
+        server_ingress_mbps=problem.server_ingress_mbps,
     )
     round_s = costs.round_time_s(
         [g.predicted_intra_round_s for g in groups], [g.intra_rounds for g in groups], global_s

@@ -236,7 +236,11 @@ def build_assignment_data(grouping: Grouping, problem: PlanningProblem) -> Assig
     global_by_depth = np.array(
         [
             costs.global_aggregation_s(
-                cost, [d], backhaul_mbps=problem.backhaul_mbps, latency_s=problem.global_latency_s
+                cost,
+                [d] * len(sizes),  # (C6) at depth cap d: K aggregators queue on the server link
+                backhaul_mbps=problem.backhaul_mbps,
+                latency_s=problem.global_latency_s,
+                server_ingress_mbps=problem.server_ingress_mbps,
             )
             for d in depths
         ]
@@ -263,7 +267,7 @@ def build_assignment_data(grouping: Grouping, problem: PlanningProblem) -> Assig
         progress=share[:, None] * depth_gain[choice_depth_idx][None, :] * rounds_gain,
         round_budget_s=problem.round_budget_s,
         traffic_budget_bytes=problem.traffic_budget_bytes,
-        reference_rounds=params.reference_rounds,
+        reference_rounds=params.target_rounds,
     )
 
 
@@ -316,7 +320,11 @@ def evaluate_assignment(
             params=params,
         )
     global_s = costs.global_aggregation_s(
-        cost, depths, backhaul_mbps=problem.backhaul_mbps, latency_s=problem.global_latency_s
+        cost,
+        depths,
+        backhaul_mbps=problem.backhaul_mbps,
+        latency_s=problem.global_latency_s,
+        server_ingress_mbps=problem.server_ingress_mbps,
     )
     round_s = costs.round_time_s(intra_round_s, intra_rounds, global_s)
     return float(convergence.rounds_to_target(total_progress, params) * round_s)

@@ -198,6 +198,11 @@ def test_summary_lists_every_group():
     assert lines[0].startswith(f"plan {plan.plan_id}   status OPTIMAL   gap 0.00% (grouping 0.00%)")
     assert lines[1] == "parent: feedc0ffee00   reason: device left"
     assert lines[2] == "predicted: 14 s per global round x 5 rounds = 70 s to target (bound 70 s)"
+    assert lines[3].startswith("target: eval loss gap 0.1 of the untrained model's")
+    # devices: 2 groups x 2 intra-group rounds x 2 devices x (up + down) x 2 MB (depth 2) = 32 MB;
+    # backhaul: 2 aggregators x (up + down) x 2 MB = 8 MB; memory: 1 MB frozen + 2 layers x 1 MB adapters
+    assert lines[4] == "per global round: devices move 30.5 MiB, the backhaul 7.6 MiB; peak device memory 2.9 MiB"
+    lines = lines[:3] + lines[5:]
     assert lines[3].split() == [
         "group",
         "devices",
