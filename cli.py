@@ -44,7 +44,7 @@ EXIT_CODES: tuple[tuple[type[HierFedLoraError], int], ...] = (
 )
 
 
-COMMAND_MODULES = ("profile", "fleet", "plan", "run", "demo", "experiment", "calibrate")
+COMMAND_MODULES = ("profile", "fleet", "plan", "whatif", "run", "demo", "experiment", "calibrate")
 """Modules under ``hierfedlora.commands``; each has ``register(commands)``, which adds its subparser."""
 
 

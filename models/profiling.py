@@ -330,6 +330,7 @@ def measure_cost_model(
         optimizer_bytes_per_layer=3 * lora_numel * _FP32_BYTES,
         base_model_bytes=base_bytes,
         lora_rank=spec.lora_rank,
+        num_labels=spec.num_labels,
     )
     _check_full_step(cost, medians[f"step[{total}]"])
     return cost

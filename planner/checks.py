@@ -137,6 +137,17 @@ def check_problem(problem: PlanningProblem) -> list[Issue]:
         if len(device.label_counts) != num_classes:
             expected = f"a list of {num_classes} counts, one per class as in devices[0]"
             issues.append(Issue(f"devices[{idx}].label_counts", expected, device.label_counts))
+    head_classes = problem.cost_model.num_labels
+    if head_classes is not None and head_classes != num_classes:
+        issues.append(
+            Issue(
+                "cost_model.num_labels",
+                f"the fleet's class count, {num_classes} (the head's bytes are priced for its classes)",
+                head_classes,
+                "re-size the head with planner.types.with_num_labels(cost_model, num_classes), "
+                "or profile with --num-labels",
+            )
+        )
     num_layers = problem.cost_model.num_layers
     if problem.depth_choices is not None and not all(1 <= d <= num_layers for d in problem.depth_choices):
         expected = f"depths within 1..{num_layers} (the cost model's num_layers)"

@@ -94,7 +94,13 @@ def devices_sha256(devices: Sequence[DeviceProfile]) -> str:
 log = logging.getLogger(__name__)
 
 
-def make_plan(problem: PlanningProblem, *, parent_plan_id: str | None = None, reason: str = "") -> Plan:
+def make_plan(
+    problem: PlanningProblem,
+    *,
+    parent_plan_id: str | None = None,
+    reason: str = "",
+    grouping: Grouping | None = None,
+) -> Plan:
     """Plan ``problem``: check it, group its devices, choose every group's depth and intra_rounds.
 
     Parameters
@@ -105,6 +111,10 @@ def make_plan(problem: PlanningProblem, *, parent_plan_id: str | None = None, re
         The plan this one replaces (``planner.feedback`` re-plans), kept as provenance.
     reason : str
         Why this plan was made (e.g. ``"device d3 left"``), kept as provenance.
+    grouping : Grouping or None
+        Reuse a grouping of these very devices (``grouping.group_devices(problem)`` of a problem
+        that differs only in fields the grouping never reads: costs, network, target, budgets,
+        depth and intra_rounds choices), as what-if sweeps do; ``None`` groups afresh.
 
     Returns
     -------
@@ -135,7 +145,8 @@ def make_plan(problem: PlanningProblem, *, parent_plan_id: str | None = None, re
     """
     started = time.perf_counter()
     raise_for_problem(problem, stacklevel=3)  # warnings point at make_plan's caller
-    grouping = group_devices(problem)
+    if grouping is None:
+        grouping = group_devices(problem)
     assignment = assign_depths_and_rounds(grouping, problem)
     bound = skew_free_bound(grouping, problem, assignment)
     plan = build_plan(

@@ -57,6 +57,7 @@ __all__ = [
     "CALIBRATION_SOURCE",
     "REFERENCE_LOSS_GAP",
     "target_for_loss",
+    "with_num_labels",
     "PlanningProblem",
     "SolverOptions",
 ]
@@ -238,6 +239,7 @@ COST_MODEL_RULES: dict[str, Rule] = {
     "optimizer_bytes_per_layer": NON_NEGATIVE_INT,
     "base_model_bytes": POSITIVE_INT,
     "lora_rank": POSITIVE_INT,
+    "num_labels": OPTIONAL_POSITIVE_INT,
     "schema_version": SCHEMA_RULE,
 }
 
@@ -268,6 +270,10 @@ class CostModel:
         Gradient and optimizer state for one layer's adapters.
     base_model_bytes : int
         Frozen weights held in memory.
+    num_labels : int or None
+        Classes of the head whose ``head_bytes`` these are; a fleet with another class count
+        is refused (``checks.check_problem``) until :func:`with_num_labels` re-sizes the head.
+        ``None`` in cost models written before it existed (then nothing can be checked).
     """
 
     model_name: str
@@ -287,6 +293,7 @@ class CostModel:
     optimizer_bytes_per_layer: int
     base_model_bytes: int
     lora_rank: int = 8
+    num_labels: int | None = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -394,6 +401,37 @@ class ConvergenceParams:
             f"eval loss gap {self.target_loss_gap:.3g} of the untrained model's (ln C - floor); "
             f"flat FedAvg needs {self.target_rounds:.3g} rounds"
         )
+
+
+def with_num_labels(cost: CostModel, num_labels: int) -> CostModel:
+    """``cost`` with its head re-sized to ``num_labels`` classes.
+
+    A classification head is a linear map from the hidden state to one score per class (with a
+    bias or without), so its bytes are proportional to the class count: ``head_bytes * C' / C``,
+    rounded. Compute times stay: the head's share of a step is a fraction of a per cent.
+
+    Examples
+    --------
+    >>> cost = CostModel(model_name="m", num_layers=1, batch_size=1, seq_len=1, embedding_forward_s=0.0,
+    ...     layer_forward_s=(1.0,), layer_backward_s=(1.0,), head_step_s=0.0, layer_optimizer_s=0.0,
+    ...     adapter_bytes_per_layer=1, head_bytes=40040, activation_bytes_per_sample_per_layer=1,
+    ...     optimizer_bytes_per_layer=0, base_model_bytes=1, num_labels=26)
+    >>> with_num_labels(cost, 4).head_bytes  # 4 (384 x 4 + 4): MiniLM's head for four classes
+    6160
+
+    Raises
+    ------
+    InvalidInputError
+        If ``cost.num_labels`` is unknown (``None``) or ``num_labels`` is not an integer >= 1.
+    """
+    issues = []
+    if cost.num_labels is None:
+        issues.append(Issue("cost_model.num_labels", "the class count of the measured head (profile again)", None))
+    if not (is_int(num_labels) and num_labels >= 1):
+        issues.append(Issue("num_labels", "an integer >= 1", num_labels))
+    _raise_if(issues)
+    head = round(cost.head_bytes * num_labels / cost.num_labels)  # type: ignore[operator]
+    return dataclasses.replace(cost, head_bytes=head, num_labels=num_labels)
 
 
 def target_for_loss(loss_nats: float, num_classes: int, *, loss_floor_nats: float = 0.0) -> float:

