@@ -1,4 +1,4 @@
-"""The ``hierfedlora`` command line: profile | fleet | plan | validate | run | demo.
+"""The ``hierfedlora`` command line: profile | fleet | plan | whatif | run | demo | experiment | calibrate.
 
 Every command reads and writes JSON, checks input at the boundary and exits with a code
 that says what went wrong: 0 ok, 2 invalid input, 3 infeasible or no solution, 4 solver

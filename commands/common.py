@@ -9,7 +9,7 @@ from typing import Any
 
 from hierfedlora.planner.errors import InvalidInputError, Issue
 
-__all__ = ["int_list", "read_json_object"]
+__all__ = ["int_list", "read_json_object", "setting"]
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -21,6 +21,19 @@ def int_list(text: str) -> tuple[int, ...]:
     if not values:
         raise argparse.ArgumentTypeError(f"expected at least one integer; got {text!r}")
     return values
+
+
+def setting(text: str) -> tuple[str, Any]:
+    """Parse ``FIELD=VALUE`` for argparse; the value is JSON when it parses (``3``, ``null``, ``[1, 2]``),
+    a string otherwise."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE like local_steps=2; got {text!r}")
+    field, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return field.strip(), value
 
 
 def read_json_object(path: Path) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hierfedlora.commands.common import int_list, read_json_object
+from hierfedlora.commands.common import int_list, read_json_object, setting
 
 __all__ = ["build_problem", "register"]
 
@@ -26,6 +26,14 @@ FLAG_FIELDS = {
     "batch_size": "batch_size",
     "round_budget_s": "round_budget_s",
     "traffic_budget_bytes": "traffic_budget_bytes",
+    "min_group_samples": "min_group_samples",
+    "max_group_samples": "max_group_samples",
+    "backhaul_mbps": "backhaul_mbps",
+    "server_ingress_mbps": "server_ingress_mbps",
+    "intra_latency_s": "intra_latency_s",
+    "global_latency_s": "global_latency_s",
+    "speed_spread_weight": "speed_spread_weight",
+    "target_loss_gap": "convergence.target_loss_gap",
     "solver_time_limit_s": "solver.time_limit_s",
     "solver_seed": "solver.seed",
     "solver_threads": "solver.threads",
@@ -57,6 +65,30 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--batch-size", type=int, default=None, help="samples per local step")
     parser.add_argument("--round-budget-s", type=float, default=None, help="max simulated seconds per global round")
     parser.add_argument("--traffic-budget-bytes", type=float, default=None, help="max bytes moved per global round")
+    parser.add_argument("--min-group-samples", type=int, default=None, help="training samples per group, at least")
+    parser.add_argument("--max-group-samples", type=int, default=None, help="training samples per group, at most")
+    parser.add_argument("--backhaul-mbps", type=float, default=None, help="group aggregator to server link (20)")
+    parser.add_argument(
+        "--server-ingress-mbps", type=float, default=None, help="the server link all aggregators share (unlimited)"
+    )
+    parser.add_argument("--intra-latency-s", type=float, default=None, help="latency of a group aggregation (0.05)")
+    parser.add_argument("--global-latency-s", type=float, default=None, help="latency of a global aggregation (1)")
+    parser.add_argument("--speed-spread-weight", type=float, default=None, help="grouping weight on speed spread")
+    parser.add_argument(
+        "--target-loss-gap", type=float, default=None, help="target: eval loss gap left, a fraction (0.1)"
+    )
+    parser.add_argument(
+        "--convergence", type=Path, default=None, help="ConvergenceParams JSON (e.g. from 'hierfedlora calibrate')"
+    )
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        type=setting,
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any PlanningProblem field (a JSON value; dots reach inside: solver.seed=3); wins over the flags",
+    )
     parser.add_argument("--solver.time-limit-s", dest="solver_time_limit_s", type=float, default=None)
     parser.add_argument("--solver.seed", dest="solver_seed", type=int, default=None)
     parser.add_argument("--solver.threads", dest="solver_threads", type=int, default=None)
@@ -91,12 +123,13 @@ def handle(args: argparse.Namespace) -> int:
     from hierfedlora.planner.plan import make_plan, summarize_plan
 
     options: dict[str, Any] = read_json_object(args.problem) if args.problem else {}
-    for dest, field in FLAG_FIELDS.items():
-        value = getattr(args, dest)
-        if value is None:
-            continue
-        if field.startswith("solver."):
-            options.setdefault("solver", {})[field.removeprefix("solver.")] = value
+    if args.convergence is not None:
+        options["convergence"] = {**options.get("convergence", {}), **read_json_object(args.convergence)}
+    flags = [(field, getattr(args, dest)) for dest, field in FLAG_FIELDS.items() if getattr(args, dest) is not None]
+    for field, value in [*flags, *args.settings]:
+        head, _, rest = field.partition(".")
+        if rest:
+            options.setdefault(head, {})[rest] = value
         else:
             options[field] = list(value) if isinstance(value, tuple) else value
     problem = build_problem(args.fleet, args.cost_model, options)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hierfedlora.commands.common import read_json_object
+from hierfedlora.commands.common import read_json_object, setting
 
 __all__ = ["build_study", "register"]
 
@@ -45,18 +45,6 @@ def _ints(text: str) -> tuple[int | None, ...]:
 
 def _names(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _setting(text: str) -> tuple[str, Any]:
-    """``field=value`` with a JSON value (bare words are strings)."""
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE like local_steps=2; got {text!r}")
-    field, raw = text.split("=", 1)
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return field.strip(), value
 
 
 # flag dest -> Study field
@@ -120,7 +108,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument(
         "--set",
         dest="settings",
-        type=_setting,
+        type=setting,
         action="append",
         default=[],
         metavar="FIELD=VALUE",

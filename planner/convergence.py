@@ -1,6 +1,7 @@
 """The convergence model: how many global rounds a plan needs to reach the target.
 
-In the spirit of local-SGD bounds for hierarchical FL (DESIGN.md section 7), group ``k``
+In the spirit of local-SGD bounds for hierarchical FL (an optimality gap after R rounds with
+terms in the intra-group drift and the groups' drift from the global data), group ``k``
 makes progress per global round
 
     (M1)  p_k = w_k * g(d_k) * h(tau_k, delta_k)
