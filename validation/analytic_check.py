@@ -49,8 +49,12 @@ def compare_cost_models(measured: CostModel, analytic: CostModel) -> CostCompari
         for d in depths
     ]
     return CostComparison(
-        forward_error=tuple(_error(a, m) for a, m in zip(analytic.layer_forward_s, measured.layer_forward_s)),
-        backward_error=tuple(_error(a, m) for a, m in zip(analytic.layer_backward_s, measured.layer_backward_s)),
+        forward_error=tuple(
+            _error(a, m) for a, m in zip(analytic.layer_forward_s, measured.layer_forward_s, strict=True)
+        ),
+        backward_error=tuple(
+            _error(a, m) for a, m in zip(analytic.layer_backward_s, measured.layer_backward_s, strict=True)
+        ),
         step_error=tuple(step),
         adapter_bytes_error=_error(analytic.adapter_bytes_per_layer, measured.adapter_bytes_per_layer),
         head_bytes_error=_error(analytic.head_bytes, measured.head_bytes),
