@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -229,3 +230,45 @@ def test_cli_refuses_ray_flags_without_the_ray_executor(tmp_path, six_device_fle
     assert done.returncode == 2, done.stderr
     assert "--executor must be ray when --ray-actors is given; got 'inprocess'" in done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "run" / REPORTS_NAME).exists()
+
+
+def test_ctrl_c_on_a_run_with_its_own_ray_finishes_the_round_and_stops_ray(
+    tmp_path, six_device_fleet, minilm_slice_dir
+):
+    """SIGINT to the whole process group (a terminal's Ctrl-C) lets the round commit, exits 130, and the
+    local Ray the run started is stopped: no process is left in its session."""
+    # Arrange
+    fleet, fleet_path = six_device_fleet
+    plan_path, cost_path = tmp_path / "plan.json", tmp_path / "cost.json"
+    write_json(plan_path, make_two_group_plan(fleet))
+    write_json(cost_path, make_cost_model(2))
+    command = _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "run", 4)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+    reports_path = tmp_path / "run" / REPORTS_NAME
+    process = subprocess.Popen(
+        [*command, "--executor", "ray", "--ray-actors", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:
+            if reports_path.exists() and reports_path.read_bytes().count(b"\n") >= 1:
+                break
+            time.sleep(0.05)
+        # Act
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=300)
+        left_behind = _live_processes_of_session(process.pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    committed = [r.global_round for r in read_reports(reports_path)]
+    # Assert
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and f"interrupted after global round {committed[-1]}" in stderr
+    assert committed == list(range(1, len(committed) + 1)) and len(committed) < 4
+    assert left_behind == []
