@@ -38,7 +38,7 @@ from hierfedlora.planner.grouping.start import DeadlineError
 
 __all__ = ["TOURNAMENT_MAX_GROUPS", "ExchangeSearch", "circle_matching"]
 
-TOURNAMENT_MAX_GROUPS = 64  # up to this many groups, sweeps walk a round-robin tournament
+TOURNAMENT_MAX_GROUPS = 128  # up to this many groups, sweeps walk a round-robin tournament
 _CHUNK_CANDIDATES = 1 << 20  # bundle pairs evaluated at once (8 MB a scratch array)
 _CALL_WORK = 20_000  # a numpy evaluation's fixed cost, in candidate floats
 _BIG = np.iinfo(np.int64).max

@@ -12,7 +12,7 @@ Formulation: :mod:`hierfedlora.planner.grouping`. Work happens on the integer re
    segmentation of ``segment_sizes_by_speed`` instead (it meets (2) and (4) whenever any
    assignment does), re-dealt within pools of segments that fit the band together.
 2. **Descent** (:mod:`~hierfedlora.planner.grouping.exchange`). Sweeps over matchings of the
-   groups (a round-robin tournament up to 64 groups; opposite residuals beyond) evaluate every
+   groups (a round-robin tournament up to 128 groups; opposite residuals beyond) evaluate every
    exchange of up to one, then two, devices each way for all matched pairs at once and apply
    the improving ones, while ``(sample violation, objective)`` improves; (2) and (4) are never broken.
 3. **Kicks.** Random swaps between two random groups, descent again, kept only if better
