@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hierfedlora.commands.faults import add_fault_arguments, build_faults
+
 __all__ = ["execute", "register"]
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="with --executor ray: actors (worker processes, one model each; default one per CPU of the cluster, "
         "at most one per device)",
     )
+    add_fault_arguments(parser)
     parser.set_defaults(handler=handle)
 
 
@@ -83,8 +86,9 @@ def execute(
     resume: bool,
     replanner: Any = None,
     executor: Any = None,
+    faults: Any = None,
 ) -> list[Any]:
-    """Run with a progress bar (and ``replanner``, ``executor``, if any); write the plot; return the reports."""
+    """Run with a progress bar (with ``replanner``, ``executor``, ``faults`` if given); plot; return the reports."""
     from tqdm import tqdm
 
     from hierfedlora.runtime.checkpoint import REPORTS_NAME, read_reports
@@ -93,7 +97,15 @@ def execute(
 
     with tqdm(total=options.rounds, desc="global rounds", unit="round", file=sys.stderr) as bar:
         for report in run_plan(
-            plan, fleet, cost_model, options, out, resume=resume, replanner=replanner, executor=executor
+            plan,
+            fleet,
+            cost_model,
+            options,
+            out,
+            resume=resume,
+            replanner=replanner,
+            executor=executor,
+            faults=faults,
         ):
             bar.n = report.global_round
             bar.set_postfix(sim=f"{report.sim_time_s:.0f}s", acc=f"{report.eval_accuracy:.1%}")
@@ -121,8 +133,9 @@ def build_replanner(args: argparse.Namespace, plan: Any) -> Any:
     from hierfedlora.planner.errors import InvalidInputError, Issue
     from hierfedlora.planner.feedback import Replanner
 
-    if args.replan_every < 1:
-        raise InvalidInputError([Issue("--replan-every", "an integer >= 1", args.replan_every)])
+    if args.replan_every < 1 or args.absent_rounds < 1:
+        bad = [("--replan-every", args.replan_every), ("--absent-rounds", args.absent_rounds)]
+        raise InvalidInputError([Issue(flag, "an integer >= 1", value) for flag, value in bad if value < 1])
     fields: dict[str, Any] = read_json_object(args.problem) if args.problem else {}
     fields.setdefault("num_groups", len(plan.groups))
     fields.setdefault("batch_size", plan.batch_size)
@@ -130,7 +143,7 @@ def build_replanner(args: argparse.Namespace, plan: Any) -> Any:
     if len(steps) == 1:
         fields.setdefault("local_steps", steps.pop())
     problem = build_problem(args.fleet, args.cost_model, fields)
-    return Replanner(problem, every_rounds=args.replan_every)
+    return Replanner(problem, every_rounds=args.replan_every, absent_rounds=args.absent_rounds)
 
 
 def build_executor(args: argparse.Namespace, plan: Any, fleet: Any, cost_model: Any, options: Any) -> Any:
@@ -175,11 +188,20 @@ def handle(args: argparse.Namespace) -> int:
         clock_noise=args.clock_noise,
         seed=args.seed,
     )
+    faults = build_faults(args)
     replanner = build_replanner(args, plan)
     executor = build_executor(args, plan, fleet, cost_model, options)
     try:
         reports = execute(
-            plan, fleet, cost_model, options, args.out, resume=args.resume, replanner=replanner, executor=executor
+            plan,
+            fleet,
+            cost_model,
+            options,
+            args.out,
+            resume=args.resume,
+            replanner=replanner,
+            executor=executor,
+            faults=faults,
         )
     finally:
         if executor is not None:

@@ -331,20 +331,38 @@ class Replanner:
     """The closed loop's planning half, which the runtime consults after every committed round.
 
     It re-plans (:func:`replan`) when ``len(reports)`` is a multiple of ``every_rounds``, and at
-    once when a report's ``dropped_device_ids`` names a device of the plan in force (ids the
-    problem lacks are ignored). Its answer depends only on its arguments, so a resumed run
-    that asks again gets the same plan; ``decisions`` keeps every decision made.
+    once when the fleet changed under the plan in force:
+
+    - a device of the plan is *gone*: named in ``dropped_device_ids`` by each of the last
+      ``absent_rounds`` reports (ids the problem lacks are ignored); gone devices are removed
+      from the re-plan, and come back at a later re-plan once they take part again;
+    - a group of the plan fell below its minimum size in the last round: fewer devices
+      contributed (neither dropped nor rejected) than ``problem.min_group_size`` (or 1).
+
+    ``absent_rounds=1`` treats every drop as a departure; transient dropout calls for more. Its
+    answer depends only on its arguments, so a resumed run that asks again gets the same plan;
+    ``decisions`` keeps every decision made.
 
     Raises
     ------
     InvalidInputError
-        ``every_rounds`` not an integer >= 1, or ``min_relative_gain`` not a finite number >= 0.
+        ``every_rounds`` or ``absent_rounds`` not an integer >= 1, or ``min_relative_gain`` not a
+        finite number >= 0.
     """
 
-    def __init__(self, problem: PlanningProblem, *, every_rounds: int, min_relative_gain: float = 0.05) -> None:
-        issues = []
-        if not (isinstance(every_rounds, int) and not isinstance(every_rounds, bool) and every_rounds >= 1):
-            issues.append(Issue("every_rounds", "an integer >= 1", every_rounds))
+    def __init__(
+        self,
+        problem: PlanningProblem,
+        *,
+        every_rounds: int,
+        min_relative_gain: float = 0.05,
+        absent_rounds: int = 1,
+    ) -> None:
+        issues = [
+            Issue(name, "an integer >= 1", value)
+            for name, value in (("every_rounds", every_rounds), ("absent_rounds", absent_rounds))
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+        ]
         if not (
             isinstance(min_relative_gain, int | float) and math.isfinite(min_relative_gain) and min_relative_gain >= 0
         ):
@@ -352,6 +370,7 @@ class Replanner:
         if issues:
             raise InvalidInputError(issues)
         self.problem, self.every_rounds, self.min_relative_gain = problem, every_rounds, float(min_relative_gain)
+        self.absent_rounds = absent_rounds
         self.decisions: list[ReplanDecision] = []
         self._plans: dict[str, Plan] = {}
 
@@ -363,20 +382,41 @@ class Replanner:
         ``plans`` maps ids to the plans the run used; plans seen or made before are kept too.
         """
         self._plans.update({plan.plan_id: plan, **(plans or {})})
-        known = {d.device_id for d in self.problem.devices}
-        dropped = sorted({d for r in reports for d in r.dropped_device_ids if d in known})
-        if not reports or (not set(dropped) & set(plan.device_ids) and len(reports) % self.every_rounds):
+        if not reports:
             return None
+        gone = self._gone(reports)
+        short = self._short_groups(plan, reports[-1])
+        if not (set(gone) & set(plan.device_ids)) and not short and len(reports) % self.every_rounds:
+            return None
+        prefix = f"after global round {reports[-1].global_round}: "
+        if short:
+            prefix += f"groups {', '.join(map(str, short))} below their minimum size; "
         decision = replan(
             plan,
             history_from_reports(reports, self._plans),
             self.problem,
-            removed_device_ids=dropped,
+            removed_device_ids=gone,
             min_relative_gain=self.min_relative_gain,
-            reason_prefix=f"after global round {reports[-1].global_round}: ",
+            reason_prefix=prefix,
         )
         self.decisions.append(decision)
         if not decision.changed:
             return None
         self._plans[decision.plan.plan_id] = decision.plan
         return decision.plan
+
+    def _gone(self, reports: Sequence[RoundReport]) -> list[str]:
+        """Devices of the problem dropped by each of the last ``absent_rounds`` reports."""
+        if len(reports) < self.absent_rounds:
+            return []
+        known = {d.device_id for d in self.problem.devices}
+        recent = [set(r.dropped_device_ids) & known for r in reports[-self.absent_rounds :]]
+        return sorted(set.intersection(*recent))
+
+    def _short_groups(self, plan: Plan, last: RoundReport) -> list[int]:
+        """Ids of the plan's groups with fewer contributing devices than the minimum in ``last``."""
+        if last.plan_id != plan.plan_id:
+            return []
+        absent = set(last.dropped_device_ids) | set(last.rejected_device_ids)
+        minimum = self.problem.min_group_size or 1
+        return [g.group_id for g in plan.groups if len([d for d in g.device_ids if d not in absent]) < minimum]

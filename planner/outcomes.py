@@ -39,6 +39,7 @@ from hierfedlora.planner.rules import (
     check_fields,
     is_int,
     is_number,
+    optional,
 )
 from hierfedlora.planner.types import SCHEMA_RULE, SCHEMA_VERSION
 
@@ -320,7 +321,7 @@ class Plan:
 
 GROUP_ROUND_RULES: dict[str, Rule] = {
     "group_id": NON_NEGATIVE_INT,
-    "loss": FINITE_NON_NEGATIVE,
+    "loss": optional(FINITE_NON_NEGATIVE),
     "accuracy": Rule(
         "a number in [0, 1] or null (not evaluated)",
         lambda v: v is None or (is_number(v) and 0 <= v <= 1),
@@ -334,12 +335,13 @@ GROUP_ROUND_RULES: dict[str, Rule] = {
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class GroupRoundResult:
-    """One group's part of a global round: its training loss, its model's test accuracy
-    (``None`` when per-group evaluation is off), bytes its devices moved, and its simulated
-    time (``intra_rounds`` intra-group rounds)."""
+    """One group's part of a global round: its training loss (``None`` when no device of the
+    group contributed, e.g. all dropped out), its model's test accuracy (``None`` when per-group
+    evaluation is off or the group contributed nothing), bytes its devices moved, and its
+    simulated time (``intra_rounds`` intra-group rounds)."""
 
     group_id: int
-    loss: float
+    loss: float | None
     accuracy: float | None
     upload_bytes: int
     download_bytes: int
@@ -369,7 +371,10 @@ class RoundReport:
     seconds the round took. ``measured_step_s`` maps device id to its mean measured
     local-step seconds on this host in this round; ``device_step_s`` to the mean local-step
     seconds the simulated clock charged that device (what a real deployment measures on the
-    device; ``planner.feedback`` refits device speeds from it).
+    device; ``planner.feedback`` refits device speeds from it). ``dropped_device_ids`` names
+    the devices that sent nothing this round (offline, or late for a deadline);
+    ``rejected_device_ids`` those whose update the server's screening refused (non-finite, or
+    far longer than its group's).
     """
 
     plan_id: str
@@ -382,6 +387,7 @@ class RoundReport:
     eval_loss: float
     eval_accuracy: float
     dropped_device_ids: tuple[str, ...] = ()
+    rejected_device_ids: tuple[str, ...] = ()
     seed: int = 0
     schema_version: int = SCHEMA_VERSION
 

@@ -26,6 +26,15 @@ exchanges are not scaled::
 
     upload_k = download_k = tau_k * |k| * costs.group_adapter_bytes(group_k)     (so up + down is C8)
 
+(K4) Faults (``runtime.faults``). Offline devices are left out of their group (no time, no bytes); a
+straggler's steps take ``slowdown`` times longer; with a deadline quantile q, intra round r of group k
+closes at ``D_{k,r} = quantile_q(t_{k,r,i} over its online devices i)``, devices with ``t > D`` miss it
+(their uploads are not counted), and the round takes ``min(max_i t_{k,r,i}, D_{k,r})``::
+
+    G_k = sum_r min(max_i t_{k,r,i}, D_{k,r}),   T = max_k G_k + t_glob(groups with a device online)
+
+    Noise factors are drawn as in (K2), over the online devices only.
+
     ``group_adapter_bytes`` is ``adapter_bytes(d_k)`` unless the group sets ``layers`` (only those
     travel) or ``lora_rank`` (a fraction of each layer travels); exchanges (C3) and the global
     aggregation (C6) move the same bytes. Step times stay depth-based (``costs.py`` (C2)).
@@ -41,7 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import numpy as np
 
@@ -98,6 +107,7 @@ class GroupTiming:
     upload_bytes: int
     download_bytes: int
     device_step_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    missed: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -159,8 +169,11 @@ def global_round_time_s(
     global_latency_s: float,
     noise: float = 0.0,
     rng: np.random.Generator | None = None,
+    offline: Collection[str] = frozenset(),
+    slowdown: Mapping[str, float] | None = None,
+    deadline_quantile: float | None = None,
 ) -> RoundTiming:
-    """Time and traffic of one global round of ``plan`` on the simulated clock (K1-K3).
+    """Time and traffic of one global round of ``plan`` on the simulated clock (K1-K4).
 
     Parameters
     ----------
@@ -182,6 +195,9 @@ def global_round_time_s(
         Sigma of the mean-one lognormal factor on every local step (0: the prediction exactly).
     rng : numpy.random.Generator or None
         Source of the noise; required when ``noise > 0``.
+    offline, slowdown, deadline_quantile
+        The round's faults (K4): devices offline, step-time factors of stragglers, and the
+        per-intra-round deadline quantile (``None``: no deadline).
 
     Raises
     ------
@@ -198,6 +214,21 @@ def global_round_time_s(
         "noise": (noise, "non_negative"),
     }
     _check_inputs(plan, cost_model, devices_by_id, numbers, rng)
+    if offline or slowdown or deadline_quantile is not None:
+        return _faulty_round(
+            plan,
+            cost_model,
+            devices_by_id,
+            batch,
+            backhaul_mbps,
+            intra_latency_s,
+            global_latency_s,
+            noise,
+            rng,
+            frozenset(offline),
+            dict(slowdown or {}),
+            deadline_quantile,
+        )
     global_s = costs.global_aggregation_s(
         cost_model,
         [g.depth for g in plan.groups],
@@ -269,4 +300,113 @@ def _group_timing(
         upload_bytes=one_way,
         download_bytes=one_way,
         device_step_s={d.device_id: float(s) for d, s in zip(members, mean_step_s, strict=True)},
+    )
+
+
+def _faulty_round(
+    plan: Plan,
+    cost_model: CostModel,
+    devices_by_id: Mapping[str, DeviceProfile],
+    batch_size: int,
+    backhaul_mbps: float,
+    intra_latency_s: float,
+    global_latency_s: float,
+    noise: float,
+    rng: np.random.Generator | None,
+    offline: frozenset[str],
+    slowdown: dict[str, float],
+    deadline_quantile: float | None,
+) -> RoundTiming:
+    """(K4): a round with offline devices, stragglers and a deadline."""
+    timings = tuple(
+        _faulty_group(
+            cost_model,
+            [devices_by_id[d] for d in g.device_ids if d not in offline],
+            g,
+            batch_size,
+            intra_latency_s,
+            noise,
+            rng,
+            slowdown,
+            deadline_quantile,
+        )
+        for g in plan.groups
+    )
+    active = [g for g, t in zip(plan.groups, timings, strict=True) if t.device_step_s]
+    global_s = (
+        costs.global_aggregation_s(
+            cost_model,
+            [g.depth for g in active],
+            backhaul_mbps=backhaul_mbps,
+            latency_s=global_latency_s,
+            num_bytes=[costs.group_adapter_bytes(cost_model, g) for g in active],
+        )
+        if active
+        else 0.0
+    )
+    return RoundTiming(
+        groups=timings, global_aggregation_s=global_s, round_s=max(t.group_s for t in timings) + global_s
+    )
+
+
+def _faulty_group(
+    cost_model: CostModel,
+    online: list[DeviceProfile],
+    group: Group,
+    batch_size: int,
+    latency_s: float,
+    noise: float,
+    rng: np.random.Generator | None,
+    slowdown: dict[str, float],
+    deadline_quantile: float | None,
+) -> GroupTiming:
+    """(K4) for one group: per-device times of its online members, the deadline, the bytes that moved."""
+    if not online:
+        none = ((),) * group.intra_rounds
+        return GroupTiming(
+            group_id=group.group_id,
+            intra_round_s=(0.0,) * group.intra_rounds,
+            group_s=0.0,
+            upload_bytes=0,
+            download_bytes=0,
+            missed=none,
+        )
+    num_bytes = costs.group_adapter_bytes(cost_model, group)
+    step_s = np.array(
+        [
+            slowdown.get(d.device_id, 1.0)
+            * costs.step_time_s(cost_model, compute_scale=d.compute_scale, depth=group.depth, batch_size=batch_size)
+            for d in online
+        ]
+    )
+    exchange_s = np.array(
+        [
+            costs.exchange_time_s(cost_model, d, depth=group.depth, latency_s=latency_s, num_bytes=num_bytes)
+            for d in online
+        ]
+    )
+    if noise > 0 and rng is not None:
+        factors = rng.lognormal(
+            mean=-(noise**2) / 2, sigma=noise, size=(group.intra_rounds, len(online), group.local_steps)
+        )
+        device_s = step_s * factors.sum(axis=2) + exchange_s
+        mean_step_s = step_s * factors.mean(axis=(0, 2))
+    else:
+        device_s = np.tile(step_s * group.local_steps + exchange_s, (group.intra_rounds, 1))
+        mean_step_s = step_s
+    intra, missed, uploads = [], [], 0
+    for times in device_s:
+        deadline = float(np.quantile(times, deadline_quantile)) if deadline_quantile is not None else math.inf
+        late = tuple(d.device_id for d, t in zip(online, times, strict=True) if t > deadline)
+        intra.append(min(float(times.max()), deadline))
+        missed.append(late)
+        uploads += (len(online) - len(late)) * num_bytes
+    return GroupTiming(
+        group_id=group.group_id,
+        intra_round_s=tuple(intra),
+        group_s=math.fsum(intra),
+        upload_bytes=uploads,
+        download_bytes=group.intra_rounds * len(online) * num_bytes,
+        device_step_s={d.device_id: float(s) for d, s in zip(online, mean_step_s, strict=True)},
+        missed=tuple(missed),
     )

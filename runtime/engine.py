@@ -32,12 +32,12 @@ from typing import Protocol
 
 import numpy as np
 
-from hierfedlora.models.adapters import AdapterState, initial_adapter_state, truncate_rank
+from hierfedlora.models.adapters import AdapterState, initial_adapter_state
 from hierfedlora.planner.errors import InvalidInputError, Issue, RunInterruptedError
 from hierfedlora.planner.io import read_json, write_json
-from hierfedlora.planner.outcomes import Group, GroupRoundResult, Plan, RoundReport
+from hierfedlora.planner.outcomes import GroupRoundResult, Plan, RoundReport
 from hierfedlora.planner.types import CostModel, DeviceProfile, Fleet
-from hierfedlora.runtime.aggregation import fedavg, merge_across_groups
+from hierfedlora.runtime.aggregation import merge_across_groups
 from hierfedlora.runtime.checkpoint import (
     MANIFEST_NAME,
     REPORTS_NAME,
@@ -50,10 +50,12 @@ from hierfedlora.runtime.checkpoint import (
     restore_numpy_rng,
     save_checkpoint,
 )
-from hierfedlora.runtime.clock import SimClock, global_round_time_s
+from hierfedlora.runtime.clock import RoundTiming, SimClock, global_round_time_s
 from hierfedlora.runtime.context import RunContext, check_plan_for_run, prepare_run
-from hierfedlora.runtime.executors.base import Executor, TrainTask
+from hierfedlora.runtime.executors.base import Executor
 from hierfedlora.runtime.executors.inprocess import InProcessExecutor
+from hierfedlora.runtime.faults import FaultOptions, RoundFaults, draw_round_faults
+from hierfedlora.runtime.group_training import train_groups
 from hierfedlora.runtime.local_training import derive_seed, evaluate
 from hierfedlora.runtime.options import RunOptions
 from hierfedlora.runtime.prefix_cache import Forward
@@ -127,6 +129,7 @@ def run_plan(
     replanner: Replanner | None = None,
     clock_devices: Sequence[DeviceProfile] | None = None,
     executor: Executor | None = None,
+    faults: FaultOptions | None = None,
 ) -> Iterator[RoundReport]:
     """Execute ``plan`` for ``options.rounds`` global rounds, yielding each committed report.
 
@@ -154,6 +157,11 @@ def run_plan(
         Who trains the devices (``runtime.executors``): default an in-process executor over
         ``context``. The caller owns an executor it passes in (``run_plan`` does not close it).
         With one, ``context`` needs only the evaluation rows (``prepare_run(..., device_ids=())``).
+    faults : FaultOptions, optional
+        Dropout, stragglers with a deadline, and poisoned updates (``runtime.faults``), drawn per
+        round from ``options.seed``; screening of updates is on whenever faults are given.
+        Reports name the devices that sent nothing (``dropped_device_ids``) and those whose
+        update was rejected (``rejected_device_ids``).
 
     Raises
     ------
@@ -173,7 +181,7 @@ def run_plan(
     executor = executor or InProcessExecutor(context)
     try:
         yield from _run_rounds(
-            plan, fleet, cost_model, options, folder, resume, context, replanner, clock_devices, executor
+            plan, fleet, cost_model, options, folder, resume, context, replanner, clock_devices, executor, faults
         )
     finally:
         if owned:
@@ -191,8 +199,10 @@ def _run_rounds(
     replanner: Replanner | None,
     clock_devices: Sequence[DeviceProfile] | None,
     executor: Executor,
+    faults: FaultOptions | None,
 ) -> Iterator[RoundReport]:
     samples_of = device_sample_counts(fleet)
+    fleet_ids = tuple(device.device_id for device in fleet.devices)  # faults drawn per fleet device: every plan alike
     devices_by_id = {device.device_id: device for device in (clock_devices or fleet.devices)}
     positions = {device.device_id: idx for idx, device in enumerate(fleet.devices)}
     plans = {plan.plan_id: plan}
@@ -204,32 +214,12 @@ def _run_rounds(
             plan = _consult(replanner, plan, reports, plans, fleet, context, folder, samples_of)
         for global_round in range(state.global_round + 1 if state else 1, options.rounds + 1):
             started = time.perf_counter()
-            step_s: dict[str, float] = {}
-            group_states, group_losses = _train_groups(
-                executor, context, plan, global_state, options, global_round, samples_of, step_s
+            round_faults = (
+                draw_round_faults(faults, fleet_ids, seed=options.seed, global_round=global_round)
+                if faults is not None
+                else None
             )
-            results, weights = [], []
-            for group, group_state, group_loss in zip(plan.groups, group_states, group_losses, strict=True):
-                weights.append(float(sum(fleet.devices[positions[d]].num_samples for d in group.device_ids)))
-                accuracy = None
-                if options.evaluate_groups:
-                    _, accuracy = evaluate(
-                        _load(context, group.depth, group_state, group.layers),
-                        context.data.labels,
-                        context.eval_rows,
-                        batch_size=options.eval_batch_size,
-                    )
-                results.append((group_loss, accuracy))
-            global_state = merge_across_groups(global_state, group_states, weights)
-            eval_depth = max(group.depth for group in plan.groups)
-            if any(group.layers is not None for group in plan.groups):
-                eval_depth = context.model.max_depth
-            eval_loss, eval_accuracy = evaluate(
-                _load(context, eval_depth, global_state),
-                context.data.labels,
-                context.eval_rows,
-                batch_size=options.eval_batch_size,
-            )
+            # The clock first: the deadline (K4) decides who is aggregated. Nothing else draws from rng.
             timing = global_round_time_s(
                 plan,
                 cost_model,
@@ -240,6 +230,48 @@ def _run_rounds(
                 global_latency_s=options.global_latency_s,
                 noise=options.clock_noise,
                 rng=rng,
+                offline=round_faults.offline if round_faults else frozenset(),
+                slowdown=round_faults.slowdown if round_faults else None,
+                deadline_quantile=faults.deadline_quantile if faults else None,
+            )
+            outcome = train_groups(
+                executor,
+                context,
+                plan,
+                global_state,
+                options,
+                global_round,
+                samples_of,
+                faults=faults,
+                round_faults=round_faults,
+                missed=[t.missed for t in timing.groups] if round_faults else (),
+            )
+            results, kept_states, weights = [], [], []
+            for group, group_state, loss, took_part in zip(
+                plan.groups, outcome.states, outcome.losses, outcome.contributed, strict=True
+            ):
+                accuracy = None
+                if took_part:
+                    kept_states.append(group_state)
+                    weights.append(float(sum(fleet.devices[positions[d]].num_samples for d in group.device_ids)))
+                    if options.evaluate_groups:
+                        _, accuracy = evaluate(
+                            _load(context, group.depth, group_state, group.layers),
+                            context.data.labels,
+                            context.eval_rows,
+                            batch_size=options.eval_batch_size,
+                        )
+                results.append((loss, accuracy))
+            if kept_states:
+                global_state = merge_across_groups(global_state, kept_states, weights)
+            eval_depth = max(group.depth for group in plan.groups)
+            if any(group.layers is not None for group in plan.groups):
+                eval_depth = context.model.max_depth
+            eval_loss, eval_accuracy = evaluate(
+                _load(context, eval_depth, global_state),
+                context.data.labels,
+                context.eval_rows,
+                batch_size=options.eval_batch_size,
             )
             clock = clock.advance(timing.round_s)
             report = RoundReport(
@@ -258,8 +290,10 @@ def _run_rounds(
                     )
                     for g, (loss, acc), t in zip(plan.groups, results, timing.groups, strict=True)
                 ),
-                measured_step_s=step_s,
+                measured_step_s=outcome.step_s,
                 device_step_s=timing.device_step_s,
+                dropped_device_ids=_dropped(round_faults, timing),
+                rejected_device_ids=tuple(sorted(outcome.rejected)),
                 eval_loss=eval_loss,
                 eval_accuracy=eval_accuracy,
                 seed=options.seed,
@@ -282,6 +316,14 @@ def _run_rounds(
                 raise RunInterruptedError(global_round, str(folder))
             if replanner is not None and global_round < options.rounds:
                 plan = _consult(replanner, plan, reports, plans, fleet, context, folder, samples_of)
+
+
+def _dropped(round_faults: RoundFaults | None, timing: RoundTiming) -> tuple[str, ...]:
+    """Devices that sent nothing this round: offline (F1) or late for some deadline (F3)."""
+    if round_faults is None:
+        return ()
+    late = {d for g in timing.groups for level in g.missed for d in level}
+    return tuple(sorted(set(round_faults.offline) | late))
 
 
 def _save_plan(folder: Path, plan: Plan) -> None:
@@ -331,68 +373,6 @@ def _load(context: RunContext, depth: int, state: AdapterState, layers: Sequence
     forward = context.forward_for(depth, layers)
     context.model.set_adapter_state({key: state[key] for key in context.model.adapter_keys()})
     return forward
-
-
-def _group_start_state(context: RunContext, group: Group, global_state: AdapterState) -> AdapterState:
-    """The global state restricted to the group's depth (or layers), truncated to its rank."""
-    if group.layers is None:
-        context.model.set_depth(group.depth)
-    else:
-        context.model.set_layers(group.layers)
-    group_state = {key: global_state[key] for key in context.model.adapter_keys()}
-    if group.lora_rank is not None:  # HetLoRA: the group trains the first lora_rank components only
-        group_state = truncate_rank(group_state, group.lora_rank)
-    return group_state
-
-
-def _train_groups(
-    executor: Executor,
-    context: RunContext,
-    plan: Plan,
-    global_state: AdapterState,
-    options: RunOptions,
-    global_round: int,
-    samples_of: Mapping[str, int],
-    step_s: dict[str, float],
-) -> tuple[list[AdapterState], list[float]]:
-    """Every group's intra-group rounds, in lockstep by level; the groups' states and mean losses.
-
-    Level ``i`` hands the executor one task per group with ``intra_rounds > i``; after it, each
-    of those groups takes the sample-weighted FedAvg of its devices' states (A1).
-    """
-    states = [_group_start_state(context, group, global_state) for group in plan.groups]
-    losses: list[list[float]] = [[] for _ in plan.groups]
-    sample_weights = [[float(samples_of[d]) for d in group.device_ids] for group in plan.groups]
-    for intra in range(max(group.intra_rounds for group in plan.groups)):
-        active = [k for k, group in enumerate(plan.groups) if intra < group.intra_rounds]
-        tasks = [
-            TrainTask(
-                global_round=global_round,
-                intra_round=intra,
-                group_index=k,
-                depth=plan.groups[k].depth,
-                layers=plan.groups[k].layers,
-                device_ids=plan.groups[k].device_ids,
-                seeds=tuple(
-                    derive_seed(options.seed, global_round, k, intra, position)
-                    for position in range(len(plan.groups[k].device_ids))
-                ),
-                start_state=states[k],
-                local_steps=plan.groups[k].local_steps,
-                batch_size=plan.batch_size,
-                learning_rate=options.learning_rate,
-                optimizer=options.optimizer,
-            )
-            for k in active
-        ]
-        for k, task, updates in zip(active, tasks, executor.train(tasks), strict=True):
-            if len(updates) != len(task.device_ids):
-                raise RuntimeError(f"executor returned {len(updates)} updates for {len(task.device_ids)} devices")
-            for device_id, update in zip(task.device_ids, updates, strict=True):
-                step_s[device_id] = update.mean_step_s
-            states[k] = fedavg([u.state for u in updates], sample_weights[k])
-            losses[k].append(float(np.average([u.mean_loss for u in updates], weights=sample_weights[k])))
-    return states, [float(np.mean(group_losses)) for group_losses in losses]
 
 
 def _start(

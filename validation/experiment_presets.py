@@ -23,6 +23,7 @@ from hierfedlora.planner.io import read_json
 from hierfedlora.planner.rules import FINITE_NON_NEGATIVE, FINITE_POSITIVE, POSITIVE_INT, Rule, check_fields
 from hierfedlora.planner.tiers import PRESETS as TIER_MIXES
 from hierfedlora.planner.types import ConvergenceParams
+from hierfedlora.runtime.faults import FaultOptions
 from hierfedlora.validation.baselines import METHODS, BaselineSettings
 
 __all__ = [
@@ -124,6 +125,7 @@ PRESET_RULES: dict[str, Rule] = {
     ),
     "speed_error_sigma": FINITE_NON_NEGATIVE,
     "replan_every": POSITIVE_INT,
+    "absent_rounds": POSITIVE_INT,
     "plan_time_limit_s": FINITE_POSITIVE,
     "optimizer": Rule("'adamw' or 'sgd'", lambda v: v in ("adamw", "sgd"), ("adam",)),
 }
@@ -170,6 +172,8 @@ class ExperimentPreset:
     baseline: BaselineSettings = dataclasses.field(default_factory=BaselineSettings)
     convergence: ConvergenceParams = dataclasses.field(default_factory=ConvergenceParams)
     tuning_notes: tuple[str, ...] = ()
+    faults: FaultOptions | None = None
+    absent_rounds: int = 1
 
     def __post_init__(self) -> None:
         issues = check_fields(self, PRESET_RULES)
@@ -311,6 +315,19 @@ PRESETS: dict[str, ExperimentPreset] = {
         seeds=(7,),
         methods=("fedlora", "hierfavg", "grouping_only", "legend"),
         **_TUNED_SCALE,  # type: ignore[arg-type]
+    ),
+    "faults": ExperimentPreset(
+        name="faults",
+        description="an unreliable fleet: the paper preset's 80 devices at alpha = 0.5 with 20% dropout per round "
+        "and 10% stragglers (4x slower) under a 0.9-quantile deadline per intra-group round; the closed loop "
+        "(re-planning when a device is absent 3 rounds running or a group falls under its minimum size) "
+        "against the static plan and FedLoRA",
+        alphas=(0.5,),
+        seeds=(0,),
+        methods=("fedlora", "hierfedlora", LOOP_METHOD),
+        faults=FaultOptions(dropout=0.2, straggler_frac=0.1, straggler_factor=4.0, deadline_quantile=0.9),
+        absent_rounds=3,
+        **_PAPER_SCALE,  # type: ignore[arg-type]
     ),
     "heterogeneous": ExperimentPreset(
         name="heterogeneous",

@@ -274,7 +274,24 @@ def render_report(
         f"{preset.baseline.legend_deadline_quantile:g} quantile of the devices' full-depth round times.",
         *(f"- Tuning: {note}" for note in preset.tuning_notes),
         *(() if preset.tuning_notes else ("- No per-method tuning.",)),
-        f"- Closed loop: re-plan every {preset.replan_every} rounds (planner/feedback.py), 5% minimum predicted gain.",
+        f"- Closed loop: re-plan every {preset.replan_every} rounds (planner/feedback.py), 5% minimum predicted gain"
+        + (
+            f"; at once when a device is absent {preset.absent_rounds} rounds running or a group falls below its "
+            "minimum size."
+            if preset.faults is not None
+            else "."
+        ),
+        *(
+            (
+                f"- Faults (runtime/faults.py, the same draws for every method of a setting): dropout "
+                f"{preset.faults.dropout:g} per device and round, stragglers {preset.faults.straggler_frac:g} "
+                f"({preset.faults.straggler_factor:g}x slower), deadline quantile "
+                f"{preset.faults.deadline_quantile}, poisoned updates {preset.faults.poison_frac:g}; updates "
+                f"screened (non-finite, or norm > {preset.faults.norm_bound_ratio:g}x the group median).",
+            )
+            if preset.faults is not None
+            else ()
+        ),
         "- Metrics: final accuracy after the last round within the budget; time to target = simulated time at the "
         "end of the first round at or above the target; speed-up vs FedLoRA = FedLoRA's time to target over the "
         "method's (same setting and seed); speed-up at FedLoRA's final accuracy = FedLoRA's time to its own final "

@@ -156,7 +156,7 @@ def _run_one(
         seed=setting.seed,
     )
     replanner = (
-        Replanner(problem, every_rounds=preset.replan_every)
+        Replanner(problem, every_rounds=preset.replan_every, absent_rounds=preset.absent_rounds)
         if method == LOOP_METHOD
         else method_replanner(method, problem, settings=preset.baseline, seed=setting.seed)
     )
@@ -179,6 +179,7 @@ def _run_one(
             context=context,  # type: ignore[arg-type]
             replanner=replanner,
             clock_devices=truth,
+            faults=preset.faults,
         ):
             reports = [r for r in reports if r.global_round < report.global_round] + [report]
             if report.sim_time_s >= budget_s:

@@ -1,0 +1,147 @@
+"""One global round's training: every group's intra-group rounds through an executor, in lockstep.
+
+For global round ``r`` the engine calls :func:`train_groups`. Level ``i`` (an intra-group round)
+hands the executor one :class:`~hierfedlora.runtime.executors.base.TrainTask` per group with
+``intra_rounds > i``, holding the group's devices that take part; then each of those groups takes
+the sample-weighted FedAvg (A1) of its accepted updates. Faults (``runtime.faults``) remove the
+offline devices and those that missed the level's deadline from the task, poison the updates of
+poisoned devices, and screening rejects updates before they reach the average. A device's seed
+depends on its position in the group, not on who else takes part, so a device computes the same
+update whether or not others drop out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection, Mapping, Sequence
+
+import numpy as np
+
+from hierfedlora.models.adapters import AdapterState, truncate_rank
+from hierfedlora.planner.outcomes import Group, Plan
+from hierfedlora.runtime.aggregation import fedavg
+from hierfedlora.runtime.context import RunContext
+from hierfedlora.runtime.executors.base import Executor, TrainTask
+from hierfedlora.runtime.faults import FaultOptions, RoundFaults, poison_state, screen_updates
+from hierfedlora.runtime.local_training import derive_seed
+from hierfedlora.runtime.options import RunOptions
+
+__all__ = ["GroupsOutcome", "group_start_state", "train_groups"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class GroupsOutcome:
+    """What the groups did in one global round.
+
+    ``states[k]`` is group k's state after its intra rounds; ``losses[k]`` its mean training loss
+    over the levels where some update was accepted (``None`` if none was); ``contributed[k]``
+    whether any update of group k was accepted (a group that contributed nothing is left out of
+    the server's merge). ``step_s`` maps each device that trained to its measured mean step
+    seconds; ``rejected`` maps each screened-out device to the reason.
+    """
+
+    states: tuple[AdapterState, ...]
+    losses: tuple[float | None, ...]
+    contributed: tuple[bool, ...]
+    step_s: dict[str, float]
+    rejected: dict[str, str]
+
+
+def group_start_state(context: RunContext, group: Group, global_state: AdapterState) -> AdapterState:
+    """The global state restricted to the group's depth (or layers), truncated to its rank."""
+    if group.layers is None:
+        context.model.set_depth(group.depth)
+    else:
+        context.model.set_layers(group.layers)
+    state = {key: global_state[key] for key in context.model.adapter_keys()}
+    if group.lora_rank is not None:  # HetLoRA: the group trains the first lora_rank components only
+        state = truncate_rank(state, group.lora_rank)
+    return state
+
+
+def train_groups(
+    executor: Executor,
+    context: RunContext,
+    plan: Plan,
+    global_state: AdapterState,
+    options: RunOptions,
+    global_round: int,
+    samples_of: Mapping[str, int],
+    *,
+    faults: FaultOptions | None = None,
+    round_faults: RoundFaults | None = None,
+    missed: Sequence[Sequence[Collection[str]]] = (),
+) -> GroupsOutcome:
+    """Every group's intra-group rounds of ``global_round``, in lockstep by level.
+
+    ``missed[k][i]`` names group k's devices that missed the deadline of its intra round i
+    (from the simulated clock); ``round_faults`` the round's offline and poisoned devices.
+    """
+    states = [group_start_state(context, group, global_state) for group in plan.groups]
+    losses: list[list[float]] = [[] for _ in plan.groups]
+    step_s: dict[str, float] = {}
+    rejected: dict[str, str] = {}
+    offline = round_faults.offline if round_faults else frozenset()
+    for intra in range(max(group.intra_rounds for group in plan.groups)):
+        tasks = []
+        for k, group in enumerate(plan.groups):
+            if intra >= group.intra_rounds:
+                continue
+            late = set(missed[k][intra]) if missed else set()
+            taking_part = [(p, d) for p, d in enumerate(group.device_ids) if d not in offline and d not in late]
+            if taking_part:
+                tasks.append(_task(plan, k, intra, taking_part, states[k], options, global_round))
+        for task, updates in zip(tasks, executor.train(tasks) if tasks else [], strict=True):
+            if len(updates) != len(task.device_ids):
+                raise RuntimeError(f"executor returned {len(updates)} updates for {len(task.device_ids)} devices")
+            for device_id, update in zip(task.device_ids, updates, strict=True):
+                step_s[device_id] = update.mean_step_s
+            sent = [u.state for u in updates]
+            if round_faults is not None and faults is not None:
+                sent = [
+                    poison_state(task.start_state, s, round_faults.poisoned[d], faults.poison_scale)
+                    if d in round_faults.poisoned
+                    else s
+                    for d, s in zip(task.device_ids, sent, strict=True)
+                ]
+            refused = screen_updates(task.start_state, sent, norm_bound_ratio=faults.norm_bound_ratio) if faults else {}
+            rejected.update({task.device_ids[p]: reason for p, reason in refused.items()})
+            kept = [p for p in range(len(sent)) if p not in refused]
+            if not kept:
+                continue
+            weights = [float(samples_of[task.device_ids[p]]) for p in kept]
+            states[task.group_index] = fedavg([sent[p] for p in kept], weights)
+            losses[task.group_index].append(float(np.average([updates[p].mean_loss for p in kept], weights=weights)))
+    return GroupsOutcome(
+        states=tuple(states),
+        losses=tuple(float(np.mean(group_losses)) if group_losses else None for group_losses in losses),
+        contributed=tuple(bool(group_losses) for group_losses in losses),
+        step_s=step_s,
+        rejected=rejected,
+    )
+
+
+def _task(
+    plan: Plan,
+    k: int,
+    intra: int,
+    taking_part: list[tuple[int, str]],
+    start_state: AdapterState,
+    options: RunOptions,
+    global_round: int,
+) -> TrainTask:
+    group = plan.groups[k]
+    return TrainTask(
+        global_round=global_round,
+        intra_round=intra,
+        group_index=k,
+        depth=group.depth,
+        layers=group.layers,
+        device_ids=tuple(d for _, d in taking_part),
+        seeds=tuple(derive_seed(options.seed, global_round, k, intra, p) for p, _ in taking_part),
+        start_state=start_state,
+        local_steps=group.local_steps,
+        batch_size=plan.batch_size,
+        learning_rate=options.learning_rate,
+        optimizer=options.optimizer,
+    )
