@@ -29,6 +29,13 @@ The target. ``R0`` is the rounds to an eval loss gap of 10% of an untrained mode
 ``R0 · ln(target_loss_gap) / ln(0.1)`` (``ConvergenceParams.target_rounds``), since (F2) closes
 the gap geometrically in progress. Plans name their target (``Plan.target``).
 
+Data per round. (M4) has no term in the fleet size or in the samples a round processes: at a fixed
+per-device work (``local_steps`` x batch), a global round averages more devices' updates when the
+fleet grows, which lowers their variance but not their expected size, so the terms of local-SGD
+bounds that dominate (optimisation and drift) do not fall with N; planning fewer rounds for larger
+fleets would be optimistic. The README's concepts section gives the runs checked against this and
+their limits; ``planner.feedback`` refits ``R0`` from a run's own rounds either way.
+
 Examples
 --------
 >>> params = ConvergenceParams(depth_exponent=0.5, skew_sensitivity=4.0, reference_rounds=30.0)

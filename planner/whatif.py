@@ -212,8 +212,9 @@ class StudyRow:
 
     ``status`` is the plan's ``OPTIMAL``/``FEASIBLE``, or ``INVALID``, ``INFEASIBLE``,
     ``NO_SOLUTION``, ``SOLVER_FAILED``; ``reason`` says why and ``conflicting`` names the
-    constraint families of an infeasible point. Traffic is per global round (devices: all
-    devices up + down; backhaul: aggregators to and from the server); ``*_to_target_bytes``
+    constraint families of an infeasible point; ``target`` is the plan's (``Plan.target``).
+    Traffic is per global round (devices: all devices up + down; backhaul: aggregators to and
+    from the server); ``*_to_target_bytes``
     multiply by the rounds to target. ``depths`` and ``intra_rounds`` list ``value x count``.
     ``gap`` is the plan's certified relative gap on time to target (``Plan.relative_gap``).
     """
@@ -232,6 +233,7 @@ class StudyRow:
     status: str
     reason: str = ""
     conflicting: tuple[str, ...] = ()
+    target: str = ""
     round_time_s: float | None = None
     rounds_to_target: float | None = None
     time_to_target_s: float | None = None
@@ -338,7 +340,7 @@ def _problem(point: StudyPoint, fleet: Fleet, cost: CostModel) -> PlanningProble
     solver = dict(data.pop("solver", {}) or {})
     solver.setdefault("seed", point.study.seed)
     data.update(
-        devices=[to_dict(d) for d in fleet.devices],
+        devices=[to_dict(fleet.devices[0])],  # parsed once for the fields' paths; the fleet goes in below
         cost_model=to_dict(cost),
         num_groups=point.num_groups,
         backhaul_mbps=point.backhaul_mbps,
@@ -348,7 +350,8 @@ def _problem(point: StudyPoint, fleet: Fleet, cost: CostModel) -> PlanningProble
         convergence=convergence,
         solver=solver,
     )
-    return from_dict(PlanningProblem, data, source="study")
+    problem = from_dict(PlanningProblem, data, source="study")
+    return dataclasses.replace(problem, devices=fleet.devices)
 
 
 def run_point(point: StudyPoint, cache: GroupingCache | None = None) -> StudyRow:
@@ -406,7 +409,7 @@ def run_point(point: StudyPoint, cache: GroupingCache | None = None) -> StudyRow
     return StudyRow(
         **base,
         status=plan.status.name,
-        reason=plan.target,
+        target=plan.target,
         round_time_s=plan.predicted_round_time_s,
         rounds_to_target=rounds,
         time_to_target_s=plan.objective_value,

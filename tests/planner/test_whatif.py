@@ -83,3 +83,25 @@ def test_a_slow_server_link_makes_the_large_fleet_cost_more_per_round():
     small, large = (run_point(point) for point in study_points(study))
     # Assert
     assert large.round_time_s > small.round_time_s
+
+
+def test_a_real_fleet_file_is_planned_and_a_tier_file_mixes_tiers(tmp_path):
+    """fleet_file replaces the synthetic fleet; a JSON tier mix file draws its tiers."""
+    # Arrange
+    from hierfedlora.planner.fleet import save_fleet
+    from hierfedlora.planner.types import Fleet
+    from tests.factories import make_devices
+
+    save_fleet(tmp_path / "fleet.json", Fleet(devices=make_devices(12), class_names=("a", "b", "c", "d")))
+    (tmp_path / "mix.json").write_text('{"laptop": 1, "phone-flagship": 1}')
+    real = Study(fleet_file=str(tmp_path / "fleet.json"), **SMALL)
+    mixed = Study(fleet_sizes=(20,), tier_mixes=(str(tmp_path / "mix.json"),), **SMALL)
+    cache = GroupingCache()
+    # Act
+    real_row = run_point(next(study_points(real)), cache)
+    mixed_row = run_point(next(study_points(mixed)), cache)
+    fleet = cache.fleet(next(study_points(mixed)))
+    # Assert
+    assert real_row.status in ("OPTIMAL", "FEASIBLE") and real_row.groups == 1
+    assert mixed_row.status in ("OPTIMAL", "FEASIBLE")
+    assert sorted({d.tier for d in fleet.devices}) == ["laptop", "phone-flagship"]
