@@ -34,6 +34,21 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--model", default="default", help="'default' or a local HF model folder")
     parser.add_argument("--eval-samples", type=int, default=512, help="test samples evaluated per round")
     parser.add_argument("--no-prefix-cache", action="store_true", help="train without the frozen-prefix cache")
+    parser.add_argument(
+        "--max-seq-len", type=int, default=None, help="tokens per sample (default: the cost model's seq_len)"
+    )
+    parser.add_argument("--eval-batch-size", type=int, default=256, help="samples per evaluation batch")
+    parser.add_argument(
+        "--no-group-eval", action="store_true", help="evaluate only the global model each round, not every group's"
+    )
+    parser.add_argument("--lora-rank", type=int, default=None, help="LoRA rank r (default: the cost model's)")
+    parser.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scaling alpha (default 16)")
+    parser.add_argument(
+        "--allow-cost-mismatch",
+        action="store_true",
+        help="run even if the sequence length, batch size or LoRA rank differ from the cost model's (the simulated "
+        "clock then prices another computation than the one that runs)",
+    )
     parser.add_argument("--clock-noise", type=float, default=0.0, help="lognormal sigma on simulated step times")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -170,11 +185,12 @@ def build_executor(args: argparse.Namespace, plan: Any, fleet: Any, cost_model: 
 
 def handle(args: argparse.Namespace) -> int:
     """Run ``run``."""
+    from hierfedlora.planner.errors import InvalidInputError
     from hierfedlora.planner.fleet import load_fleet
     from hierfedlora.planner.io import read_json
     from hierfedlora.planner.outcomes import Plan
     from hierfedlora.planner.types import CostModel
-    from hierfedlora.runtime.options import RunOptions
+    from hierfedlora.runtime.options import RunOptions, cost_mismatches
 
     plan = read_json(Plan, args.plan)
     fleet = load_fleet(args.fleet)
@@ -183,11 +199,21 @@ def handle(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         learning_rate=args.learning_rate,
         model=args.model,
+        lora_rank=cost_model.lora_rank if args.lora_rank is None else args.lora_rank,
+        lora_alpha=args.lora_alpha,
+        max_seq_len=cost_model.seq_len if args.max_seq_len is None else args.max_seq_len,
         eval_samples=args.eval_samples,
+        eval_batch_size=args.eval_batch_size,
         use_prefix_cache=not args.no_prefix_cache,
+        evaluate_groups=not args.no_group_eval,
         clock_noise=args.clock_noise,
         seed=args.seed,
     )
+    mismatch = cost_mismatches(options, plan.batch_size, cost_model)
+    if mismatch is not None and not args.allow_cost_mismatch:
+        raise InvalidInputError([mismatch], "run")
+    if mismatch is not None:
+        log.warning("cost-model mismatch allowed: %s", mismatch)
     faults = build_faults(args)
     replanner = build_replanner(args, plan)
     executor = build_executor(args, plan, fleet, cost_model, options)

@@ -60,20 +60,30 @@ class RunContext:
     forward_source: Any
     model_sha256: str
     fleet_sha256: str
+    plain_forward: Forward | None = None
 
     def forward_for(self, depth: int, layers: Sequence[int] | None = None) -> Forward:
         """The model at ``depth`` (LoRA on ``layers`` when given) and a forward over the run's rows.
 
         With ``layers``, ``depth`` is ``num_layers - min(layers)`` (checked with the plan), so the
-        cache's boundary is the lowest trained layer.
+        cache's boundary is the lowest trained layer. At full depth (boundary 0) the frozen prefix
+        is only the embeddings: caching them would save a lookup and cost a hidden state per row,
+        so the plain forward runs instead.
         """
         if layers is None:
             self.model.set_depth(depth)
         else:
             self.model.set_layers(layers)
         if isinstance(self.forward_source, PrefixCache):
+            if depth == self.model.num_layers:  # boundary 0: the prefix is the embeddings, nothing to save
+                return self._plain_forward()
             return self.forward_source.forward_for(depth)
         return self.forward_source  # type: ignore[no-any-return]
+
+    def _plain_forward(self) -> Forward:
+        if self.plain_forward is None:
+            self.plain_forward = PlainForward(self.model, self.data)
+        return self.plain_forward
 
 
 def prepare_run(
@@ -120,7 +130,11 @@ def prepare_run(
     )
     device_rows = {d: torch.tensor([row_position[r] for r in rows_of], dtype=torch.long) for d, rows_of in used.items()}
     eval_rows = torch.tensor([row_position[int(r)] for r in eval_source], dtype=torch.long)
-    source: Any = PrefixCache(model, data) if options.use_prefix_cache else PlainForward(model, data)
+    source: Any = (
+        PrefixCache(model, data, max_bytes=options.prefix_cache_max_mib * 2**20)
+        if options.use_prefix_cache
+        else PlainForward(model, data)
+    )
     model_dir = resolve_model_dir(options.model)
     return RunContext(
         model=model,

@@ -10,7 +10,8 @@ One global round ``r`` (1-based, like Flower's ``server_round``):
 3. the server merges the groups layer by layer (``aggregation.merge_across_groups``);
 4. the merged global model and each group's model are evaluated on a fixed, seeded subset of the
    fleet's held-out test split (the global model at the deepest group's depth, or with LoRA on every
-   layer when a group lists ``layers``: FedRA's server model holds them all);
+   layer when a group lists ``layers``: FedRA's server model holds them all); a plan of one group on
+   its top layers (FedLoRA) evaluates once, its group model being the global model;
 5. the simulated clock advances by the cost model's round time (``clock.global_round_time_s``);
 6. round r is committed (checkpoint, then a fsynced JSONL line) and only then yielded.
 
@@ -38,6 +39,7 @@ from hierfedlora.planner.io import read_json, write_json
 from hierfedlora.planner.outcomes import GroupRoundResult, Plan, RoundReport
 from hierfedlora.planner.types import CostModel, DeviceProfile, Fleet
 from hierfedlora.runtime.aggregation import merge_across_groups
+from hierfedlora.runtime.batched_training import device_batching
 from hierfedlora.runtime.checkpoint import (
     MANIFEST_NAME,
     REPORTS_NAME,
@@ -178,7 +180,7 @@ def run_plan(
     if context is None:
         context = prepare_run(plan, fleet, options, device_ids=None if executor is None else ())
     owned = executor is None
-    executor = executor or InProcessExecutor(context)
+    executor = executor or InProcessExecutor(context, device_batching(options, cost_model))
     try:
         yield from _run_rounds(
             plan, fleet, cost_model, options, folder, resume, context, replanner, clock_devices, executor, faults
@@ -247,6 +249,7 @@ def _run_rounds(
                 missed=[t.missed for t in timing.groups] if round_faults else (),
             )
             results, kept_states, weights = [], [], []
+            same_as_global = _group_model_is_global(plan)
             for group, group_state, loss, took_part in zip(
                 plan.groups, outcome.states, outcome.losses, outcome.contributed, strict=True
             ):
@@ -254,7 +257,7 @@ def _run_rounds(
                 if took_part:
                     kept_states.append(group_state)
                     weights.append(float(sum(fleet.devices[positions[d]].num_samples for d in group.device_ids)))
-                    if options.evaluate_groups:
+                    if options.evaluate_groups and not same_as_global:
                         _, accuracy = evaluate(
                             _load(context, group.depth, group_state, group.layers),
                             context.data.labels,
@@ -273,6 +276,8 @@ def _run_rounds(
                 context.eval_rows,
                 batch_size=options.eval_batch_size,
             )
+            if options.evaluate_groups and same_as_global and outcome.contributed[0]:
+                results = [(results[0][0], eval_accuracy)]  # the one group's model is the global model
             clock = clock.advance(timing.round_s)
             report = RoundReport(
                 plan_id=plan.plan_id,
@@ -324,6 +329,15 @@ def _dropped(round_faults: RoundFaults | None, timing: RoundTiming) -> tuple[str
         return ()
     late = {d for g in timing.groups for level in g.missed for d in level}
     return tuple(sorted(set(round_faults.offline) | late))
+
+
+def _group_model_is_global(plan: Plan) -> bool:
+    """Whether the group's evaluation would repeat the global one: one group on the top ``d`` layers.
+
+    Its merge weight is exactly 1, so the merged global state holds the group's tensors bit for bit
+    on the group's keys, and the global model is evaluated at the group's depth (4): the same model.
+    """
+    return len(plan.groups) == 1 and plan.groups[0].layers is None
 
 
 def _save_plan(folder: Path, plan: Plan) -> None:

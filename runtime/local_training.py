@@ -84,9 +84,13 @@ def train_device(
 
 
 def evaluate(forward: Forward, labels: torch.Tensor, indices: torch.Tensor, *, batch_size: int) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of the model (at its loaded state) on ``indices``."""
+    """Mean cross-entropy and accuracy of the model (at its loaded state) on ``indices``.
+
+    Runs under ``torch.inference_mode`` (no autograd bookkeeping); a prefix cache computes the
+    states it keeps outside it, so training can use them afterwards.
+    """
     total_loss, correct = 0.0, 0
-    with torch.no_grad():
+    with torch.inference_mode():
         for start in range(0, len(indices), batch_size):
             batch = indices[start : start + batch_size]
             logits = forward.logits(batch)

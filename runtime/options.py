@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hierfedlora.planner.errors import InvalidInputError
+from hierfedlora.planner.errors import InvalidInputError, Issue
 from hierfedlora.planner.rules import (
     FINITE_NON_NEGATIVE,
     FINITE_POSITIVE,
@@ -25,9 +25,9 @@ from hierfedlora.planner.rules import (
     Rule,
     check_fields,
 )
-from hierfedlora.planner.types import SCHEMA_RULE, SCHEMA_VERSION
+from hierfedlora.planner.types import SCHEMA_RULE, SCHEMA_VERSION, CostModel
 
-__all__ = ["RUN_OPTION_RULES", "RunOptions"]
+__all__ = ["RUN_OPTION_RULES", "RunOptions", "cost_mismatches"]
 
 RUN_OPTION_RULES: dict[str, Rule] = {
     "rounds": POSITIVE_INT,
@@ -40,6 +40,9 @@ RUN_OPTION_RULES: dict[str, Rule] = {
     "eval_samples": POSITIVE_INT,
     "eval_batch_size": POSITIVE_INT,
     "use_prefix_cache": Rule("true or false", lambda v: isinstance(v, bool), (1, "yes")),
+    "prefix_cache_max_mib": NON_NEGATIVE_INT,
+    "batched_devices": POSITIVE_INT,
+    "batch_memory_mib": POSITIVE_INT,
     "evaluate_groups": Rule("true or false", lambda v: isinstance(v, bool), (1, "yes")),
     "clock_noise": FINITE_NON_NEGATIVE,
     "backhaul_mbps": FINITE_POSITIVE,
@@ -72,7 +75,18 @@ class RunOptions:
     eval_samples, eval_batch_size : int
         Size of the fixed, seeded evaluation subset of the fleet's test split, and its batch.
     use_prefix_cache : bool
-        Train the top ``d`` layers on cached frozen-prefix hidden states (exact; faster).
+        Train the top ``d`` layers on cached frozen-prefix hidden states (exact; faster). At full
+        depth the plain forward runs (the prefix is only the embeddings: nothing worth caching).
+    prefix_cache_max_mib : int
+        Bound on the cache's states in MiB (a row costs ``seq_len * hidden * 4`` bytes per depth
+        in use). Beyond it, least recently used depths are evicted, then rows are recomputed
+        each time they are used: exact either way, only slower.
+    batched_devices : int
+        Devices of a group that train at once as one batched computation
+        (``runtime.batched_training``: the same math, other rounding); 1 trains them one after another.
+    batch_memory_mib : int
+        Activation memory a batched chunk may keep (with the cost model's activation bytes, it caps
+        the devices per chunk).
     evaluate_groups : bool
         Also evaluate every group's model each round (``GroupRoundResult.accuracy``); off, only
         the merged global model is evaluated (plans with many groups run much faster).
@@ -93,8 +107,11 @@ class RunOptions:
     lora_alpha: float = 16.0
     max_seq_len: int = 64
     eval_samples: int = 512
-    eval_batch_size: int = 128
+    eval_batch_size: int = 256
     use_prefix_cache: bool = True
+    prefix_cache_max_mib: int = 512
+    batched_devices: int = 1
+    batch_memory_mib: int = 256
     evaluate_groups: bool = True
     clock_noise: float = 0.0
     backhaul_mbps: float = 20.0
@@ -108,3 +125,27 @@ class RunOptions:
         issues = check_fields(self, RUN_OPTION_RULES)
         if issues:
             raise InvalidInputError(issues)
+
+
+def cost_mismatches(options: RunOptions, batch_size: int, cost_model: CostModel) -> Issue | None:
+    """Where the run would train something other than what the cost model prices (its simulated clock).
+
+    Compares the sequence length and LoRA rank of ``options`` and the plan's ``batch_size`` with the
+    cost model's ``seq_len``, ``lora_rank`` and ``batch_size``. Returns one issue naming every field
+    that differs (``None`` if none does), e.g. ``max_seq_len, lora_rank must be the cost model's
+    seq_len 64, lora_rank 8; got (32, 4) (pass --allow-cost-mismatch ...)``.
+    """
+    pairs = (
+        ("max_seq_len", options.max_seq_len, "seq_len", cost_model.seq_len),
+        ("batch_size", batch_size, "batch_size", cost_model.batch_size),
+        ("lora_rank", options.lora_rank, "lora_rank", cost_model.lora_rank),
+    )
+    differ = [pair for pair in pairs if pair[1] != pair[3]]
+    if not differ:
+        return None
+    return Issue(
+        ", ".join(name for name, *_ in differ),
+        "the cost model's " + ", ".join(f"{field} {priced}" for *_, field, priced in differ),
+        tuple(value for _, value, *_ in differ) if len(differ) > 1 else differ[0][1],
+        "pass --allow-cost-mismatch to run anyway: the simulated clock then prices another computation",
+    )

@@ -67,6 +67,10 @@ class Forward(Protocol):
         """``[batch, num_labels]`` logits, the whole model in eval mode."""
         ...
 
+    def train_logits(self, indices: torch.Tensor) -> torch.Tensor:
+        """``[batch, num_labels]`` logits with the modes of :meth:`loss` (S1, S2), differentiable; no loss."""
+        ...
+
 
 class _StopForwardError(Exception):
     """Raised by a hook to end a forward once the tensor it needs is captured."""
@@ -169,6 +173,12 @@ class PlainForward:
             loss: torch.Tensor = self._model(**_batch(self._data, indices, labels=True)).loss
         return loss
 
+    def train_logits(self, indices: torch.Tensor) -> torch.Tensor:
+        """``[batch, num_labels]`` logits of samples ``indices`` in the modes of :meth:`loss`."""
+        with self._modes(train=True, boundary=self._model.num_layers - self._model.depth):
+            logits: torch.Tensor = self._model(**_batch(self._data, indices, labels=False)).logits
+        return logits
+
     def logits(self, indices: torch.Tensor) -> torch.Tensor:
         """``[batch, num_labels]`` logits of samples ``indices``, the whole model in eval mode."""
         with self._modes(train=False):
@@ -264,8 +274,9 @@ class PrefixCache:
             As :meth:`forward_for`; field ``depth`` when the model's active depth differs.
         """
         boundary = self._boundary(depth)
-        missing = self._missing(boundary, indices)
-        self._compute(boundary, missing)
+        with torch.inference_mode(False):
+            missing = self._missing(boundary, indices)
+            self._compute(boundary, missing)
         return int(missing.numel())
 
     def _boundary(self, depth: int) -> int:
@@ -374,12 +385,13 @@ class PrefixCache:
                 self._layers[index] = layer
             handle.remove()
 
-    def _run(self, depth: int, indices: torch.Tensor, *, train: bool) -> Any:
+    def _run(self, depth: int, indices: torch.Tensor, *, train: bool, labels: bool | None = None) -> Any:
         boundary = self._boundary(depth)
-        states = self._states(boundary, indices)
+        with torch.inference_mode(False):  # kept states and indexes must be usable by training later
+            states = self._states(boundary, indices)
         # layers below the boundary are swapped out; their flags are set as in the plain path all the same
         with self._from_states(boundary, states), self._modes(train=train, boundary=boundary):
-            return self._model(**_batch(self._data, indices, labels=train))
+            return self._model(**_batch(self._data, indices, labels=train if labels is None else labels))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -392,6 +404,10 @@ class _CachedForward:
     def loss(self, indices: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of samples ``indices`` from cached states (S1, S2)."""
         return self.cache._run(self.depth, indices, train=True).loss  # type: ignore[no-any-return]
+
+    def train_logits(self, indices: torch.Tensor) -> torch.Tensor:
+        """``[batch, num_labels]`` logits of samples ``indices`` from cached states, in the modes of ``loss``."""
+        return self.cache._run(self.depth, indices, train=True, labels=False).logits  # type: ignore[no-any-return]
 
     def logits(self, indices: torch.Tensor) -> torch.Tensor:
         """``[batch, num_labels]`` logits of samples ``indices`` from cached states, eval mode."""

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from hierfedlora.models.adapters import AdapterState
+from hierfedlora.runtime.batched_training import DeviceBatching, batching_supported, train_devices_batched
 from hierfedlora.runtime.context import RunContext
 from hierfedlora.runtime.local_training import DeviceUpdate, train_device
 
@@ -94,12 +95,34 @@ class LocalTrainer:
     the devices it owns, so every executor runs the same training code.
     """
 
-    def __init__(self, context: RunContext) -> None:
+    def __init__(self, context: RunContext, batching: DeviceBatching | None = None) -> None:
         self.context = context
+        self.batching = batching
 
     def train_task(self, task: TrainTask) -> list[DeviceUpdate]:
-        """Train every device of ``task`` from its start state; one update per device, in order."""
+        """Train every device of ``task`` from its start state; one update per device, in order.
+
+        With a :class:`~hierfedlora.runtime.batched_training.DeviceBatching` of ``max_devices > 1``
+        (and a model it supports), devices train in batched chunks (same math, other rounding).
+        """
         forward = self.context.forward_for(task.depth, task.layers)
+        chunk = self.batching.chunk_size(task.batch_size, task.depth) if self.batching else 1
+        if chunk > 1 and len(task.device_ids) > 1 and batching_supported(self.context.model):
+            updates: list[DeviceUpdate] = []
+            for start in range(0, len(task.device_ids), chunk):
+                updates += train_devices_batched(
+                    self.context.model,
+                    forward,
+                    task.start_state,
+                    [self.context.device_rows[d] for d in task.device_ids[start : start + chunk]],
+                    self.context.data.labels,
+                    seeds=task.seeds[start : start + chunk],
+                    local_steps=task.local_steps,
+                    batch_size=task.batch_size,
+                    learning_rate=task.learning_rate,
+                    optimizer=task.optimizer,
+                )
+            return updates
         return [
             train_device(
                 self.context.model,
