@@ -174,7 +174,7 @@ def test_chunk_size_follows_the_memory_budget(max_devices, memory_mib, expected)
 
 
 def test_a_run_with_batched_devices_matches_the_sequential_run(tmp_path, small_fleet, minilm_slice_dir):
-    """run_plan with batched_devices=4 trains each 2-device group as one chunk and ends where the sequential run does."""
+    """run_plan with batched_devices=4 trains each 2-device group as one chunk, ending where the sequential run does."""
     # Arrange
     from hierfedlora.runtime.engine import prepare_run, run_plan
     from hierfedlora.runtime.options import RunOptions
