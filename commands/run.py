@@ -44,6 +44,14 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--lora-rank", type=int, default=None, help="LoRA rank r (default: the cost model's)")
     parser.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA scaling alpha (default 16)")
     parser.add_argument(
+        "--batched-devices",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train up to N devices of a group as one batched computation (same math, other rounding; default 1: "
+        "one after another)",
+    )
+    parser.add_argument(
         "--allow-cost-mismatch",
         action="store_true",
         help="run even if the sequence length, batch size or LoRA rank differ from the cost model's (the simulated "
@@ -206,6 +214,7 @@ def handle(args: argparse.Namespace) -> int:
         eval_batch_size=args.eval_batch_size,
         use_prefix_cache=not args.no_prefix_cache,
         evaluate_groups=not args.no_group_eval,
+        batched_devices=args.batched_devices,
         clock_noise=args.clock_noise,
         seed=args.seed,
     )

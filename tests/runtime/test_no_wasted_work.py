@@ -166,12 +166,15 @@ def test_cli_run_options_reach_the_run(tmp_path, small_fleet, minilm_slice_dir):
     """Seq length and rank default to the cost model's (else exit 2); --no-group-eval drops group accuracies;
     a mismatch can be allowed."""
     # Act
-    done = _cli(tmp_path, small_fleet, minilm_slice_dir, "--no-group-eval", "--eval-batch-size", "8")
+    done = _cli(
+        tmp_path, small_fleet, minilm_slice_dir, "--no-group-eval", "--eval-batch-size", "8", "--batched-devices", "4"
+    )
     allowed = _cli(tmp_path / "b", small_fleet, minilm_slice_dir, "--lora-rank", "4", "--allow-cost-mismatch")
     # Assert
     assert done.returncode == 0, done.stderr
     (report,) = read_reports(tmp_path / "run" / REPORTS_NAME)
     assert report.groups[0].accuracy is None
+    assert len(set(report.measured_step_s.values())) == 1  # the group's 4 devices trained as one batch
     assert allowed.returncode == 0, allowed.stderr
     assert "cost-model mismatch allowed" in allowed.stderr and "lora_rank" in allowed.stderr
     manifest = json.loads((tmp_path / "b" / "run" / MANIFEST_NAME).read_text())
