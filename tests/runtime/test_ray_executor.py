@@ -141,6 +141,7 @@ def _cli_run(plan_path, fleet_path, cost_path, model_dir, out, rounds, *extra: s
         "16",
         "--seed",
         "3",
+        "--allow-cost-mismatch",  # the hand plan's batch of 4 is not the cost model's 16
         *extra,
     ]
 
