@@ -61,7 +61,9 @@ def _analytic(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         known = ", ".join([*COMPUTE_TIERS, "this-host"])
         raise InvalidInputError([Issue("--tier", f"one of {known}", args.tier)], "command line")
     targets = tuple(args.target_modules.split(",")) if args.target_modules else None
-    shape = model_shape(read_json_object(args.analytic), target_modules=targets)
+    config = read_json_object(args.analytic)
+    shape = model_shape(config, target_modules=targets)
+    name = str(config.get("_name_or_path") or "").rstrip("/").split("/")[-1] or args.analytic.resolve().parent.name
     return analytic_cost_model(
         shape,
         tier,
@@ -69,7 +71,7 @@ def _analytic(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         seq_len=args.seq_len,
         lora_rank=args.lora_rank,
         num_labels=args.num_labels,
-        model_name=args.analytic.resolve().parent.name,
+        model_name=name,
     )
 
 

@@ -58,3 +58,20 @@ def test_a_cost_model_for_other_classes_exits_2_naming_num_labels(inputs):
     assert result.returncode == 2
     assert "cost_model.num_labels must be the fleet's class count, 4" in result.stderr
     assert "got 26" in result.stderr and "with_num_labels" in result.stderr
+
+
+def test_profile_analytic_prices_a_config_without_weights_and_refuses_an_unknown_tier(tmp_path):
+    """--analytic on the packaged config writes a cost model with the measured model's bytes; --tier nope exits 2."""
+    from hierfedlora.models.catalog import resolve_model_dir
+
+    config = str(resolve_model_dir("default") / "config.json")
+    out = tmp_path / "cost.json"
+    # Act
+    good = _cli("profile", "--analytic", config, "--num-labels", "4", "--tier", "phone-flagship", "--out", str(out))
+    bad = _cli("profile", "--analytic", config, "--tier", "nope", "--out", str(tmp_path / "bad.json"))
+    # Assert
+    assert good.returncode == 0, good.stderr
+    cost = json.loads(out.read_text())
+    assert (cost["adapter_bytes_per_layer"], cost["head_bytes"], cost["num_labels"]) == (49152, 6160, 4)
+    assert "phone-flagship" in cost["measured_on"]
+    assert bad.returncode == 2 and "--tier must be one of" in bad.stderr and not (tmp_path / "bad.json").exists()
