@@ -60,6 +60,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--clock-noise", type=float, default=0.0, help="lognormal sigma on simulated step times")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--aggregation",
+        default="fedavg",
+        help="aggregation rule inside and across groups: fedavg (default), ffa, fedex, flora, lora-fair, hetlora",
+    )
+    parser.add_argument(
         "--replan-every",
         type=int,
         default=None,
@@ -217,6 +222,7 @@ def handle(args: argparse.Namespace) -> int:
         batched_devices=args.batched_devices,
         clock_noise=args.clock_noise,
         seed=args.seed,
+        aggregation=args.aggregation,
     )
     mismatch = cost_mismatches(options, plan.batch_size, cost_model)
     if mismatch is not None and not args.allow_cost_mismatch:

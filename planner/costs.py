@@ -75,6 +75,22 @@ receives the merge over its backhaul link; all ``K`` aggregators share the serve
 
     traffic_k = tau_k * |k| * 2 * bytes(d_k)
 
+(C9) Bytes per exchange under an aggregation rule (``runtime.aggregation_rules``), with
+``b = bytes(d, m, r)`` of (C2), ``lora = b - H`` its LoRA part, ``m`` trained layers, ``n`` the
+number of inputs the aggregate stacks (a group's devices; at (C6) the groups ``K``) and ``D`` the
+bytes of one layer's dense ``(out, in)`` target matrices::
+
+    fedavg, lora-fair, hetlora:  up = b                     down = b
+    ffa (only B travels):        up = round(lora / 2) + H   down = up
+    fedex (+ the residual):      up = b                     down = b + m * D
+    flora (stacked factors):     up = b                     down = n * lora + H
+
+    FFA-LoRA's half assumes square target modules (``B`` and ``A`` the same size, as for the
+    attention projections of BERT-like models); FLoRA's download grows with the inputs it stacks;
+    FedEx-LoRA's residual is dense. (C3) then charges ``8 * up / up_i + 8 * down / down_i`` and (C6)
+    ``8 * (up + down)`` of the largest sizes; (C6b) and (C8) add ``up + down``. The rule leaves the
+    compute (C1) and memory (C4) unchanged.
+
 Examples
 --------
 >>> cm = CostModel(model_name="toy", num_layers=2, batch_size=4, seq_len=8,
@@ -103,6 +119,7 @@ from hierfedlora.planner.outcomes import Group
 from hierfedlora.planner.types import CostModel, DeviceProfile
 
 __all__ = [
+    "AGGREGATION_RULES",
     "adapter_bytes",
     "backhaul_traffic_bytes",
     "group_adapter_bytes",
@@ -112,6 +129,7 @@ __all__ = [
     "intra_round_time_s",
     "peak_memory_bytes",
     "round_time_s",
+    "rule_bytes",
     "step_time_s",
     "step_time_table_s",
     "exchange_time_table_s",
@@ -152,14 +170,74 @@ def group_adapter_bytes(cost: CostModel, group: Group) -> int:
 
 
 def exchange_time_s(
-    cost: CostModel, device: DeviceProfile, *, depth: int, latency_s: float, num_bytes: int | None = None
+    cost: CostModel,
+    device: DeviceProfile,
+    *,
+    depth: int,
+    latency_s: float,
+    num_bytes: int | None = None,
+    download_bytes: int | None = None,
 ) -> float:
     """(C3) Upload plus download of the adapters over the device's links, plus latency.
 
-    ``num_bytes`` (default ``adapter_bytes(cost, depth=depth)``) is what travels each way.
+    ``num_bytes`` (default ``adapter_bytes(cost, depth=depth)``) is what travels each way, unless
+    ``download_bytes`` gives the download apart ((C9): rules whose download differs).
     """
     bits = 8.0 * (adapter_bytes(cost, depth=depth) if num_bytes is None else num_bytes)
-    return bits / (MEGABIT * device.uplink_mbps) + bits / (MEGABIT * device.downlink_mbps) + latency_s
+    down_bits = bits if download_bytes is None else 8.0 * download_bytes
+    return bits / (MEGABIT * device.uplink_mbps) + down_bits / (MEGABIT * device.downlink_mbps) + latency_s
+
+
+AGGREGATION_RULES = ("fedavg", "ffa", "fedex", "flora", "lora-fair", "hetlora")
+"""The aggregation rules (C9) prices (``runtime.aggregation_rules`` implements them)."""
+
+
+def rule_bytes(
+    cost: CostModel,
+    num_bytes: int,
+    *,
+    aggregation: str = "fedavg",
+    num_layers: int = 1,
+    num_inputs: int = 1,
+    dense_bytes_per_layer: int | None = None,
+) -> tuple[int, int]:
+    """(C9) Upload and download bytes of one exchange of ``num_bytes`` (C2) under ``aggregation``.
+
+    ``num_layers`` is ``m`` (the trained layers, for FedEx-LoRA's residual), ``num_inputs`` the ``n``
+    FLoRA stacks, ``dense_bytes_per_layer`` the ``D`` FedEx-LoRA needs.
+
+    Raises
+    ------
+    InvalidInputError
+        An unknown rule; ``fedex`` without ``dense_bytes_per_layer``.
+
+    Examples
+    --------
+    >>> cm = CostModel(model_name="toy", num_layers=2, batch_size=4, seq_len=8,
+    ...     embedding_forward_s=0.0, layer_forward_s=(0.01, 0.01), layer_backward_s=(0.02, 0.02),
+    ...     head_step_s=0.0, layer_optimizer_s=0.0, adapter_bytes_per_layer=1000, head_bytes=10,
+    ...     activation_bytes_per_sample_per_layer=10, optimizer_bytes_per_layer=2000,
+    ...     base_model_bytes=100)
+    >>> rule_bytes(cm, 2010, aggregation="ffa"), rule_bytes(cm, 2010, aggregation="flora", num_inputs=3)
+    ((1010, 1010), (2010, 6010))
+    >>> rule_bytes(cm, 2010, aggregation="fedex", num_layers=2, dense_bytes_per_layer=50_000)
+    (2010, 102010)
+    """
+    from hierfedlora.planner.errors import InvalidInputError, Issue
+
+    lora = num_bytes - cost.head_bytes
+    if aggregation in ("fedavg", "lora-fair", "hetlora"):
+        return num_bytes, num_bytes
+    if aggregation == "ffa":
+        half = round(lora / 2) + cost.head_bytes
+        return half, half
+    if aggregation == "flora":
+        return num_bytes, num_inputs * lora + cost.head_bytes
+    if aggregation == "fedex":
+        if dense_bytes_per_layer is None:
+            raise InvalidInputError([Issue("dense_bytes_per_layer", "the bytes of one layer's target matrices", None)])
+        return num_bytes, num_bytes + num_layers * dense_bytes_per_layer
+    raise InvalidInputError([Issue("aggregation", f"one of {', '.join(AGGREGATION_RULES)}", aggregation)])
 
 
 def peak_memory_bytes(cost: CostModel, *, depth: int, batch_size: int) -> int:
@@ -181,11 +259,12 @@ def intra_round_time_s(
     batch_size: int,
     latency_s: float,
     num_bytes: int | None = None,
+    download_bytes: int | None = None,
 ) -> float:
     """(C5) One intra-group round: the slowest member's local steps plus its exchange of ``num_bytes``."""
     return max(
         local_steps * step_time_s(cost, compute_scale=d.compute_scale, depth=depth, batch_size=batch_size)
-        + exchange_time_s(cost, d, depth=depth, latency_s=latency_s, num_bytes=num_bytes)
+        + exchange_time_s(cost, d, depth=depth, latency_s=latency_s, num_bytes=num_bytes, download_bytes=download_bytes)
         for d in devices
     )
 
@@ -198,18 +277,22 @@ def global_aggregation_s(
     latency_s: float,
     num_bytes: Sequence[int] | None = None,
     server_ingress_mbps: float | None = None,
+    download_bytes: Sequence[int] | None = None,
 ) -> float:
     """(C6) Groups' aggregators exchange their merged adapters with the server.
 
     ``depths`` holds one depth per group (``K = len(depths)``); ``num_bytes`` (default
-    ``adapter_bytes`` at each of ``depths``) each group's bytes. ``server_ingress_mbps`` is the
-    server link all aggregators share (``None``: unlimited).
+    ``adapter_bytes`` at each of ``depths``) each group's bytes, each way unless ``download_bytes``
+    gives the downloads apart (C9). ``server_ingress_mbps`` is the server link all aggregators
+    share (``None``: unlimited).
     """
     sizes = [adapter_bytes(cost, depth=d) for d in depths] if num_bytes is None else num_bytes
     largest = max(sizes)
     inverse_rate = 1.0 / backhaul_mbps
     if server_ingress_mbps is not None:
         inverse_rate = max(inverse_rate, len(sizes) / server_ingress_mbps)
+    if download_bytes is not None:
+        return 8.0 * (largest + max(download_bytes)) * inverse_rate / MEGABIT + latency_s
     return 2 * 8.0 * largest * inverse_rate / MEGABIT + latency_s
 
 

@@ -359,6 +359,7 @@ REPORT_RULES: dict[str, Rule] = {
     "eval_loss": FINITE_NON_NEGATIVE,
     "eval_accuracy": Rule("a number in [0, 1]", lambda v: is_number(v) and 0 <= v <= 1, (1.5, math.nan)),
     "seed": NON_NEGATIVE_INT,
+    "aggregation": NON_EMPTY_STRING,
     "schema_version": SCHEMA_RULE,
 }
 
@@ -374,7 +375,8 @@ class RoundReport:
     device; ``planner.feedback`` refits device speeds from it). ``dropped_device_ids`` names
     the devices that sent nothing this round (offline, or late for a deadline);
     ``rejected_device_ids`` those whose update the server's screening refused (non-finite, or
-    far longer than its group's).
+    far longer than its group's). ``aggregation`` names the run's aggregation rule
+    (``runtime.aggregation_rules``).
     """
 
     plan_id: str
@@ -389,6 +391,7 @@ class RoundReport:
     dropped_device_ids: tuple[str, ...] = ()
     rejected_device_ids: tuple[str, ...] = ()
     seed: int = 0
+    aggregation: str = "fedavg"
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

@@ -158,9 +158,11 @@ _Combine = Callable[
 
 
 def _wsum(tensors: Sequence[torch.Tensor], fractions: Sequence[float]) -> torch.Tensor:
-    total = tensors[0].double() * fractions[0]
+    """``sum_i fractions[i] * tensors[i]`` in float64, in order: the same operations as
+    ``runtime.aggregation.fedavg``, so the ``fedavg`` rule reproduces it bit for bit."""
+    total = tensors[0].to(torch.float64) * fractions[0]
     for tensor, fraction in zip(tensors[1:], fractions[1:], strict=True):
-        total = total + tensor.double() * fraction
+        total.add_(tensor.to(torch.float64), alpha=fraction)
     return total
 
 

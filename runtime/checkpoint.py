@@ -101,6 +101,7 @@ RUN_STATE_RULES: dict[str, rules.Rule] = {
     "plan_id": rules.NON_EMPTY_STRING,
     "fleet_sha256": rules.ANY_STRING,
     "model_sha256": rules.ANY_STRING,
+    "aggregation": rules.NON_EMPTY_STRING,
     "global_round": rules.NON_NEGATIVE_INT,
     "sim_time_s": rules.FINITE_NON_NEGATIVE,
     "seed": rules.NON_NEGATIVE_INT,
@@ -120,7 +121,8 @@ class RunState:
     ``plan_id``, ``fleet_sha256`` and ``model_sha256`` identify the run (resume refuses others);
     ``sim_time_s`` is the simulated clock after the round; ``numpy_rng_state`` the JSON of the numpy
     generator (:func:`numpy_rng_state`); ``last_report`` the report of round ``global_round``, ``None``
-    exactly at round 0, so resume can re-append it (R2). Tensors travel beside it, in safetensors.
+    exactly at round 0, so resume can re-append it (R2); ``aggregation`` the run's aggregation rule (resume
+    refuses another). Tensors travel beside it, in safetensors.
     """
 
     plan_id: str
@@ -131,6 +133,7 @@ class RunState:
     seed: int
     numpy_rng_state: str
     last_report: RoundReport | None = None
+    aggregation: str = "fedavg"
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -226,13 +229,14 @@ def load_checkpoint(
     expected_plan_id: str,
     expected_fleet_sha256: str,
     expected_model_sha256: str,
+    expected_aggregation: str = "fedavg",
 ) -> tuple[RunState, dict[str, torch.Tensor]]:
     """Read the run's committed checkpoint and prove it belongs to this run.
 
     Raises
     ------
     ResumeMismatchError
-        If its ``schema_version``, ``plan_id``, ``fleet_sha256`` or ``model_sha256`` differs
+        If its ``schema_version``, ``plan_id``, ``fleet_sha256``, ``model_sha256`` or ``aggregation`` differs
         (``field``, ``expected``, ``found``), checked in that order.
     InvalidInputError
         If the manifest is missing, not JSON, or breaks a field rule, or the tensor file it names is
@@ -245,6 +249,7 @@ def load_checkpoint(
         ("plan_id", expected_plan_id),
         ("fleet_sha256", expected_fleet_sha256),
         ("model_sha256", expected_model_sha256),
+        ("aggregation", expected_aggregation),
     )
     for field, value in identity:
         if getattr(state, field) != value:

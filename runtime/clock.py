@@ -35,6 +35,10 @@ closes at ``D_{k,r} = quantile_q(t_{k,r,i} over its online devices i)``, devices
 
     Noise factors are drawn as in (K2), over the online devices only.
 
+    Under an aggregation rule other than FedAvg, ``costs.rule_bytes`` (C9) gives one exchange's upload
+    and download apart (FFA-LoRA halves both, FedEx-LoRA adds the dense residual to the download,
+    FLoRA's download stacks the group's ``|k|`` devices; at (C6) the server stacks ``K`` groups).
+
     ``group_adapter_bytes`` is ``adapter_bytes(d_k)`` unless the group sets ``layers`` (only those
     travel) or ``lora_rank`` (a fraction of each layer travels); exchanges (C3) and the global
     aggregation (C6) move the same bytes. Step times stay depth-based (``costs.py`` (C2)).
@@ -172,6 +176,8 @@ def global_round_time_s(
     offline: Collection[str] = frozenset(),
     slowdown: Mapping[str, float] | None = None,
     deadline_quantile: float | None = None,
+    aggregation: str = "fedavg",
+    dense_bytes_per_layer: int | None = None,
 ) -> RoundTiming:
     """Time and traffic of one global round of ``plan`` on the simulated clock (K1-K4).
 
@@ -198,6 +204,12 @@ def global_round_time_s(
     offline, slowdown, deadline_quantile
         The round's faults (K4): devices offline, step-time factors of stragglers, and the
         per-intra-round deadline quantile (``None``: no deadline).
+    aggregation : str
+        The run's aggregation rule: what travels each way (``planner.costs`` (C9)); devices of a
+        group stack ``|k|`` inputs (FLoRA), the server ``K`` groups. A round with faults (K4) is
+        still priced with FedAvg's bytes (not yet per rule).
+    dense_bytes_per_layer : int or None
+        Bytes of one layer's dense target matrices (FedEx-LoRA's residual; required for ``fedex``).
 
     Raises
     ------
@@ -229,16 +241,29 @@ def global_round_time_s(
             dict(slowdown or {}),
             deadline_quantile,
         )
+    global_bytes = [
+        _rule_bytes(cost_model, g, aggregation, len(plan.groups), dense_bytes_per_layer) for g in plan.groups
+    ]
     global_s = costs.global_aggregation_s(
         cost_model,
         [g.depth for g in plan.groups],
         backhaul_mbps=backhaul_mbps,
         latency_s=global_latency_s,
-        num_bytes=[costs.group_adapter_bytes(cost_model, g) for g in plan.groups],
+        num_bytes=[up for up, _ in global_bytes],
         server_ingress_mbps=server_ingress_mbps,
+        download_bytes=None if all(up == down for up, down in global_bytes) else [down for _, down in global_bytes],
     )
     timings = tuple(
-        _group_timing(cost_model, [devices_by_id[d] for d in g.device_ids], g, batch, intra_latency_s, noise, rng)
+        _group_timing(
+            cost_model,
+            [devices_by_id[d] for d in g.device_ids],
+            g,
+            batch,
+            intra_latency_s,
+            noise,
+            rng,
+            _rule_bytes(cost_model, g, aggregation, len(g.device_ids), dense_bytes_per_layer),
+        )
         for g in plan.groups
     )
     if noise > 0:
@@ -250,6 +275,20 @@ def global_round_time_s(
     return RoundTiming(groups=timings, global_aggregation_s=global_s, round_s=round_s)
 
 
+def _rule_bytes(
+    cost_model: CostModel, group: Group, aggregation: str, num_inputs: int, dense_bytes_per_layer: int | None
+) -> tuple[int, int]:
+    """(C9) for one group: upload and download bytes of one exchange."""
+    return costs.rule_bytes(
+        cost_model,
+        costs.group_adapter_bytes(cost_model, group),
+        aggregation=aggregation,
+        num_layers=group.depth if group.layers is None else len(group.layers),
+        num_inputs=num_inputs,
+        dense_bytes_per_layer=dense_bytes_per_layer,
+    )
+
+
 def _group_timing(
     cost_model: CostModel,
     members: list[DeviceProfile],
@@ -258,8 +297,9 @@ def _group_timing(
     latency_s: float,
     noise: float,
     rng: np.random.Generator | None,
+    traffic: tuple[int, int],
 ) -> GroupTiming:
-    """(K1) or (K2) for one group, and its traffic (K3)."""
+    """(K1) or (K2) for one group, and its traffic (K3); ``traffic`` is one exchange's (up, down) bytes."""
     step_s = np.array(
         [
             costs.step_time_s(cost_model, compute_scale=d.compute_scale, depth=group.depth, batch_size=batch_size)
@@ -267,11 +307,14 @@ def _group_timing(
         ]
     )
     mean_step_s = step_s
-    num_bytes = costs.group_adapter_bytes(cost_model, group)
+    num_bytes, down_bytes = traffic
+    download = None if down_bytes == num_bytes else down_bytes  # None: the symmetric formula, bit for bit
     if noise > 0 and rng is not None:
         exchange_s = np.array(
             [
-                costs.exchange_time_s(cost_model, d, depth=group.depth, latency_s=latency_s, num_bytes=num_bytes)
+                costs.exchange_time_s(
+                    cost_model, d, depth=group.depth, latency_s=latency_s, num_bytes=num_bytes, download_bytes=download
+                )
                 for d in members
             ]
         )
@@ -290,15 +333,16 @@ def _group_timing(
             batch_size=batch_size,
             latency_s=latency_s,
             num_bytes=num_bytes,
+            download_bytes=download,
         )
         intra, group_s = (t_k,) * group.intra_rounds, t_k * group.intra_rounds
-    one_way = group.intra_rounds * len(members) * num_bytes
+    exchanges = group.intra_rounds * len(members)
     return GroupTiming(
         group_id=group.group_id,
         intra_round_s=intra,
         group_s=group_s,
-        upload_bytes=one_way,
-        download_bytes=one_way,
+        upload_bytes=exchanges * num_bytes,
+        download_bytes=exchanges * down_bytes,
         device_step_s={d.device_id: float(s) for d, s in zip(members, mean_step_s, strict=True)},
     )
 

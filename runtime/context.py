@@ -18,6 +18,7 @@ from hierfedlora.planner.io import sha256_of
 from hierfedlora.planner.outcomes import Plan
 from hierfedlora.planner.plan_checks import check_plan_groups
 from hierfedlora.planner.types import Fleet
+from hierfedlora.runtime.aggregation_rules import get_rule
 from hierfedlora.runtime.data import TokenizedData, tokenize_texts
 from hierfedlora.runtime.local_training import derive_seed
 from hierfedlora.runtime.options import RunOptions
@@ -132,7 +133,7 @@ def prepare_run(
     eval_rows = torch.tensor([row_position[int(r)] for r in eval_source], dtype=torch.long)
     source: Any = (
         PrefixCache(model, data, max_bytes=options.prefix_cache_max_mib * 2**20)
-        if options.use_prefix_cache
+        if options.use_prefix_cache and not get_rule(options.aggregation).changes_base  # base deltas: stale cache
         else PlainForward(model, data)
     )
     model_dir = resolve_model_dir(options.model)

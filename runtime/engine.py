@@ -7,7 +7,11 @@ One global round ``r`` (1-based, like Flower's ``server_round``):
    truncated to that rank (``models.adapters.truncate_rank``, HetLoRA), and its zeros stay zero;
 2. ``intra_rounds`` times: each device trains ``local_steps`` AdamW steps from the group state
    (``local_training.train_device``), then the group takes the sample-weighted FedAvg;
-3. the server merges the groups layer by layer (``aggregation.merge_across_groups``);
+3. the server merges the groups layer by layer with the run's rule (``RunOptions.aggregation``,
+   ``runtime.aggregation_rules``; default ``aggregation.merge_across_groups``'s FedAvg); a rule that
+   changes the base weights (FedEx-LoRA, FLoRA) adds its delta to the run's base delta, which devices
+   and evaluation apply to the one shared model (``models.base_delta``) and every checkpoint saves
+   (``base.<module>``);
 4. the merged global model and each group's model are evaluated on a fixed, seeded subset of the
    fleet's held-out test split (the global model at the deepest group's depth, or with LoRA on every
    layer when a group lists ``layers``: FedRA's server model holds them all); a plan of one group on
@@ -34,11 +38,12 @@ from typing import Protocol
 import numpy as np
 
 from hierfedlora.models.adapters import AdapterState, initial_adapter_state
+from hierfedlora.models.base_delta import add_deltas, applied_base_delta, dense_bytes_per_layer
 from hierfedlora.planner.errors import InvalidInputError, Issue, RunInterruptedError
 from hierfedlora.planner.io import read_json, write_json
 from hierfedlora.planner.outcomes import GroupRoundResult, Plan, RoundReport
 from hierfedlora.planner.types import CostModel, DeviceProfile, Fleet
-from hierfedlora.runtime.aggregation import merge_across_groups
+from hierfedlora.runtime.aggregation_rules import BaseDelta, get_rule
 from hierfedlora.runtime.batched_training import device_batching
 from hierfedlora.runtime.checkpoint import (
     MANIFEST_NAME,
@@ -75,6 +80,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 GLOBAL_PREFIX = "global."
+BASE_PREFIX = "base."
 
 
 @contextlib.contextmanager
@@ -208,7 +214,9 @@ def _run_rounds(
     devices_by_id = {device.device_id: device for device in (clock_devices or fleet.devices)}
     positions = {device.device_id: idx for idx, device in enumerate(fleet.devices)}
     plans = {plan.plan_id: plan}
-    state, global_state, clock, rng, plan = _start(folder, plan, context, options, resume, plans)
+    rule = get_rule(options.aggregation)
+    dense_bytes = dense_bytes_per_layer(context.model.peft_model) if rule.name == "fedex" else None
+    state, global_state, base_delta, clock, rng, plan = _start(folder, plan, context, options, resume, plans)
     _save_plan(folder, plan)
     with ReportLog.open(folder / REPORTS_NAME, resume_state=state) as report_log, _sigint_deferred() as stop:
         reports = read_reports(folder / REPORTS_NAME) if state else []  # repaired to rounds 1..c by open
@@ -235,6 +243,8 @@ def _run_rounds(
                 offline=round_faults.offline if round_faults else frozenset(),
                 slowdown=round_faults.slowdown if round_faults else None,
                 deadline_quantile=faults.deadline_quantile if faults else None,
+                aggregation=rule.name,
+                dense_bytes_per_layer=dense_bytes,
             )
             outcome = train_groups(
                 executor,
@@ -247,35 +257,41 @@ def _run_rounds(
                 faults=faults,
                 round_faults=round_faults,
                 missed=[t.missed for t in timing.groups] if round_faults else (),
+                rule=rule,
+                base_delta=base_delta,
             )
-            results, kept_states, weights = [], [], []
+            results, kept_states, kept_deltas, weights = [], [], [], []
             same_as_global = _group_model_is_global(plan)
-            for group, group_state, loss, took_part in zip(
-                plan.groups, outcome.states, outcome.losses, outcome.contributed, strict=True
+            for group, group_state, group_delta, loss, took_part in zip(
+                plan.groups, outcome.states, outcome.deltas, outcome.losses, outcome.contributed, strict=True
             ):
                 accuracy = None
                 if took_part:
                     kept_states.append(group_state)
+                    kept_deltas.append(group_delta)
                     weights.append(float(sum(fleet.devices[positions[d]].num_samples for d in group.device_ids)))
                     if options.evaluate_groups and not same_as_global:
-                        _, accuracy = evaluate(
-                            _load(context, group.depth, group_state, group.layers),
-                            context.data.labels,
-                            context.eval_rows,
-                            batch_size=options.eval_batch_size,
-                        )
+                        with applied_base_delta(context.model.peft_model, add_deltas(base_delta, group_delta)):
+                            _, accuracy = evaluate(
+                                _load(context, group.depth, group_state, group.layers),
+                                context.data.labels,
+                                context.eval_rows,
+                                batch_size=options.eval_batch_size,
+                            )
                 results.append((loss, accuracy))
             if kept_states:
-                global_state = merge_across_groups(global_state, kept_states, weights)
+                merged = rule.aggregate(global_state, kept_states, weights, kept_deltas)
+                global_state, base_delta = merged.state, add_deltas(base_delta, merged.base_delta)
             eval_depth = max(group.depth for group in plan.groups)
             if any(group.layers is not None for group in plan.groups):
                 eval_depth = context.model.max_depth
-            eval_loss, eval_accuracy = evaluate(
-                _load(context, eval_depth, global_state),
-                context.data.labels,
-                context.eval_rows,
-                batch_size=options.eval_batch_size,
-            )
+            with applied_base_delta(context.model.peft_model, base_delta):
+                eval_loss, eval_accuracy = evaluate(
+                    _load(context, eval_depth, global_state),
+                    context.data.labels,
+                    context.eval_rows,
+                    batch_size=options.eval_batch_size,
+                )
             if options.evaluate_groups and same_as_global and outcome.contributed[0]:
                 results = [(results[0][0], eval_accuracy)]  # the one group's model is the global model
             clock = clock.advance(timing.round_s)
@@ -302,6 +318,7 @@ def _run_rounds(
                 eval_loss=eval_loss,
                 eval_accuracy=eval_accuracy,
                 seed=options.seed,
+                aggregation=rule.name,
             )
             run_state = RunState(
                 plan_id=plan.plan_id,
@@ -312,8 +329,11 @@ def _run_rounds(
                 seed=options.seed,
                 numpy_rng_state=numpy_rng_state(rng),
                 last_report=report,
+                aggregation=rule.name,
             )
-            save_checkpoint(folder, run_state, {GLOBAL_PREFIX + key: value for key, value in global_state.items()})
+            tensors = {GLOBAL_PREFIX + key: value for key, value in global_state.items()}
+            tensors.update({BASE_PREFIX + module: value.contiguous() for module, value in base_delta.items()})
+            save_checkpoint(folder, run_state, tensors)
             report_log.append(report)
             reports.append(report)
             yield report
@@ -391,7 +411,7 @@ def _load(context: RunContext, depth: int, state: AdapterState, layers: Sequence
 
 def _start(
     folder: Path, plan: Plan, context: RunContext, options: RunOptions, resume: bool, plans: dict[str, Plan]
-) -> tuple[RunState | None, AdapterState, SimClock, np.random.Generator, Plan]:
+) -> tuple[RunState | None, AdapterState, BaseDelta, SimClock, np.random.Generator, Plan]:
     if resume and (folder / MANIFEST_NAME).exists():
         current = _plan_in_force(folder, plan, plans)
         state, tensors = load_checkpoint(
@@ -399,14 +419,17 @@ def _start(
             expected_plan_id=current.plan_id,
             expected_fleet_sha256=context.fleet_sha256,
             expected_model_sha256=context.model_sha256,
+            expected_aggregation=options.aggregation,
         )
         global_state = {k.removeprefix(GLOBAL_PREFIX): v for k, v in tensors.items() if k.startswith(GLOBAL_PREFIX)}
+        base_delta = {k.removeprefix(BASE_PREFIX): v for k, v in tensors.items() if k.startswith(BASE_PREFIX)}
         log.info("resuming %s after global round %d", folder, state.global_round)
-        return state, global_state, SimClock(state.sim_time_s), restore_numpy_rng(state.numpy_rng_state), current
+        rng = restore_numpy_rng(state.numpy_rng_state)
+        return state, global_state, base_delta, SimClock(state.sim_time_s), rng, current
     if (folder / MANIFEST_NAME).exists():
         raise InvalidInputError([Issue("run_dir", "an empty folder for a new run (or pass resume)", str(folder))])
     rng = np.random.default_rng(derive_seed(options.seed, 11))
-    return None, _initial_state(context, options.seed), SimClock(0.0), rng, plan
+    return None, _initial_state(context, options.seed), {}, SimClock(0.0), rng, plan
 
 
 def _plan_in_force(folder: Path, plan: Plan, plans: dict[str, Plan]) -> Plan:

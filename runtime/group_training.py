@@ -2,8 +2,9 @@
 
 For global round ``r`` the engine calls :func:`train_groups`. Level ``i`` (an intra-group round)
 hands the executor one :class:`~hierfedlora.runtime.executors.base.TrainTask` per group with
-``intra_rounds > i``, holding the group's devices that take part; then each of those groups takes
-the sample-weighted FedAvg (A1) of its accepted updates. Faults (``runtime.faults``) remove the
+``intra_rounds > i``, holding the group's devices that take part; then each of those groups aggregates
+its accepted updates with the run's rule (``runtime.aggregation_rules``; default the sample-weighted
+FedAvg (A1)). Faults (``runtime.faults``) remove the
 offline devices and those that missed the level's deadline from the task, poison the updates of
 poisoned devices, and screening rejects updates before they reach the average. A device's seed
 depends on its position in the group, not on who else takes part, so a device computes the same
@@ -18,8 +19,9 @@ from collections.abc import Collection, Mapping, Sequence
 import numpy as np
 
 from hierfedlora.models.adapters import AdapterState, truncate_rank
+from hierfedlora.models.base_delta import add_deltas
 from hierfedlora.planner.outcomes import Group, Plan
-from hierfedlora.runtime.aggregation import fedavg
+from hierfedlora.runtime.aggregation_rules import AggregationRule, BaseDelta, get_rule
 from hierfedlora.runtime.context import RunContext
 from hierfedlora.runtime.executors.base import Executor, TrainTask
 from hierfedlora.runtime.faults import FaultOptions, RoundFaults, poison_state, screen_updates
@@ -36,11 +38,13 @@ class GroupsOutcome:
     ``states[k]`` is group k's state after its intra rounds; ``losses[k]`` its mean training loss
     over the levels where some update was accepted (``None`` if none was); ``contributed[k]``
     whether any update of group k was accepted (a group that contributed nothing is left out of
-    the server's merge). ``step_s`` maps each device that trained to its measured mean step
+    the server's merge); ``deltas[k]`` group k's pending base delta (FedEx-LoRA, FLoRA; else empty).
+    ``step_s`` maps each device that trained to its measured mean step
     seconds; ``rejected`` maps each screened-out device to the reason.
     """
 
     states: tuple[AdapterState, ...]
+    deltas: tuple[BaseDelta, ...]
     losses: tuple[float | None, ...]
     contributed: tuple[bool, ...]
     step_s: dict[str, float]
@@ -71,13 +75,21 @@ def train_groups(
     faults: FaultOptions | None = None,
     round_faults: RoundFaults | None = None,
     missed: Sequence[Sequence[Collection[str]]] = (),
+    rule: AggregationRule | None = None,
+    base_delta: BaseDelta | None = None,
 ) -> GroupsOutcome:
     """Every group's intra-group rounds of ``global_round``, in lockstep by level.
+
+    Each level's accepted updates are aggregated with ``rule`` (default the run's
+    ``options.aggregation``). A rule that changes the base leaves the group a pending delta, which its
+    next level trains on, on top of the run's committed ``base_delta``, and which the server merges.
 
     ``missed[k][i]`` names group k's devices that missed the deadline of its intra round i
     (from the simulated clock); ``round_faults`` the round's offline and poisoned devices.
     """
+    rule = rule or get_rule(options.aggregation)
     states = [group_start_state(context, group, global_state) for group in plan.groups]
+    pending: list[BaseDelta] = [{} for _ in plan.groups]
     losses: list[list[float]] = [[] for _ in plan.groups]
     step_s: dict[str, float] = {}
     rejected: dict[str, str] = {}
@@ -90,7 +102,12 @@ def train_groups(
             late = set(missed[k][intra]) if missed else set()
             taking_part = [(p, d) for p, d in enumerate(group.device_ids) if d not in offline and d not in late]
             if taking_part:
-                tasks.append(_task(plan, k, intra, taking_part, states[k], options, global_round))
+                task = _task(plan, k, intra, taking_part, states[k], options, global_round)
+                tasks.append(
+                    dataclasses.replace(
+                        task, base_delta=add_deltas(base_delta or {}, pending[k]), train_lora_a=rule.trains_lora_a
+                    )
+                )
         for task, updates in zip(tasks, executor.train(tasks) if tasks else [], strict=True):
             if len(updates) != len(task.device_ids):
                 raise RuntimeError(f"executor returned {len(updates)} updates for {len(task.device_ids)} devices")
@@ -110,10 +127,13 @@ def train_groups(
             if not kept:
                 continue
             weights = [float(samples_of[task.device_ids[p]]) for p in kept]
-            states[task.group_index] = fedavg([sent[p] for p in kept], weights)
+            k = task.group_index
+            merged = rule.aggregate(states[k], [sent[p] for p in kept], weights, [pending[k]] * len(kept))
+            states[k], pending[k] = merged.state, merged.base_delta
             losses[task.group_index].append(float(np.average([updates[p].mean_loss for p in kept], weights=weights)))
     return GroupsOutcome(
         states=tuple(states),
+        deltas=tuple(pending),
         losses=tuple(float(np.mean(group_losses)) if group_losses else None for group_losses in losses),
         contributed=tuple(bool(group_losses) for group_losses in losses),
         step_s=step_s,

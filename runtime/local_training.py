@@ -49,15 +49,17 @@ def train_device(
     learning_rate: float,
     seed: int,
     optimizer: str = "adamw",
+    train_lora_a: bool = True,
 ) -> DeviceUpdate:
     """Run ``local_steps`` optimizer steps (``"adamw"`` or plain ``"sgd"``) of one device from ``start_state``.
 
     The model must already be at the group's depth; ``start_state`` holds exactly that
     depth's keys. Dropout draws from torch's global generator inside a ``fork_rng`` scope
-    seeded with ``seed``, so the caller's random state is untouched.
+    seeded with ``seed``, so the caller's random state is untouched. ``train_lora_a=False`` leaves every
+    ``lora_A`` out of the optimizer, so it returns unchanged, bit for bit (FFA-LoRA).
     """
     model.set_adapter_state(start_state)
-    parameters = list(model.trainable_parameters().values())
+    parameters = [p for k, p in model.trainable_parameters().items() if train_lora_a or not k.endswith("lora_A")]
     step_rule: torch.optim.Optimizer = (
         torch.optim.SGD(parameters, lr=learning_rate)
         if optimizer == "sgd"

@@ -26,6 +26,7 @@ from hierfedlora.planner.rules import (
     check_fields,
 )
 from hierfedlora.planner.types import SCHEMA_RULE, SCHEMA_VERSION, CostModel
+from hierfedlora.runtime.aggregation_rules import RULE_NAMES
 
 __all__ = ["RUN_OPTION_RULES", "RunOptions", "cost_mismatches"]
 
@@ -50,6 +51,7 @@ RUN_OPTION_RULES: dict[str, Rule] = {
     "intra_latency_s": FINITE_NON_NEGATIVE,
     "global_latency_s": FINITE_NON_NEGATIVE,
     "seed": NON_NEGATIVE_INT,
+    "aggregation": Rule(f"one of {', '.join(RULE_NAMES)}", lambda v: v in RULE_NAMES, ("fedprox", "")),
     "schema_version": SCHEMA_RULE,
 }
 
@@ -97,6 +99,10 @@ class RunOptions:
         (``server_ingress_mbps`` ``None``: the server link never limits).
     seed : int
         Seeds batches, dropout, the head initialisation, the evaluation subset and clock noise.
+    aggregation : str
+        The aggregation rule inside groups and across them (``runtime.aggregation_rules``): ``fedavg``,
+        ``ffa``, ``fedex``, ``flora``, ``lora-fair`` or ``hetlora``. Rules that change the base weights
+        (``fedex``, ``flora``) train without the frozen-prefix cache (its cached states would go stale).
     """
 
     rounds: int
@@ -119,6 +125,7 @@ class RunOptions:
     intra_latency_s: float = 0.05
     global_latency_s: float = 1.0
     seed: int = 0
+    aggregation: str = "fedavg"
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

@@ -20,13 +20,17 @@ and device position), and :class:`LocalTrainer` is the same code path everywhere
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
+import torch
+
 from hierfedlora.models.adapters import AdapterState
+from hierfedlora.models.base_delta import applied_base_delta
 from hierfedlora.runtime.batched_training import DeviceBatching, batching_supported, train_devices_batched
 from hierfedlora.runtime.context import RunContext
 from hierfedlora.runtime.local_training import DeviceUpdate, train_device
+from hierfedlora.runtime.prefix_cache import Forward
 
 __all__ = ["Executor", "LocalTrainer", "TrainTask"]
 
@@ -54,6 +58,11 @@ class TrainTask:
         Optimizer steps per device and samples per step.
     learning_rate : float
     optimizer : {"adamw", "sgd"}
+    base_delta : dict of str to Tensor
+        Base-weight delta (``models.base_delta``) the devices train on, relative to the pristine base:
+        the run's committed delta plus the group's pending one (FedEx-LoRA, FLoRA); empty otherwise.
+    train_lora_a : bool
+        ``False`` keeps every ``lora_A`` frozen (FFA-LoRA); such tasks train device by device.
     """
 
     global_round: int
@@ -68,6 +77,8 @@ class TrainTask:
     batch_size: int
     learning_rate: float
     optimizer: str
+    base_delta: Mapping[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    train_lora_a: bool = True
 
     def __post_init__(self) -> None:
         # An internal contract (the engine builds tasks), so an assert states it.
@@ -106,8 +117,13 @@ class LocalTrainer:
         (and a model it supports), devices train in batched chunks (same math, other rounding).
         """
         forward = self.context.forward_for(task.depth, task.layers)
+        with applied_base_delta(self.context.model.peft_model, task.base_delta):
+            return self._train(task, forward)
+
+    def _train(self, task: TrainTask, forward: Forward) -> list[DeviceUpdate]:
         chunk = self.batching.chunk_size(task.batch_size, task.depth) if self.batching else 1
-        if chunk > 1 and len(task.device_ids) > 1 and batching_supported(self.context.model):
+        batched = task.train_lora_a and batching_supported(self.context.model)  # batched trains every factor
+        if chunk > 1 and len(task.device_ids) > 1 and batched:
             updates: list[DeviceUpdate] = []
             for start in range(0, len(task.device_ids), chunk):
                 updates += train_devices_batched(
@@ -134,6 +150,7 @@ class LocalTrainer:
                 learning_rate=task.learning_rate,
                 optimizer=task.optimizer,
                 seed=seed,
+                train_lora_a=task.train_lora_a,
             )
             for device_id, seed in zip(task.device_ids, task.seeds, strict=True)
         ]

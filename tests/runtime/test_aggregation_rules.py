@@ -219,3 +219,19 @@ def test_permutation_invariance(rule, perm, depths, seed):
 
 def test_doctests():
     assert doctest.testmod(aggregation_rules).failed == 0
+
+
+def test_the_fedavg_rule_is_the_runtime_fedavg_bit_for_bit():
+    """float32 states: the rule equals (A1) inside a group and (A2) across groups of mixed depths, exactly."""
+    from hierfedlora.runtime.aggregation import fedavg, merge_across_groups
+
+    g = {k: v.float() for k, v in _global(7).items()}
+    states = [{k: v.float() for k, v in _client(g, d, i, frozen_a=False).items()} for i, d in enumerate([3, 1, 2])]
+    weights = [3.0, 7.0, 5.0]
+    out = get_rule("fedavg").aggregate(g, states, weights)
+    want = merge_across_groups(g, states, weights)
+    assert all(torch.equal(out.state[k], want[k]) for k in g) and out.base_delta == {}
+    same = [{k: s[k] for k in states[0]} for s in (states[0], g, states[0])]
+    start = {k: g[k] for k in states[0]}
+    intra = get_rule("fedavg").aggregate(start, same, weights).state
+    assert all(torch.equal(intra[k], v) for k, v in fedavg(same, weights).items())
