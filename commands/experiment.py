@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -32,6 +33,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="a preset as JSON (the fields of validation.experiment_presets.ExperimentPreset; "
         "fleet_sizes and tier_mixes are grid axes) instead of a built-in one",
     )
+    parser.add_argument(
+        "--data",
+        default=None,
+        help="the preset's data set instead of its own: 'wordnet', 'janeausten', a .csv/.jsonl file of text,label "
+        "rows or a folder of them (the preset is saved with it; default folder runs/experiment-NAME-DATA)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/experiment-NAME)")
     parser.add_argument(
         "--cost-model", type=Path, default=None, help="a CostModel JSON to use instead of measuring this host"
@@ -53,7 +60,11 @@ def handle(args: argparse.Namespace) -> int:
             [Issue("preset", f"either a preset name ({', '.join(sorted(PRESETS))}) or --preset-file", args.preset)]
         )
     preset = PRESETS[args.preset] if args.preset else read_preset(args.preset_file)
-    out: Path = args.out or Path("runs") / f"experiment-{preset.name}"
+    default_out = Path("runs") / f"experiment-{preset.name}"
+    if args.data is not None and args.data != preset.data:
+        preset = dataclasses.replace(preset, data=args.data)
+        default_out = default_out.with_name(f"{default_out.name}-{Path(args.data).stem or 'data'}")
+    out: Path = args.out or default_out
     cost_model = read_json(CostModel, args.cost_model) if args.cost_model else None
     total = len(preset.settings()) * len(preset.methods)
     with tqdm(total=total, desc=f"experiment {preset.name}", unit="run", file=sys.stderr) as bar:

@@ -20,7 +20,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         description="Partition a labelled text data set over simulated devices (IID, Dirichlet alpha, or k classes "
         "per device) and give each device a tier's speed, memory and bandwidth. Writes a Fleet JSON.",
     )
-    parser.add_argument("--data", default="wordnet", help="'wordnet' (WordNet noun glosses) or a .csv/.jsonl file")
+    parser.add_argument(
+        "--data",
+        default="wordnet",
+        help="'wordnet' (WordNet noun glosses), 'janeausten' (Austen's novels), a .csv/.jsonl file or a folder of them",
+    )
     parser.add_argument("--text-field", default="text", help="text column of a CSV/JSONL file (default text)")
     parser.add_argument("--label-field", default="label", help="label column of a CSV/JSONL file (default label)")
     parser.add_argument("--devices", type=int, default=80, help="number of devices (default 80)")
@@ -50,15 +54,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def load_data(data: str, text_field: str, label_field: str):  # type: ignore[no-untyped-def]
-    """Read the default WordNet data or a CSV/JSONL file by its suffix."""
-    from hierfedlora.planner import datasets
+    """Read a named data set, a CSV/JSONL file or a folder of them (``planner.data_sources.read_data``)."""
+    from hierfedlora.planner.data_sources import read_data
 
-    if data == "wordnet":
-        return datasets.read_wordnet()
-    path = Path(data)
-    if path.suffix.lower() == ".csv":
-        return datasets.read_csv(path, text_field=text_field, label_field=label_field)
-    return datasets.read_jsonl(path, text_field=text_field, label_field=label_field)
+    return read_data(data, text_field, label_field)
 
 
 def _apply_fedscale(fleet, args: argparse.Namespace):  # type: ignore[no-untyped-def]

@@ -10,7 +10,21 @@ from typing import Any
 
 from hierfedlora.commands.common import int_list, read_json_object, setting
 
-__all__ = ["build_problem", "register"]
+__all__ = ["METHOD_CHOICES", "build_problem", "register"]
+
+METHOD_CHOICES = (
+    "hierfedlora",
+    "fedlora",
+    "hierfavg",
+    "grouping_only",
+    "grouping_freq",
+    "grouping_depth",
+    "legend",
+    "hetlora",
+    "fedra",
+)
+"""``--method`` values: ``validation.baselines.METHODS`` (a test keeps the two equal; listed here so that
+``--help`` does not import the solvers)."""
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +112,15 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         choices=("auto", "cpsat", "flow", "random"),
         default=None,
     )
+    parser.add_argument(
+        "--method",
+        default="hierfedlora",
+        choices=METHOD_CHOICES,
+        help="whose plan: hierfedlora (default) or a baseline of validation.baselines, priced by the same model",
+    )
+    parser.add_argument(
+        "--tau", type=int, default=None, help="a baseline's uniform intra-group rounds (hierfavg, grouping_only; 4)"
+    )
     parser.add_argument("--out", type=Path, default=None, help="where to write the plan JSON")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON instead of the summary")
     parser.set_defaults(handler=handle)
@@ -133,7 +156,16 @@ def handle(args: argparse.Namespace) -> int:
         else:
             options[field] = list(value) if isinstance(value, tuple) else value
     problem = build_problem(args.fleet, args.cost_model, options)
-    plan = make_plan(problem)
+    if args.method == "hierfedlora" and args.tau is None:
+        plan = make_plan(problem)
+    else:
+        from hierfedlora.planner.errors import InvalidInputError, Issue
+        from hierfedlora.validation.baselines import BaselineSettings, make_method_plan
+
+        if args.tau is not None and not args.tau >= 1:
+            raise InvalidInputError([Issue("--tau", "an integer >= 1", args.tau)], "command line")
+        settings = BaselineSettings() if args.tau is None else BaselineSettings(uniform_intra_rounds=args.tau)
+        plan = make_method_plan(args.method, problem, settings=settings)
     if args.out is not None:
         write_json(args.out, plan)
         log.info("wrote %s (plan %s)", args.out, plan.plan_id)

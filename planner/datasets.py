@@ -52,6 +52,7 @@ __all__ = [
     "WORDNET_NOUN_CLASSES",
     "WORDNET_NOUN_PATH",
     "LabelledTexts",
+    "encode_labels",
     "file_sha256",
     "read_csv",
     "read_dataset",
@@ -224,7 +225,7 @@ def _check_row(row: dict[str, object], line_no: int, text_field: str, label_fiel
     return issues
 
 
-def _encode_labels(raw: Sequence[str | int]) -> tuple[tuple[int, ...], tuple[str, ...]]:
+def encode_labels(raw: Sequence[str | int]) -> tuple[tuple[int, ...], tuple[str, ...]]:
     """Class positions in sorted label order (by value if every label is an integer) and the names."""
     words = [str(v).strip() for v in raw]
     numeric = all(_INTEGER.fullmatch(w) for w in words)
@@ -239,7 +240,7 @@ def _labelled(
 ) -> LabelledTexts:
     if not rows:
         raise InvalidInputError([Issue("path", "a file with at least one row", "no rows")], file.name)
-    labels, class_names = _encode_labels([label for _, label in rows])
+    labels, class_names = encode_labels([label for _, label in rows])
     fields = {"text_field": text_field, "label_field": label_field, "num_samples": len(rows), "sha256": sha256}
     spec = DatasetSpec(kind=kind, path=str(file), **fields)
     log.info("read %d rows in %d classes from %s", len(rows), len(class_names), file)
@@ -324,8 +325,13 @@ def read_dataset(spec: DatasetSpec) -> LabelledTexts:
     InvalidInputError
         If reading fails, or the file's row count or SHA-256 (when recorded) differs from the spec.
     """
-    read = {"csv": read_csv, "jsonl": read_jsonl}.get(spec.kind)
-    data = read(spec.path, spec.text_field, spec.label_field) if read else read_wordnet(spec.path)
+    from hierfedlora.planner import data_sources  # it builds on this module's readers
+
+    read = {"csv": read_csv, "jsonl": read_jsonl, "folder": data_sources.read_folder}.get(spec.kind)
+    if read is not None:
+        data = read(spec.path, spec.text_field, spec.label_field)
+    else:
+        data = data_sources.read_janeausten(spec.path) if spec.kind == "janeausten" else read_wordnet(spec.path)
     hint, file = "the data file changed since the fleet was made; make the fleet again", Path(spec.path).name
     issues = []
     if spec.sha256 and data.spec.sha256 != spec.sha256:

@@ -65,6 +65,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from hierfedlora.planner import costs
 from hierfedlora.planner.assignment import assign_depths_and_rounds, evaluate_assignment
 from hierfedlora.planner.assignment.data import build_assignment_data
 from hierfedlora.planner.errors import InfeasibleError, InvalidInputError, Issue, NoSolutionError
@@ -188,12 +189,24 @@ def _reassigned(plan: Plan, problem: PlanningProblem) -> Plan:
             intra_rounds=assignment.intra_rounds[k],
             local_steps=problem.local_steps,
             predicted_intra_round_s=assignment.intra_round_time_s[k],
+            predicted_traffic_bytes=costs.group_traffic_bytes(
+                problem.cost_model,
+                num_devices=len(g.device_ids),
+                depth=assignment.depths[k],
+                intra_rounds=assignment.intra_rounds[k],
+            ),
+            predicted_peak_memory_bytes=costs.peak_memory_bytes(
+                problem.cost_model, depth=assignment.depths[k], batch_size=problem.effective_batch_size
+            ),
         )
         for k, g in enumerate(plan.groups)
     )
     return dataclasses.replace(
         plan,
         groups=groups,
+        predicted_traffic_bytes=sum(g.predicted_traffic_bytes for g in groups),
+        predicted_backhaul_bytes=costs.backhaul_traffic_bytes(problem.cost_model, assignment.depths),
+        target=problem.convergence.describe_target(),
         predicted_round_time_s=assignment.round_time_s,
         predicted_rounds_to_target=assignment.rounds_to_target,
         objective_value=assignment.objective_value,

@@ -150,7 +150,11 @@ class DeviceProfile:
 
 
 DATASET_RULES: dict[str, Rule] = {
-    "kind": Rule("one of 'wordnet', 'csv', 'jsonl'", lambda v: v in ("wordnet", "csv", "jsonl"), ("parquet", 3)),
+    "kind": Rule(
+        "one of 'wordnet', 'janeausten', 'csv', 'jsonl', 'folder'",
+        lambda v: v in ("wordnet", "janeausten", "csv", "jsonl", "folder"),
+        ("parquet", 3),
+    ),
     "path": NON_EMPTY_STRING,
     "text_field": NON_EMPTY_STRING,
     "label_field": NON_EMPTY_STRING,
@@ -168,7 +172,7 @@ class DatasetSpec:
     is the held-out evaluation split (row positions in the file, never given to devices).
     """
 
-    kind: Literal["wordnet", "csv", "jsonl"]
+    kind: Literal["wordnet", "janeausten", "csv", "jsonl", "folder"]
     path: str
     text_field: str = "text"
     label_field: str = "label"

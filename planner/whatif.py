@@ -46,7 +46,19 @@ from hierfedlora.planner.errors import (
 )
 from hierfedlora.planner.io import from_dict, read_json, to_dict
 from hierfedlora.planner.outcomes import Grouping
-from hierfedlora.planner.types import CostModel, Fleet, PlanningProblem, with_num_labels
+from hierfedlora.planner.rules import (
+    FINITE_POSITIVE,
+    NON_EMPTY_STRING,
+    NON_NEGATIVE_INT,
+    OPTIONAL_FINITE_POSITIVE,
+    OPTIONAL_POSITIVE_INT,
+    POSITIVE_INT,
+    Rule,
+    is_int,
+    optional,
+)
+from hierfedlora.planner.tiers import NETWORKS
+from hierfedlora.planner.types import CONVERGENCE_RULES, CostModel, Fleet, PlanningProblem, with_num_labels
 
 __all__ = ["AXES", "GroupingCache", "Study", "StudyPoint", "StudyRow", "load_cost_model", "run_point", "study_points"]
 
@@ -65,6 +77,34 @@ AXES = (
     "traffic_budget_bytes",
 )
 """The swept fields, in the order points vary (the last fastest)."""
+
+
+_AXIS_RULES: dict[str, Rule] = {
+    "fleet_sizes": POSITIVE_INT,
+    "tier_mixes": NON_EMPTY_STRING,
+    "networks": Rule(
+        f"one of {', '.join(map(repr, NETWORKS))}, or null (each tier's own link)",
+        lambda v: v is None or v in NETWORKS,
+        ("3g",),
+    ),
+    "backhaul_mbps": FINITE_POSITIVE,
+    "server_ingress_mbps": OPTIONAL_FINITE_POSITIVE,
+    "num_groups": OPTIONAL_POSITIVE_INT,
+    "cost_models": NON_EMPTY_STRING,
+    "target_loss_gaps": CONVERGENCE_RULES["target_loss_gap"],
+    "round_budgets_s": OPTIONAL_FINITE_POSITIVE,
+    "traffic_budgets_bytes": OPTIONAL_FINITE_POSITIVE,
+}
+_FIXED_RULES: dict[str, Rule] = {
+    "name": NON_EMPTY_STRING,
+    "fleet_file": optional(NON_EMPTY_STRING),
+    "num_classes": Rule("an integer >= 2", lambda v: is_int(v) and v >= 2, (1, 2.5)),
+    "alpha": FINITE_POSITIVE,
+    "samples_per_device": POSITIVE_INT,
+    "seq_len": POSITIVE_INT,
+    "lora_rank": POSITIVE_INT,
+    "seed": NON_NEGATIVE_INT,
+}
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -127,10 +167,19 @@ class Study:
 
     def __post_init__(self) -> None:
         issues = []
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.name.endswith("s") and isinstance(value, tuple) and not value and field.name != "problem":
-                issues.append(Issue(field.name, "a non-empty list (one value at least)", []))
+        for name, rule in _AXIS_RULES.items():
+            values = getattr(self, name)
+            if not (isinstance(values, tuple) and values):
+                issues.append(Issue(name, "a non-empty list (one value at least)", values))
+                continue
+            issues.extend(
+                Issue(f"{name}[{idx}]", rule.expected, value)
+                for idx, value in enumerate(values)
+                if not rule.accepts(value)
+            )
+        for name, rule in _FIXED_RULES.items():
+            if not rule.accepts(getattr(self, name)):
+                issues.append(Issue(name, rule.expected, getattr(self, name)))
         if self.fleet_file is not None and (len(self.fleet_sizes) > 1 or len(self.tier_mixes) > 1):
             issues.append(Issue("fleet_file", "no fleet_sizes or tier_mixes axis beside a fleet file", self.fleet_file))
         if not isinstance(self.problem, Mapping):
@@ -181,7 +230,7 @@ class StudyPoint:
     @property
     def key(self) -> str:
         """A content hash of everything that decides the row (16 hex digits), for resuming."""
-        study = to_dict(dataclasses.replace(self.study, name="", **{f: (None,) for f in _AXIS_FIELDS}))
+        study = {k: v for k, v in to_dict(self.study).items() if k not in _AXIS_FIELDS and k != "name"}
         text = json.dumps({"point": self.settings(), "study": study}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -75,3 +75,16 @@ def test_profile_analytic_prices_a_config_without_weights_and_refuses_an_unknown
     assert (cost["adapter_bytes_per_layer"], cost["head_bytes"], cost["num_labels"]) == (49152, 6160, 4)
     assert "phone-flagship" in cost["measured_on"]
     assert bad.returncode == 2 and "--tier must be one of" in bad.stderr and not (tmp_path / "bad.json").exists()
+
+
+def test_plan_method_makes_a_baselines_plan(inputs):
+    """`plan --method hierfavg --tau 2` writes HierFAVG's plan (tau 2 everywhere); the CLI's method list
+    is the baselines' list."""
+    from hierfedlora.commands.plan import METHOD_CHOICES
+    from hierfedlora.validation.baselines import METHODS
+
+    # Act
+    plan = _plan(inputs, "--method", "hierfavg", "--tau", "2")
+    # Assert
+    assert plan["solver"] == "baseline:hierfavg" and {g["intra_rounds"] for g in plan["groups"]} == {2}
+    assert sorted(METHOD_CHOICES) == sorted(METHODS)

@@ -128,6 +128,11 @@ PRESET_RULES: dict[str, Rule] = {
     "absent_rounds": POSITIVE_INT,
     "plan_time_limit_s": FINITE_POSITIVE,
     "optimizer": Rule("'adamw' or 'sgd'", lambda v: v in ("adamw", "sgd"), ("adam",)),
+    "data": Rule(
+        "'wordnet', 'janeausten', or the path of a .csv/.jsonl file or of a folder of them",
+        lambda v: isinstance(v, str) and bool(v.strip()),
+        ("", 3),
+    ),
 }
 
 
@@ -144,7 +149,9 @@ class ExperimentPreset:
     fixed here, before any result is seen. ``convergence`` is the planners' convergence-model prior
     (:mod:`hierfedlora.planner.convergence`), the same for every method that plans with it.
     ``tuning_notes`` record, one line each, any tuning beyond the shared learning rate (which runs,
-    which values, what was chosen), for the report.
+    which values, what was chosen), for the report. ``data`` names the data set
+    (:func:`hierfedlora.planner.data_sources.read_data`: ``wordnet``, ``janeausten``, a CSV/JSONL
+    file of ``text,label`` rows or a folder of them); the model's head gets its class count.
     """
 
     name: str
@@ -174,6 +181,7 @@ class ExperimentPreset:
     tuning_notes: tuple[str, ...] = ()
     faults: FaultOptions | None = None
     absent_rounds: int = 1
+    data: str = "wordnet"
 
     def __post_init__(self) -> None:
         issues = check_fields(self, PRESET_RULES)

@@ -18,7 +18,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from hierfedlora.planner.io import atomic_write_text, to_dict
+from hierfedlora.planner.data_sources import DataSummary
+from hierfedlora.planner.io import atomic_write_text, read_json, to_dict
 from hierfedlora.planner.types import CostModel, PlanningProblem
 from hierfedlora.validation.baselines import describe_method
 from hierfedlora.validation.experiment_presets import LOOP_METHOD, ExperimentPreset, RunResult, Setting
@@ -183,8 +184,21 @@ def markdown_table(rows: Sequence[dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(preset: ExperimentPreset, cost_model: CostModel, results: Sequence[RunResult], folder: Path) -> None:
-    """results.json, results.csv, summary.csv, one PNG per setting, report.md (all atomic)."""
+def write_outputs(
+    preset: ExperimentPreset,
+    cost_model: CostModel,
+    results: Sequence[RunResult],
+    folder: Path,
+    *,
+    data: DataSummary | None = None,
+) -> None:
+    """results.json, results.csv, summary.csv, one PNG per setting, report.md (all atomic).
+
+    ``data`` describes the data set (classes, sizes, majority, chance); without it, ``folder/data.json``
+    (written by ``run_experiment``) is read if present, else the report says the data set is unknown.
+    """
+    if data is None and (folder / "data.json").is_file():
+        data = read_json(DataSummary, folder / "data.json")
     from hierfedlora.validation.plots import plot_curves
 
     atomic_write_text(folder / "results.json", json.dumps([to_dict(r) for r in results], indent=2) + "\n")
@@ -208,10 +222,10 @@ def write_outputs(preset: ExperimentPreset, cost_model: CostModel, results: Sequ
             title=f"{preset.name}: {label.replace('_', ' = ', 1)} ({seeds} seed(s))",
             target=preset.target_accuracy,
             budget_s=max(r.time_budget_s for r in runs),
-            chance=1 / 26,
+            chance=None if data is None else data.chance,
         )
         plots.append(name)
-    atomic_write_text(folder / "report.md", render_report(preset, cost_model, results, rows, plots))
+    atomic_write_text(folder / "report.md", render_report(preset, cost_model, results, rows, plots, data=data))
 
 
 def _cpu_count() -> int:
@@ -227,6 +241,8 @@ def render_report(
     results: Sequence[RunResult],
     rows: Sequence[dict[str, object]],
     plots: Sequence[str],
+    *,
+    data: DataSummary | None = None,
 ) -> str:
     """The Markdown report: assumptions first, then the table, the headline comparison and the plots."""
     from hierfedlora.planner.tiers import TIERS, resolve_tier_mix
@@ -302,7 +318,7 @@ def render_report(
         "",
         "## Assumptions",
         "",
-        "- Data: WordNet 3.0 noun glosses labelled by their 26 lexicographer files (Debian `wordnet-base`), "
+        f"- Data: {data.sentence() if data else f'`{preset.data}` (not described: no data.json)'}. "
         "10% held out (stratified); Dirichlet label skew over devices (Flower Datasets' partitioner).",
         *tier_lines,
         f"- True device speeds differ from the profiles the planners see by a seeded mean-one lognormal factor "

@@ -5,7 +5,8 @@ hyperparameters, the simulated-time budget and the target accuracy) run by :func
 
 1. measure the model's costs on this host once (or take a given cost model);
 2. for every setting of the grid (non-IID level alpha x fleet size x device mix x seed, see
-   :mod:`hierfedlora.validation.experiment_presets`) build the fleet: WordNet glosses partitioned
+   :mod:`hierfedlora.validation.experiment_presets`) build the fleet: the preset's data set
+   (``data``: WordNet glosses by default, :mod:`hierfedlora.planner.data_sources`) partitioned
    over the setting's devices, drawn from its tier mix; the devices' *true* speeds (what the simulated
    clock charges) differ from their profiled ones by a seeded lognormal factor
    (``speed_error_sigma``), the same truth for every method;
@@ -71,6 +72,7 @@ __all__ = [
     "Setting",
     "alpha_name",
     "clock_devices_for",
+    "head_for",
     "markdown_table",
     "problem_for",
     "read_preset",
@@ -255,7 +257,7 @@ def run_experiment(
     """
     from hierfedlora.models.catalog import ModelSpec
     from hierfedlora.models.profiling import measure_cost_model
-    from hierfedlora.planner.datasets import read_wordnet
+    from hierfedlora.planner.data_sources import describe_data, read_data
     from hierfedlora.planner.fleet import make_fleet, save_fleet
     from hierfedlora.runtime.engine import prepare_run
     from hierfedlora.runtime.options import RunOptions
@@ -264,6 +266,9 @@ def run_experiment(
     _refuse_another_presets_folder(preset, folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_json(folder / "preset.json", preset)
+    data = read_data(preset.data)
+    summary = describe_data(data)
+    write_json(folder / "data.json", summary)
     cost_path = folder / "cost_model.json"
     if cost_model is None:
         if cost_path.exists():
@@ -271,10 +276,12 @@ def run_experiment(
         else:
             log.info("measuring the model's per-layer costs on this host ...")
             cost_model = measure_cost_model(
-                ModelSpec(path="default", num_labels=26), batch_size=preset.batch_size, seq_len=preset.max_seq_len
+                ModelSpec(path="default", num_labels=data.num_classes),
+                batch_size=preset.batch_size,
+                seq_len=preset.max_seq_len,
             )
+    cost_model = head_for(cost_model, data.num_classes)
     write_json(cost_path, cost_model)
-    data = read_wordnet()
     results: list[RunResult] = []
     total = len(preset.settings()) * len(preset.methods)
     for setting in preset.settings():
@@ -315,5 +322,16 @@ def run_experiment(
                 result.wall_time_s,
             )
             results.append(result)
-    write_outputs(preset, cost_model, results, folder)
+    write_outputs(preset, cost_model, results, folder, data=summary)
     return results
+
+
+def head_for(cost_model: CostModel, num_classes: int) -> CostModel:
+    """``cost_model`` with a head of ``num_classes`` classes (derived, ``with_num_labels``) when it was
+    profiled with another count; unchanged when it matches or its class count was never recorded."""
+    from hierfedlora.planner.types import with_num_labels
+
+    if cost_model.num_labels is None or cost_model.num_labels == num_classes:
+        return cost_model
+    log.info("cost model head re-sized from %d to %d classes", cost_model.num_labels, num_classes)
+    return with_num_labels(cost_model, num_classes)

@@ -192,7 +192,8 @@ def run_server(
         ``replanner_factory(problem, every_rounds) -> Replanner`` for the closed loop (run config
         ``replan-every`` > 0), e.g. ``hierfedlora.planner.feedback.Replanner``'s constructor.
     min_nodes : int
-        Wait for at least this many nodes before discovery.
+        Wait for at least this many nodes before discovery (at least as many as the fleet, the
+        fleet file or the plan names, when one is given).
 
     Raises
     ------
@@ -205,7 +206,13 @@ def run_server(
     from hierfedlora.runtime.engine import prepare_run, run_plan
 
     settings = AppSettings.from_run_config(dict(context.run_config), defaults)
-    profiles = discover_nodes(grid, timeout_s=settings.timeout_s, min_nodes=min_nodes)
+    if fleet is None and settings.fleet_file:
+        fleet = node_fleet(settings, 0)  # the file's fleet, whatever the node count
+    if plan is None and settings.plan_file:
+        plan = read_json(Plan, settings.plan_file)
+    # Nodes register one by one: with a known fleet or plan, wait for every device they name.
+    expected = len(fleet.devices) if fleet is not None else len(plan.device_ids) if plan is not None else 0
+    profiles = discover_nodes(grid, timeout_s=settings.timeout_s, min_nodes=max(min_nodes, expected))
     reference = fleet if fleet is not None else node_fleet(settings, len(profiles))
     cost = cost_model or _cost_model(settings, len(reference.class_names))
     run_fleet = discovered_fleet(reference, profiles, cost)

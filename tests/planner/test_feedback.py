@@ -262,8 +262,10 @@ def test_pooled_refit_names_the_run_and_refuses_mixed_class_counts():
     with pytest.raises(InvalidInputError) as mixed:
         pooled_refit([(good, problem), (good, wider)], problem.convergence)
     # Assert
-    assert [i.path for i in bad_run.value.issues] == ["runs[1].history[0].reports[0].plan_id",
-                                                      "runs[1].history[0].reports[1].plan_id"]
+    assert [i.path for i in bad_run.value.issues] == [
+        "runs[1].history[0].reports[0].plan_id",
+        "runs[1].history[0].reports[1].plan_id",
+    ]
     assert [i.path for i in mixed.value.issues] == ["runs"]
 
 
@@ -377,6 +379,13 @@ def test_a_slow_device_moves_its_group_to_a_cheaper_choice():
     assert decision.plan.reason == decision.reason
     assert decision.reason.startswith("after global round 3: the refit (")
     assert "compute_scale of d0" in decision.reason
+    # the re-assigned groups carry their new traffic and memory: group 0 now moves depth-1 adapters
+    first, second = decision.plan.groups
+    assert first.predicted_traffic_bytes == costs.group_traffic_bytes(
+        problem.cost_model, num_devices=2, depth=1, intra_rounds=2
+    )
+    assert first.predicted_peak_memory_bytes < second.predicted_peak_memory_bytes
+    assert decision.plan.predicted_traffic_bytes == first.predicted_traffic_bytes + second.predicted_traffic_bytes
 
 
 def test_hysteresis_keeps_the_plan_for_a_small_gain():

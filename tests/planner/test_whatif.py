@@ -68,11 +68,13 @@ def test_an_infeasible_setting_is_a_row_naming_the_conflict_and_the_others_still
 
 
 def test_an_invalid_setting_is_a_row_naming_the_field():
-    """A negative backhaul is an INVALID row whose reason names backhaul_mbps."""
+    """A problem field the planner refuses (local_steps 0) is an INVALID row whose reason names it."""
+    # Arrange
+    study = Study(fleet_sizes=(20,), num_classes=4, samples_per_device=16, problem={"local_steps": 0})
     # Act
-    row = run_point(next(study_points(Study(fleet_sizes=(20,), backhaul_mbps=(-1.0,), **SMALL))))
+    row = run_point(next(study_points(study)))
     # Assert
-    assert row.status == "INVALID" and "backhaul_mbps" in row.reason
+    assert row.status == "INVALID" and "local_steps" in row.reason
 
 
 def test_a_slow_server_link_makes_the_large_fleet_cost_more_per_round():
@@ -105,3 +107,18 @@ def test_a_real_fleet_file_is_planned_and_a_tier_file_mixes_tiers(tmp_path):
     assert real_row.status in ("OPTIMAL", "FEASIBLE") and real_row.groups == 1
     assert mixed_row.status in ("OPTIMAL", "FEASIBLE")
     assert sorted({d.tier for d in fleet.devices}) == ["laptop", "phone-flagship"]
+
+
+def test_a_study_with_bad_values_names_every_field_and_position():
+    """Each bad axis value is one issue with its list position; fixed fields are checked too."""
+    # Act
+    with pytest.raises(InvalidInputError) as info:
+        Study(fleet_sizes=(80, 0), backhaul_mbps=(), networks=("3g",), target_loss_gaps=(1.5,), num_classes=1)
+    # Assert
+    assert [issue.path for issue in info.value.issues] == [
+        "fleet_sizes[1]",
+        "networks[0]",
+        "backhaul_mbps",
+        "target_loss_gaps[0]",
+        "num_classes",
+    ]
