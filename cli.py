@@ -1,15 +1,18 @@
 """The ``hierfedlora`` command line: profile | fleet | plan | whatif | run | demo | experiment | calibrate.
 
 Every command reads and writes JSON, checks input at the boundary and exits with a code
-that says what went wrong: 0 ok, 2 invalid input, 3 infeasible or no solution, 4 solver
-failure, 5 resume mismatch, 130 interrupted. Anything else is a bug: one line saying so,
-the version, and the path of a saved traceback. This module owns logging handlers and
+that says what went wrong: 0 ok, 2 invalid input (a run folder in use by another process
+included), 3 infeasible or no solution, 4 solver failure, 5 resume mismatch, 74 a file or
+folder that cannot be read or written (read-only file system, full disk, no permission: the
+path is named), 130 interrupted. Anything else is a bug: one line saying so, the version,
+and the path of its saved traceback (a new file per failure). This module owns logging handlers and
 progress bars and is the only place that calls ``sys.exit``.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -28,6 +31,7 @@ from hierfedlora.planner.errors import (
     ResumeMismatchError,
     RunInterruptedError,
     SolverFailedError,
+    StorageError,
 )
 
 __all__ = ["build_parser", "main"]
@@ -40,6 +44,7 @@ EXIT_CODES: tuple[tuple[type[HierFedLoraError], int], ...] = (
     (NoSolutionError, 3),
     (SolverFailedError, 4),
     (ResumeMismatchError, 5),
+    (StorageError, 74),
     (RunInterruptedError, 130),
 )
 
@@ -69,11 +74,20 @@ def _exit_code(error: HierFedLoraError) -> int:
     return 1
 
 
+EXIT_STORAGE = 74
+"""A file system refused a read or write (sysexits' EX_IOERR)."""
+
+STORAGE_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EIO, errno.EFBIG})
+"""The errors of the environment, not of the program: reported as :class:`StorageError`."""
+
+
 def _report_bug(exc: BaseException) -> int:
-    folder = Path(tempfile.gettempdir())
-    path = folder / f"hierfedlora-traceback-{__version__}.txt"
-    try:
-        path.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
+    text = "".join(traceback.format_exception(exc))
+    try:  # a new file per failure: concurrent failures never overwrite each other's traceback
+        fd, name = tempfile.mkstemp(prefix=f"hierfedlora-traceback-{__version__}-", suffix=".txt")
+        with open(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        path = Path(name)
     except OSError:
         path = Path("(could not save the traceback)")
     print(
@@ -109,6 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno not in STORAGE_ERRNOS:
+            return _report_bug(exc)
+        # a file system fault no reader or writer wrapped: still one line naming the path
+        print(f"error: {StorageError.from_os_error(exc, '(unnamed file)', 'read or write')}", file=sys.stderr)
+        return EXIT_STORAGE
     except Exception as exc:
         return _report_bug(exc)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from hierfedlora.commands.faults import add_fault_arguments, build_faults
 
-__all__ = ["execute", "register"]
+__all__ = ["check_plan_inputs", "execute", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="execute a plan: real LoRA fine-tuning on simulated devices, a report per global round",
         description="Run PLAN for --rounds global rounds on the fleet's devices; every round is checkpointed and "
         "appended to DIR/reports.jsonl before it is shown. Ctrl-C finishes the round, then stops; --resume "
-        "continues. Writes DIR/accuracy_vs_time.png at the end.",
+        "continues. Writes DIR/accuracy_vs_time.png at the end. DIR is locked for the whole run: a second "
+        "process writing there fails at once (exit 2).",
     )
     parser.add_argument("plan", type=Path, help="plan JSON (from 'hierfedlora plan')")
     parser.add_argument("--fleet", required=True, type=Path, help="the fleet JSON the plan was made for")
@@ -196,18 +197,59 @@ def build_executor(args: argparse.Namespace, plan: Any, fleet: Any, cost_model: 
     return RayExecutor(plan, fleet, options, cost_model, num_actors=args.ray_actors, address=args.ray_address)
 
 
+def check_plan_inputs(plan: Any, fleet: Any, cost_model: Any, fleet_name: str, cost_name: str) -> None:
+    """Refuse, before anything loads or is written, a plan made for another fleet or cost model, or one
+    naming devices the fleet lacks (or has no data for).
+
+    A plan without the fingerprints (a hand-written one) is let through with a warning: nothing proves
+    which inputs it was made for.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming ``plan.fleet_sha256``, ``plan.cost_model_sha256`` or ``groups[k].device_ids``.
+    """
+    from hierfedlora.planner.errors import InvalidInputError, Issue
+    from hierfedlora.planner.io import sha256_of
+
+    issues = []
+    fleet_digest = sha256_of(fleet.devices)
+    if not plan.fleet_sha256:
+        log.warning("the plan has no fleet_sha256: nothing proves it was made for %s", fleet_name)
+    elif plan.fleet_sha256 != fleet_digest:
+        expected = f"the sha256 of {fleet_name}'s devices ({fleet_digest[:12]}...)"
+        issues.append(Issue("plan.fleet_sha256", expected, plan.fleet_sha256, "the plan was made for another fleet"))
+    cost_digests = {sha256_of(cost_model), *([cost_model.model_sha256] if cost_model.model_sha256 else [])}
+    if not plan.cost_model_sha256:
+        log.warning("the plan has no cost_model_sha256: nothing proves it was made for %s", cost_name)
+    elif plan.cost_model_sha256 not in cost_digests:
+        expected = f"the sha256 of {cost_name} ({min(cost_digests)[:12]}...)"
+        issues.append(
+            Issue("plan.cost_model_sha256", expected, plan.cost_model_sha256, "the plan was made for another model")
+        )
+    positions = {device.device_id: idx for idx, device in enumerate(fleet.devices)}
+    for k, group in enumerate(plan.groups):
+        unknown = [d for d in group.device_ids if d not in positions]
+        if unknown:
+            issues.append(Issue(f"groups[{k}].device_ids", f"ids of devices in {fleet_name}", unknown))
+    if issues:
+        raise InvalidInputError(issues, "plan")
+
+
 def handle(args: argparse.Namespace) -> int:
-    """Run ``run``."""
+    """Run ``run``: read and cross-check the inputs, check and lock ``--out``, then train."""
     from hierfedlora.planner.errors import InvalidInputError
     from hierfedlora.planner.fleet import load_fleet
     from hierfedlora.planner.io import read_json
     from hierfedlora.planner.outcomes import Plan
     from hierfedlora.planner.types import CostModel
     from hierfedlora.runtime.options import RunOptions, cost_mismatches
+    from hierfedlora.runtime.run_folder import check_run_folder, lock_folder
 
     plan = read_json(Plan, args.plan)
     fleet = load_fleet(args.fleet)
     cost_model = read_json(CostModel, args.cost_model)
+    check_plan_inputs(plan, fleet, cost_model, args.fleet.name, args.cost_model.name)
     options = RunOptions(
         rounds=args.rounds,
         learning_rate=args.learning_rate,
@@ -231,22 +273,25 @@ def handle(args: argparse.Namespace) -> int:
         log.warning("cost-model mismatch allowed: %s", mismatch)
     faults = build_faults(args)
     replanner = build_replanner(args, plan)
-    executor = build_executor(args, plan, fleet, cost_model, options)
-    try:
-        reports = execute(
-            plan,
-            fleet,
-            cost_model,
-            options,
-            args.out,
-            resume=args.resume,
-            replanner=replanner,
-            executor=executor,
-            faults=faults,
-        )
-    finally:
-        if executor is not None:
-            executor.close()
+    check_run_folder(args.out, resume=args.resume)
+    with lock_folder(args.out):
+        check_run_folder(args.out, resume=args.resume)  # again: another process may have written it meanwhile
+        executor = build_executor(args, plan, fleet, cost_model, options)
+        try:
+            reports = execute(
+                plan,
+                fleet,
+                cost_model,
+                options,
+                args.out,
+                resume=args.resume,
+                replanner=replanner,
+                executor=executor,
+                faults=faults,
+            )
+        finally:
+            if executor is not None:
+                executor.close()
     last = reports[-1]
     sys.stdout.write(
         f"{len(reports)} global rounds, {last.sim_time_s:.0f} s simulated: test accuracy {last.eval_accuracy:.1%} "

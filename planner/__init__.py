@@ -27,6 +27,7 @@ from hierfedlora.planner.errors import (
     ResumeMismatchError,
     RunInterruptedError,
     SolverFailedError,
+    StorageError,
 )
 from hierfedlora.planner.outcomes import (
     Group,
@@ -120,5 +121,6 @@ __all__ = [
     "Skew",
     "SolveStatus",
     "SolverFailedError",
+    "StorageError",
     "SolverOptions",
 ]

@@ -33,7 +33,6 @@ import dataclasses
 import difflib
 import hashlib
 import io
-import json
 import logging
 import math
 import os
@@ -44,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.io import parse_json
 from hierfedlora.planner.rules import is_number
 from hierfedlora.planner.types import DatasetSpec
 
@@ -54,6 +54,7 @@ __all__ = [
     "LabelledTexts",
     "encode_labels",
     "file_sha256",
+    "csv_row_shape_issues",
     "read_csv",
     "read_dataset",
     "read_jsonl",
@@ -254,12 +255,16 @@ def read_csv(path: str | os.PathLike[str], text_field: str = "text", label_field
     ------
     InvalidInputError
         If the file is missing, not UTF-8, empty, lacks either column (with a "did you mean"), or
-        has rows with a missing or empty text or label; every bad row at once (``line N.text``).
+        has rows with a missing or empty text or label, more or fewer values than the header, or the
+        header repeated; every bad row at once (``line N.text``, ``line N``).
     """
     file = Path(path)
     text, sha256 = _read_text(file)
     reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = reader.fieldnames or []
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as exc:
+        raise InvalidInputError([Issue("line 1", "a well-formed CSV header", str(exc))], file.name) from None
     missing = [field for field in (text_field, label_field) if field not in header]
     if missing:
         raise InvalidInputError([_missing_column(field, header) for field in missing], file.name)
@@ -267,7 +272,8 @@ def read_csv(path: str | os.PathLike[str], text_field: str = "text", label_field
     issues: list[Issue] = []
     try:
         for row in reader:
-            found = _check_row(row, reader.line_num, text_field, label_field)
+            found = _check_row(row, reader.line_num, text_field, label_field)  # a missing text or label by name
+            found = found or csv_row_shape_issues(row, header, reader.line_num)
             issues += found
             if not found:
                 rows.append((row[text_field].strip(), row[label_field].strip()))
@@ -275,6 +281,30 @@ def read_csv(path: str | os.PathLike[str], text_field: str = "text", label_field
         issues.append(Issue(f"line {reader.line_num}", "a well-formed CSV row", str(exc)))
     raise_capped(issues, file.name)
     return _labelled(rows, "csv", file, sha256, text_field, label_field)
+
+
+def csv_row_shape_issues(row: dict[str | None, object], header: Sequence[str], line: int) -> list[Issue]:
+    """A ``csv.DictReader`` row's shape problems: more or fewer values than the header has columns, or
+    the header itself repeated as data (two files pasted together). Nothing is dropped silently.
+
+    >>> [str(i) for i in csv_row_shape_issues({"a": "1", "b": "2", None: ["3"]}, ["a", "b"], 4)]
+    ['line 4 must be 2 values (one per header column); got 3 values']
+    """
+    expected = f"{len(header)} values (one per header column)"
+    extra = row.get(None)
+    if isinstance(extra, list):
+        return [Issue(f"line {line}", expected, _Count(len(header) + len(extra)))]
+    given = sum(1 for name in header if row.get(name) is not None)
+    if given < len(header):
+        return [Issue(f"line {line}", expected, _Count(given))]
+    if [row.get(name) for name in header] == list(header):
+        return [Issue(f"line {line}", "a data row", "the header repeated", "remove the repeated header line")]
+    return []
+
+
+class _Count(int):
+    def __repr__(self) -> str:
+        return f"{int(self)} values"
 
 
 def _missing_column(field: str, header: Sequence[str]) -> Issue:
@@ -300,9 +330,9 @@ def read_jsonl(path: str | os.PathLike[str], text_field: str = "text", label_fie
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            issues.append(Issue(f"line {line_no}", "a JSON object", f"invalid JSON: {exc.msg} at column {exc.colno}"))
+            row = parse_json(line, where=f"line {line_no}")
+        except InvalidInputError as exc:
+            issues += exc.issues
             continue
         if not isinstance(row, dict):
             issues.append(Issue(f"line {line_no}", "a JSON object", row))

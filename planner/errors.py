@@ -32,6 +32,7 @@ __all__ = [
     "ResumeMismatchError",
     "RunInterruptedError",
     "SolverFailedError",
+    "StorageError",
 ]
 
 
@@ -193,11 +194,37 @@ class RunInterruptedError(HierFedLoraError):
         self.last_committed_round = last_committed_round
         self.checkpoint_path = checkpoint_path
         super().__init__(
-            f"run interrupted after global round {last_committed_round}; resume with --resume {checkpoint_path}"
+            f"run interrupted after global round {last_committed_round} (committed in {checkpoint_path}); "
+            "to continue, run the same command again with --resume added"
         )
 
     def __reduce__(self) -> tuple[object, ...]:
         return (RunInterruptedError, (self.last_committed_round, self.checkpoint_path))
+
+
+class StorageError(HierFedLoraError, OSError):
+    """A file or folder could not be read or written: a read-only file system, a full disk, no permission.
+
+    Not the input's fault and not a bug: the message names the path and the system's reason, e.g.
+    ``cannot write runs/a/plan.json: No space left on device``. It is an ``OSError`` too, so code
+    that handles file-system failures keeps handling it.
+    """
+
+    def __init__(self, path: str, operation: str, reason: str, errno: int | None = None) -> None:
+        self.path = path
+        self.operation = operation
+        self.reason = reason
+        super().__init__(f"cannot {operation} {path}: {reason}")
+        self.errno = errno
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, path: object, operation: str) -> StorageError:
+        """The error for ``exc`` raised while doing ``operation`` on ``path`` (``exc``'s own file first)."""
+        named = exc.filename if exc.filename is not None else path
+        return cls(str(named), operation, exc.strerror or str(exc), exc.errno)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (StorageError, (self.path, self.operation, self.reason, self.errno))
 
 
 class HierFedLoraWarning(UserWarning):

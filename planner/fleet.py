@@ -42,7 +42,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import logging
 import math
 import os
@@ -51,10 +50,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hierfedlora.planner.datasets import LabelledTexts, raise_capped, train_test_split
+from hierfedlora.planner.datasets import LabelledTexts, csv_row_shape_issues, raise_capped, train_test_split
 from hierfedlora.planner.errors import InvalidInputError, Issue
 from hierfedlora.planner.fleet_store import FLEET_NPZ_SUFFIX, read_fleet_npz, write_fleet_npz
-from hierfedlora.planner.io import read_json, write_json
+from hierfedlora.planner.io import parse_json, read_json, write_json
 from hierfedlora.planner.partition import PartitionMethod, PartitionSpec, partition_indices
 from hierfedlora.planner.rules import FINITE_POSITIVE, is_int
 from hierfedlora.planner.tiers import NETWORKS, TIERS, assign_tiers, draw_device, resolve_tier_mix
@@ -192,6 +191,9 @@ def _index_issues(fleet: Fleet) -> list[Issue]:
     owner: dict[int, int] = {}
     for idx, indices in enumerate(fleet.sample_indices):
         path = f"sample_indices[{idx}]"
+        if not isinstance(indices, tuple | list):
+            issues.append(Issue(path, "a list of row positions", indices))
+            continue
         bad = [i for i in indices if not (is_int(i) and i >= 0 and (size is None or i < size))]
         if bad:
             bound = f" < dataset.num_samples ({size})" if size is not None else ""
@@ -258,15 +260,26 @@ def _trace_rows(path: Path, columns: tuple[str, ...]) -> list[tuple[str, str, di
         ) from None
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        missing = [c for c in ("client_id", *columns) if c not in (reader.fieldnames or [])]
+        try:
+            header = reader.fieldnames or []
+        except csv.Error as exc:
+            raise InvalidInputError([Issue("line 1", "a well-formed CSV header", str(exc))], path.name) from None
+        missing = [c for c in ("client_id", *columns) if c not in header]
         if missing:
             expected = f"a header with columns client_id, {', '.join(columns)}"
             raise InvalidInputError([Issue("line 1", expected, reader.fieldnames)], path.name)
-        return [(row["client_id"], f"line {reader.line_num}", dict(row)) for row in reader]
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError([Issue(f"line {exc.lineno}", "valid JSON", exc.msg)], path.name) from None
+        rows, issues = [], []
+        try:
+            for row in reader:
+                found = csv_row_shape_issues(row, reader.fieldnames or [], reader.line_num)
+                issues += found
+                if not found:
+                    rows.append((row["client_id"], f"line {reader.line_num}", dict(row)))
+        except csv.Error as exc:
+            issues.append(Issue(f"line {reader.line_num}", "a well-formed CSV row", str(exc)))
+        raise_capped(issues, path.name)
+        return rows
+    data = parse_json(text, source=path.name)
     if not isinstance(data, dict) or not data:
         raise InvalidInputError(
             [Issue("(top level)", "a non-empty object: client id -> entry", type(data).__name__)], path.name

@@ -29,21 +29,25 @@ import json
 import math
 import os
 import tempfile
+import threading
 import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.errors import InvalidInputError, Issue, StorageError
 
 __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "canonical_json",
+    "current_umask",
     "from_dict",
     "from_json",
+    "parse_json",
     "read_json",
+    "read_text",
     "sha256_of",
     "to_dict",
     "to_json",
@@ -187,27 +191,130 @@ def from_dict(cls: type[T], data: Any, *, source: str | None = None) -> T:
     return typing.cast(T, result)
 
 
-def from_json(cls: type[T], text: str, *, source: str | None = None) -> T:
-    """Parse JSON text into ``cls``; malformed JSON is an :class:`InvalidInputError` too."""
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects a JSON input may have (ours need fewer than 8)."""
+
+MAX_NUMBER_DIGITS = 64
+"""Longest number literal a JSON input may hold (a count needs at most 19 digits)."""
+
+
+class _BadJsonError(ValueError):
+    def __init__(self, expected: str, got: str) -> None:
+        super().__init__(expected)
+        self.expected, self.got = expected, got
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if len(text) > MAX_NUMBER_DIGITS or not math.isfinite(value):
+        raise _BadJsonError(f"a finite number of at most {MAX_NUMBER_DIGITS} characters", text[:40])
+    return value
+
+
+def _parse_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_DIGITS:
+        raise _BadJsonError(f"a number of at most {MAX_NUMBER_DIGITS} digits", f"{text[:10]}... ({len(text)} digits)")
+    return int(text)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _BadJsonError("a finite number (strict JSON has no NaN or Infinity)", name)
+
+
+def _too_deep(data: Any) -> bool:
+    """Whether arrays and objects nest deeper than :data:`MAX_JSON_DEPTH` (iterative: no recursion)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                return True
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def parse_json(text: str, *, source: str | None = None, where: str = "") -> Any:
+    """Strict JSON data from ``text``: a UTF-8 byte order mark is skipped; NaN, Infinity, numbers that
+    overflow a float or run past :data:`MAX_NUMBER_DIGITS`, and nesting past :data:`MAX_JSON_DEPTH` are
+    refused, so nothing downstream meets a non-finite number or recurses without bound.
+
+    Parameters
+    ----------
+    text : str
+    source : str, optional
+        The file, named in the error.
+    where : str, optional
+        The issue path to use (``line 4`` of a JSON Lines file); default: the line of the error.
+
+    Raises
+    ------
+    InvalidInputError
+        Malformed or refused JSON, one issue naming the line.
+    """
     try:
-        data = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(
-            [Issue(f"line {getattr(exc, 'lineno', '?')}", "valid JSON", str(exc))], source
-        ) from None
-    return from_dict(cls, data, source=source)
+        data = json.loads(
+            text.removeprefix("\ufeff"),
+            parse_float=_parse_float,
+            parse_int=_parse_int,
+            parse_constant=_refuse_constant,
+        )
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError([Issue(where or f"line {exc.lineno}", "valid JSON", exc.msg)], source) from None
+    except _BadJsonError as exc:
+        raise InvalidInputError([Issue(where or "(number)", exc.expected, exc.got)], source) from None
+    except RecursionError:
+        data = None
+        deep = True
+    except ValueError as exc:  # int() past the interpreter's digit limit and the like
+        raise InvalidInputError([Issue(where or "(number)", "valid JSON numbers", str(exc))], source) from None
+    else:
+        deep = _too_deep(data)
+    if deep:
+        expected = f"JSON nested at most {MAX_JSON_DEPTH} levels deep"
+        raise InvalidInputError([Issue(where or "(top level)", expected, "deeper nesting")], source)
+    return data
+
+
+def from_json(cls: type[T], text: str, *, source: str | None = None) -> T:
+    """Parse JSON text into ``cls``; malformed JSON is an :class:`InvalidInputError` too (:func:`parse_json`)."""
+    return from_dict(cls, parse_json(text, source=source), source=source)
 
 
 def read_json(cls: type[T], path: str | os.PathLike[str]) -> T:
-    """Read and parse a JSON file into ``cls``; errors name the file."""
+    """Read and parse a JSON file into ``cls``; errors name the file.
+
+    Raises
+    ------
+    InvalidInputError
+        A missing file, a folder, text that is not UTF-8 or not JSON, or a broken field.
+    StorageError
+        The file exists but cannot be read (no permission, an I/O error).
+    """
+    return from_json(cls, read_text(path), source=Path(path).name)
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """A UTF-8 text file's contents (a byte order mark kept; :func:`parse_json` skips it).
+
+    Raises
+    ------
+    InvalidInputError
+        A missing file, a folder, or bytes that are not UTF-8, naming the file.
+    StorageError
+        Any other failure to read it (no permission, an I/O error), naming the path.
+    """
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        return file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InvalidInputError([Issue("path", "an existing file", str(file))], file.name) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except IsADirectoryError:
+        raise InvalidInputError([Issue("path", "a file, not a folder", str(file))], file.name) from None
+    except UnicodeDecodeError as exc:
         raise InvalidInputError([Issue("path", "a readable UTF-8 file", f"{file}: {exc}")], file.name) from None
-    return from_json(cls, text, source=file.name)
+    except OSError as exc:
+        raise StorageError.from_os_error(exc, file, "read") from None
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -217,20 +324,45 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` atomically: temp file in the same folder, flush, fsync, ``os.replace``,
-    fsync of the folder. A crash at any point leaves the old file or the new one, never a mix."""
+    fsync of the folder. A crash at any point leaves the old file or the new one, never a mix. The file
+    gets the permissions a plain ``open`` would give it (``0o666`` less the umask).
+
+    Raises
+    ------
+    StorageError
+        The folder or file cannot be written (read-only file system, no space, no permission), naming
+        ``path``; no temporary file is left behind.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise StorageError.from_os_error(exc, target, "write") from None
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o666 & ~current_umask())  # mkstemp makes 0600
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp_name, target)
-    except BaseException:
+    except BaseException as exc:
         Path(temp_name).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise StorageError(str(target), "write", exc.strerror or str(exc), exc.errno) from None
         raise
     _fsync_dir(target.parent)
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask (read by setting it and putting it back, under a lock)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -29,14 +29,17 @@ import math
 
 from hierfedlora.planner.errors import InvalidInputError, Issue
 from hierfedlora.planner.rules import (
+    ANY_STRING,
     FINITE_NON_NEGATIVE,
     FINITE_POSITIVE,
+    MAX_TIME_S,
     NON_EMPTY_STRING,
     NON_NEGATIVE_INT,
     OPTIONAL_POSITIVE_INT,
     POSITIVE_INT,
     Rule,
     check_fields,
+    check_limits,
     is_int,
     is_number,
     optional,
@@ -153,6 +156,15 @@ GROUP_RULES: dict[str, Rule] = {
 }
 
 
+GROUP_LIMITS: dict[str, float] = {
+    "depth": 10_000,
+    "intra_rounds": 10**6,
+    "local_steps": 10**6,
+    "predicted_intra_round_s": MAX_TIME_S,
+}
+"""Upper bounds of :data:`GROUP_RULES` fields (``rules.check_limits``)."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Group:
     """One group of a plan: its devices and what they do every global round.
@@ -186,7 +198,7 @@ class Group:
     lora_rank: int | None = None
 
     def __post_init__(self) -> None:
-        _raise_if(check_fields(self, GROUP_RULES))
+        _raise_if(check_fields(self, GROUP_RULES) + check_limits(self, GROUP_LIMITS, GROUP_RULES))
 
     @property
     def trained_layers(self) -> int:
@@ -214,8 +226,27 @@ PLAN_RULES: dict[str, Rule] = {
     "solver": NON_EMPTY_STRING,
     "seed": NON_NEGATIVE_INT,
     "batch_size": POSITIVE_INT,
+    "model_name": ANY_STRING,
+    "cost_model_sha256": ANY_STRING,
+    "fleet_sha256": ANY_STRING,
+    "grouping_objective": Rule("a finite number", lambda v: is_number(v) and math.isfinite(v), (math.nan,)),
+    "grouping_bound": Rule("a finite number", lambda v: is_number(v) and math.isfinite(v), (math.inf,)),
+    "reason": ANY_STRING,
     "schema_version": SCHEMA_RULE,
 }
+
+PLAN_LIMITS: dict[str, float] = {
+    "predicted_round_time_s": MAX_TIME_S,
+    "predicted_rounds_to_target": MAX_TIME_S,
+    "objective_value": MAX_TIME_S,
+    "dual_bound": MAX_TIME_S,
+    "solve_time_s": MAX_TIME_S,
+    "seed": 2**63 - 1,
+    "batch_size": 2**20,
+    "grouping_objective": MAX_TIME_S,
+    "grouping_bound": MAX_TIME_S,
+}
+"""Upper bounds of :data:`PLAN_RULES` fields (``rules.check_limits``)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -258,7 +289,7 @@ class Plan:
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        issues = check_fields(self, PLAN_RULES)
+        issues = check_fields(self, PLAN_RULES) + check_limits(self, PLAN_LIMITS, PLAN_RULES)
         if not isinstance(self.status, SolveStatus) or self.status not in (SolveStatus.OPTIMAL, SolveStatus.FEASIBLE):
             issues.append(Issue("status", "OPTIMAL or FEASIBLE (a plan needs a feasible solution)", self.status))
         else:

@@ -32,8 +32,13 @@ __all__ = [
     "OPTIONAL_FINITE_POSITIVE",
     "OPTIONAL_POSITIVE_INT",
     "POSITIVE_INT",
+    "MAX_BYTES",
+    "MAX_COUNT",
+    "MAX_STEP_S",
+    "MAX_TIME_S",
     "Rule",
     "check_fields",
+    "check_limits",
     "finite_tuple",
     "int_tuple",
     "is_int",
@@ -115,6 +120,37 @@ def finite_tuple(*, positive: bool) -> Rule:
         lambda v: isinstance(v, tuple) and len(v) > 0 and all(element(x) for x in v),
         ((), (math.nan,), (-1.0,), (math.inf,), "1.0"),
     )
+
+
+def check_limits(obj: object, limits: Mapping[str, float], rules: Mapping[str, Rule]) -> list[Issue]:
+    """Issues for fields that pass their rule but exceed their upper bound (for a tuple: any element).
+
+    A bound is where a value can only be a mistake, and keeps the arithmetic downstream (int64
+    arrays, float sums, a solver's coefficients) from overflowing. Fields that break their rule
+    are left to :func:`check_fields`, so each problem is reported once.
+
+    >>> [str(i) for i in check_limits({"rate": 1e308}, {"rate": 1e4}, {"rate": FINITE_POSITIVE})]
+    ['rate must be a finite number > 0, at most 10000; got 1e+308']
+    """
+    issues = []
+    for name, maximum in limits.items():
+        value = obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name)
+        if not rules[name].accepts(value):
+            continue
+        values = value if isinstance(value, tuple) else (value,)
+        if any(is_number(v) and v > maximum for v in values):
+            issues.append(Issue(name, f"{rules[name].expected}, at most {maximum:g}", value))
+    return issues
+
+
+MAX_STEP_S = 1e4
+"""Most seconds a measured step quantity (one layer's forward of a batch, ...) may take."""
+MAX_TIME_S = 1e12
+"""Most seconds any predicted or simulated time may be."""
+MAX_BYTES = 2**50
+"""Most bytes of any size (a pebibyte)."""
+MAX_COUNT = 10**12
+"""Largest count (samples of a class on a device, ...)."""
 
 
 def check_fields(obj: object | Mapping[str, object], rules: Mapping[str, Rule]) -> list[Issue]:

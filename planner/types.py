@@ -31,6 +31,9 @@ from hierfedlora.planner.rules import (
     FINITE_NON_NEGATIVE,
     FINITE_POSITIVE,
     FRACTION,
+    MAX_BYTES,
+    MAX_COUNT,
+    MAX_STEP_S,
     NON_EMPTY_STRING,
     NON_NEGATIVE_INT,
     OPTIONAL_FINITE_POSITIVE,
@@ -38,6 +41,7 @@ from hierfedlora.planner.rules import (
     POSITIVE_INT,
     Rule,
     check_fields,
+    check_limits,
     finite_tuple,
     int_tuple,
     is_int,
@@ -108,6 +112,16 @@ DEVICE_RULES: dict[str, Rule] = {
 }
 
 
+DEVICE_LIMITS: dict[str, float] = {
+    "label_counts": MAX_COUNT,
+    "compute_scale": 1e6,
+    "memory_bytes": MAX_BYTES,
+    "uplink_mbps": 1e7,
+    "downlink_mbps": 1e7,
+}
+"""Upper bounds of :data:`DEVICE_RULES` fields (``rules.check_limits``)."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceProfile:
     """One device: its data (label counts) and how it differs from the profiling host.
@@ -141,7 +155,7 @@ class DeviceProfile:
     availability: tuple[tuple[float, float], ...] | None = None
 
     def __post_init__(self) -> None:
-        _raise_if(check_fields(self, DEVICE_RULES))
+        _raise_if(check_fields(self, DEVICE_RULES) + check_limits(self, DEVICE_LIMITS, DEVICE_RULES))
 
     @property
     def num_samples(self) -> int:
@@ -193,6 +207,11 @@ FLEET_RULES: dict[str, Rule] = {
     ),
     "partition": ANY_STRING,
     "seed": NON_NEGATIVE_INT,
+    "sample_indices": Rule(
+        "a list with a list of row positions per device, or empty",
+        lambda v: isinstance(v, tuple) and all(isinstance(x, tuple) for x in v),
+        (None, True, (None,)),
+    ),
 }
 
 
@@ -216,7 +235,8 @@ class Fleet:
         issues = check_fields(self, FLEET_RULES)
         if not self.devices:
             issues.append(Issue("devices", "a non-empty list of devices", self.devices))
-        if self.sample_indices and len(self.sample_indices) != len(self.devices):
+        lists = FLEET_RULES["sample_indices"].accepts(self.sample_indices) and isinstance(self.devices, tuple)
+        if lists and self.sample_indices and len(self.sample_indices) != len(self.devices):
             issues.append(
                 Issue(
                     "sample_indices", f"one list per device ({len(self.devices)})", f"{len(self.sample_indices)} lists"
@@ -246,6 +266,25 @@ COST_MODEL_RULES: dict[str, Rule] = {
     "num_labels": OPTIONAL_POSITIVE_INT,
     "schema_version": SCHEMA_RULE,
 }
+
+COST_MODEL_LIMITS: dict[str, float] = {
+    "num_layers": 10_000,
+    "batch_size": 2**20,
+    "seq_len": 2**24,
+    "embedding_forward_s": MAX_STEP_S,
+    "layer_forward_s": MAX_STEP_S,
+    "layer_backward_s": MAX_STEP_S,
+    "head_step_s": MAX_STEP_S,
+    "layer_optimizer_s": MAX_STEP_S,
+    "adapter_bytes_per_layer": MAX_BYTES,
+    "head_bytes": MAX_BYTES,
+    "activation_bytes_per_sample_per_layer": MAX_BYTES,
+    "optimizer_bytes_per_layer": MAX_BYTES,
+    "base_model_bytes": MAX_BYTES,
+    "lora_rank": 2**16,
+}
+"""Upper bounds of :data:`COST_MODEL_RULES` fields: a measured per-layer time past ``MAX_STEP_S`` seconds
+per batch is a mistake, and would reach the solver as a coefficient it cannot handle."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -301,7 +340,7 @@ class CostModel:
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        issues = check_fields(self, COST_MODEL_RULES)
+        issues = check_fields(self, COST_MODEL_RULES) + check_limits(self, COST_MODEL_LIMITS, COST_MODEL_RULES)
         if is_int(self.num_layers):
             for name in ("layer_forward_s", "layer_backward_s"):
                 value = getattr(self, name)

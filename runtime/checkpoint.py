@@ -43,6 +43,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -51,11 +52,12 @@ import torch
 
 from hierfedlora.planner import rules
 from hierfedlora.planner.errors import InvalidInputError, Issue, ResumeMismatchError
-from hierfedlora.planner.io import atomic_write_bytes, from_dict, from_json, to_json
+from hierfedlora.planner.io import atomic_write_bytes, from_dict, from_json, parse_json, to_json
 from hierfedlora.planner.outcomes import RoundReport
 from hierfedlora.planner.types import SCHEMA_RULE, SCHEMA_VERSION
 
 __all__ = [
+    "CRASH_AFTER_COMMIT_ENV",
     "MANIFEST_NAME",
     "REPORTS_NAME",
     "RUN_STATE_RULES",
@@ -64,6 +66,7 @@ __all__ = [
     "RunState",
     "load_checkpoint",
     "read_checkpoint_plan_id",
+    "read_manifest_state",
     "numpy_rng_state",
     "read_reports",
     "restore_numpy_rng",
@@ -194,10 +197,21 @@ def save_checkpoint(run_dir: str | os.PathLike[str], state: RunState, tensors: d
     atomic_write_bytes(folder / tensor_file, payload)
     manifest = _Manifest(state=state, tensor_file=tensor_file, tensor_sha256=digest)
     atomic_write_bytes(folder / MANIFEST_NAME, (to_json(manifest) + "\n").encode())  # the commit point
+    _crash_if_asked(state.global_round)
     for stale in [*folder.glob("checkpoint-*.safetensors"), *folder.glob(".checkpoint*.tmp")]:
         if stale.name != tensor_file:
             stale.unlink(missing_ok=True)
     return folder / MANIFEST_NAME
+
+
+CRASH_AFTER_COMMIT_ENV = "HIERFEDLORA_CRASH_AFTER_COMMIT"
+"""Fault injection for tests: with this variable set to ``k``, the process kills itself (SIGKILL) right
+after committing round ``k``'s checkpoint, before its report is appended: the crash window of (R2)."""
+
+
+def _crash_if_asked(global_round: int) -> None:
+    if os.environ.get(CRASH_AFTER_COMMIT_ENV, "").strip() == str(global_round):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _read_manifest(path: Path) -> _Manifest:
@@ -208,14 +222,24 @@ def _read_manifest(path: Path) -> _Manifest:
         raise _invalid("run_dir", f"a folder holding {MANIFEST_NAME}", str(path.parent), hint=hint) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise _invalid("(file)", "a readable UTF-8 file", str(exc), str(path)) from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise _invalid(f"line {exc.lineno}", "valid JSON", exc.msg, str(path)) from None
+    data = parse_json(text, source=str(path))
     for found in (data, data.get("state") if isinstance(data, dict) else None):
         if isinstance(found, dict) and "schema_version" in found and found["schema_version"] != SCHEMA_VERSION:
             raise ResumeMismatchError("schema_version", SCHEMA_VERSION, found["schema_version"])
     return from_dict(_Manifest, data, source=str(path))
+
+
+def read_manifest_state(run_dir: str | os.PathLike[str]) -> RunState:
+    """The :class:`RunState` of ``run_dir``'s last committed round, from its manifest (tensors unread).
+
+    Raises
+    ------
+    InvalidInputError
+        The manifest is missing, not JSON, or breaks a field rule.
+    ResumeMismatchError
+        It was written with another schema version.
+    """
+    return _read_manifest(Path(run_dir) / MANIFEST_NAME).state
 
 
 def read_checkpoint_plan_id(run_dir: str | os.PathLike[str]) -> str:

@@ -19,6 +19,7 @@ True
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +34,8 @@ from hierfedlora.runtime.checkpoint import REPORTS_NAME, read_reports
 from hierfedlora.runtime.engine import PLANS_FOLDER
 
 __all__ = ["CalibrationRun", "Calibration", "calibrate", "experiment_runs", "read_run_history"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -76,12 +79,13 @@ def experiment_runs(experiment_dir: Path, methods: Sequence[str] | None = None) 
 
     The problem of a setting is rebuilt as the harness built it: the folder's ``preset.json``,
     ``cost_model.json`` and the setting's ``fleet.json``. ``methods`` keeps only those methods;
-    runs without reports are skipped.
+    an unfinished run without reports is skipped with a warning naming it.
 
     Raises
     ------
     InvalidInputError
-        The folder lacks ``preset.json`` or ``cost_model.json``.
+        The folder lacks ``preset.json`` or ``cost_model.json``, or a finished run (``result.json``)
+        has an empty report log.
     """
     from hierfedlora.validation.experiment_presets import read_preset
     from hierfedlora.validation.experiments import problem_for
@@ -108,9 +112,16 @@ def experiment_runs(experiment_dir: Path, methods: Sequence[str] | None = None) 
         for method in preset.methods:
             run_dir = folder / method / "run"
             if (methods is None or method in methods) and (run_dir / REPORTS_NAME).is_file():
+                name = f"{experiment_dir.name}/{setting.name}/{method}"
                 history = read_run_history(run_dir)
                 if history:
-                    runs.append(CalibrationRun(f"{experiment_dir.name}/{setting.name}/{method}", history, problem))
+                    runs.append(CalibrationRun(name, history, problem))
+                elif (folder / method / "result.json").is_file():  # finished, yet no report: never dropped silently
+                    raise InvalidInputError(
+                        [Issue(f"{name}/run/{REPORTS_NAME}", "the reports of the finished run's rounds", "no report")]
+                    )
+                else:
+                    log.warning("%s has no committed round yet: not used", name)
     return runs
 
 

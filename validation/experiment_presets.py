@@ -20,7 +20,14 @@ from pathlib import Path
 
 from hierfedlora.planner.errors import InvalidInputError, Issue
 from hierfedlora.planner.io import read_json
-from hierfedlora.planner.rules import FINITE_NON_NEGATIVE, FINITE_POSITIVE, POSITIVE_INT, Rule, check_fields
+from hierfedlora.planner.rules import (
+    ANY_STRING,
+    FINITE_NON_NEGATIVE,
+    FINITE_POSITIVE,
+    POSITIVE_INT,
+    Rule,
+    check_fields,
+)
 from hierfedlora.planner.tiers import PRESETS as TIER_MIXES
 from hierfedlora.planner.types import ConvergenceParams
 from hierfedlora.runtime.faults import FaultOptions
@@ -74,42 +81,51 @@ class Setting:
         return f"{self.label}_seed{self.seed}"
 
 
-def _tuple_of(kind: type, what: str, allowed: tuple[object, ...] | None = None) -> Rule:
+def _distinct(value: tuple[object, ...]) -> bool:
+    """No value twice, for any JSON scalars (checked after the element types, so all are hashable)."""
+    return len(set(value)) == len(value)
+
+
+def _tuple_of(kind: type, what: str, allowed: tuple[object, ...] | None = None, maximum: int | None = None) -> Rule:
     def ok(value: object) -> bool:
         return (
             isinstance(value, tuple)
             and len(value) > 0
-            and len(set(value)) == len(value)
             and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
+            and _distinct(value)
             and all(allowed is None or v in allowed for v in value)
-            and all(not isinstance(v, int) or v > 0 for v in value)
+            and all(not isinstance(v, int) or 0 < v <= (maximum or v) for v in value)
         )
 
-    return Rule(f"a non-empty list of distinct {what}", ok, ((), (0,)))
+    return Rule(f"a non-empty list of distinct {what}", ok, ((), (0,), ([1],), 1))
+
+
+MAX_FLEET_SIZE = 10_000
+"""Most devices a preset's fleet may have (the paper's largest fleet is 80)."""
 
 
 PRESET_RULES: dict[str, Rule] = {
-    "fleet_sizes": _tuple_of(int, "device counts (integers >= 1)"),
+    "fleet_sizes": _tuple_of(int, f"device counts (integers 1..{MAX_FLEET_SIZE})", maximum=MAX_FLEET_SIZE),
     "tier_mixes": _tuple_of(str, f"tier mix names from {sorted(TIER_MIXES)}", tuple(TIER_MIXES)),
     "seeds": Rule(
         "a non-empty list of distinct integers >= 0",
         lambda v: (
             isinstance(v, tuple)
             and len(v) > 0
-            and len(set(v)) == len(v)
-            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in v)
+            and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63 for s in v)
+            and _distinct(v)
         ),
-        ((), (-1,)),
+        ((), (-1,), ([0],)),
     ),
     "alphas": Rule(
-        "a non-empty list of distinct Dirichlet concentrations > 0 (null for IID)",
+        "a non-empty list of distinct Dirichlet concentrations in (0, 1e6] (null for IID)",
         lambda v: (
             isinstance(v, tuple)
             and len(v) > 0
-            and len(set(v)) == len(v)
-            and all(a is None or (isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0) for a in v)
+            and all(a is None or (isinstance(a, (int, float)) and not isinstance(a, bool) and 0 < a <= 1e6) for a in v)
+            and _distinct(v)
         ),
-        ((), (0.0,)),
+        ((), (0.0,), ([1.0],)),
     ),
     "num_groups": POSITIVE_INT,
     "samples_per_device": POSITIVE_INT,
@@ -133,6 +149,26 @@ PRESET_RULES: dict[str, Rule] = {
         lambda v: isinstance(v, str) and bool(v.strip()),
         ("", 3),
     ),
+    "name": Rule(
+        "a non-empty name of letters, digits, '.', '_' or '-' (it names folders)",
+        lambda v: isinstance(v, str) and 0 < len(v) <= 100 and all(c.isalnum() or c in "._-" for c in v),
+        ("", "../x", 3),
+    ),
+    "description": ANY_STRING,
+    "methods": _tuple_of(str, "method names"),
+    "single_seed_alphas": Rule(
+        "a list of Dirichlet concentrations from alphas (null for IID)",
+        lambda v: (
+            isinstance(v, tuple)
+            and all(a is None or (isinstance(a, (int, float)) and not isinstance(a, bool)) for a in v)
+        ),
+        (1, ([1.0],)),
+    ),
+    "tuning_notes": Rule(
+        "a list of strings", lambda v: isinstance(v, tuple) and all(isinstance(n, str) for n in v), (3, (1,))
+    ),
+    "baseline": Rule("an object (BaselineSettings)", lambda v: isinstance(v, BaselineSettings), ({},)),
+    "convergence": Rule("an object (ConvergenceParams)", lambda v: isinstance(v, ConvergenceParams), ({},)),
 }
 
 
@@ -185,6 +221,8 @@ class ExperimentPreset:
 
     def __post_init__(self) -> None:
         issues = check_fields(self, PRESET_RULES)
+        if not PRESET_RULES["methods"].accepts(self.methods):
+            raise InvalidInputError(issues, "preset")  # the checks below need a list of names
         unknown = [m for m in self.methods if m not in ALL_METHODS]
         if unknown:
             issues.append(Issue("methods", f"names from {list(ALL_METHODS)}", unknown))
@@ -196,7 +234,11 @@ class ExperimentPreset:
             small = [n for n in self.fleet_sizes if isinstance(n, int) and 1 <= n < self.num_groups]
             if small:
                 issues.append(Issue("fleet_sizes", f"device counts >= num_groups ({self.num_groups})", small))
-        stray = [a for a in self.single_seed_alphas if a not in self.alphas]
+        alphas = self.alphas if isinstance(self.alphas, tuple) else ()
+        seed_alphas = (
+            self.single_seed_alphas if PRESET_RULES["single_seed_alphas"].accepts(self.single_seed_alphas) else ()
+        )
+        stray = [a for a in seed_alphas if a not in alphas]
         if stray:
             issues.append(Issue("single_seed_alphas", "a subset of alphas", stray))
         if issues:

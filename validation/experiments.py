@@ -129,8 +129,8 @@ def _run_one(
     context: object,
 ) -> RunResult:
     from hierfedlora.planner.feedback import Replanner
-    from hierfedlora.runtime.engine import run_plan
     from hierfedlora.runtime.options import RunOptions
+    from hierfedlora.runtime.run_folder import lock_folder
 
     done = folder / RESULT_NAME
     if done.exists():  # older result files lack the fleet axes: the setting supplies them
@@ -163,29 +163,9 @@ def _run_one(
         else method_replanner(method, problem, settings=preset.baseline, seed=setting.seed)
     )
     run_dir = folder / "run"
-    resume = (run_dir / "checkpoint.json").exists()
     started = time.perf_counter()
-    reports: list[RoundReport] = []
-    if resume:
-        from hierfedlora.runtime.checkpoint import REPORTS_NAME, read_reports
-
-        reports = read_reports(run_dir / REPORTS_NAME)
-    if not reports or (reports[-1].sim_time_s < budget_s and len(reports) < preset.max_rounds):
-        for report in run_plan(
-            plan,
-            fleet,
-            problem.cost_model,
-            options,
-            run_dir,
-            resume=resume,
-            context=context,  # type: ignore[arg-type]
-            replanner=replanner,
-            clock_devices=truth,
-            faults=preset.faults,
-        ):
-            reports = [r for r in reports if r.global_round < report.global_round] + [report]
-            if report.sim_time_s >= budget_s:
-                break
+    with lock_folder(run_dir):
+        reports = _run_reports(plan, fleet, problem, options, run_dir, context, replanner, truth, budget_s, preset)
     final, reached, traffic = _metrics(reports, budget_s, preset.target_accuracy)
     result = RunResult(
         method=method,
@@ -206,6 +186,47 @@ def _run_one(
     )
     write_json(done, result)
     return result
+
+
+def _run_reports(
+    plan: Plan,
+    fleet: Fleet,
+    problem: PlanningProblem,
+    options: object,
+    run_dir: Path,
+    context: object,
+    replanner: object,
+    truth: tuple[DeviceProfile, ...],
+    budget_s: float,
+    preset: ExperimentPreset,
+) -> list[RoundReport]:
+    """Run (or resume) until the budget or the round cap; return every committed report, read back from
+    the log after it is repaired, never pieced together from what was yielded: a crash between a round's
+    checkpoint and its report line must not lose that round (nor run one round too many)."""
+    from hierfedlora.runtime.checkpoint import REPORTS_NAME, read_reports
+    from hierfedlora.runtime.engine import run_plan
+    from hierfedlora.runtime.run_folder import check_run_folder, repair_report_log
+
+    resume = (run_dir / "checkpoint.json").exists()
+    check_run_folder(run_dir, resume=True, field="run folder")
+    reports = repair_report_log(run_dir)  # rounds 1..c exactly, c the committed round
+    if reports and (reports[-1].sim_time_s >= budget_s or len(reports) >= preset.max_rounds):
+        return reports
+    for report in run_plan(
+        plan,
+        fleet,
+        problem.cost_model,
+        options,  # type: ignore[arg-type]
+        run_dir,
+        resume=resume,
+        context=context,  # type: ignore[arg-type]
+        replanner=replanner,  # type: ignore[arg-type]
+        clock_devices=truth,
+        faults=preset.faults,
+    ):
+        if report.sim_time_s >= budget_s:
+            break
+    return read_reports(run_dir / REPORTS_NAME)
 
 
 def _refuse_another_presets_folder(preset: ExperimentPreset, folder: Path) -> None:
@@ -254,21 +275,56 @@ def run_experiment(
         ``out/cost_model.json`` (reused on a second call).
     progress : callable, optional
         Called with a line before each run (the CLI feeds a progress bar).
+
+    Raises
+    ------
+    InvalidInputError
+        ``out`` made with another preset or in use by another process (it is locked for the whole
+        experiment, each run folder too), or a setting the data cannot fill (before anything is written).
     """
-    from hierfedlora.models.catalog import ModelSpec
-    from hierfedlora.models.profiling import measure_cost_model
     from hierfedlora.planner.data_sources import describe_data, read_data
-    from hierfedlora.planner.fleet import make_fleet, save_fleet
-    from hierfedlora.runtime.engine import prepare_run
-    from hierfedlora.runtime.options import RunOptions
+    from hierfedlora.planner.fleet import make_fleet
+    from hierfedlora.runtime.run_folder import lock_folder
 
     folder = Path(out)
     _refuse_another_presets_folder(preset, folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json(folder / "preset.json", preset)
     data = read_data(preset.data)
-    summary = describe_data(data)
-    write_json(folder / "data.json", summary)
+    fleets = {  # every fleet first: a setting the data cannot fill fails before anything is written
+        setting: make_fleet(
+            data,
+            num_devices=setting.num_devices,
+            partition="iid" if setting.alpha is None else "dirichlet",
+            alpha=1.0 if setting.alpha is None else setting.alpha,
+            tier_mix=setting.tier_mix,
+            max_samples_per_device=preset.samples_per_device,
+            seed=setting.seed,
+        )
+        for setting in preset.settings()
+    }
+    with lock_folder(folder):
+        _refuse_another_presets_folder(preset, folder)  # again, now that no one else can write it
+        write_json(folder / "preset.json", preset)
+        summary = describe_data(data)
+        write_json(folder / "data.json", summary)
+        results, cost_model = _run_settings(preset, folder, fleets, cost_model, data.num_classes, progress)
+        write_outputs(preset, cost_model, results, folder, data=summary)
+    return results
+
+
+def _run_settings(
+    preset: ExperimentPreset,
+    folder: Path,
+    fleets: dict[Setting, Fleet],
+    cost_model: CostModel | None,
+    num_classes: int,
+    progress: Callable[[str], None] | None,
+) -> tuple[list[RunResult], CostModel]:
+    from hierfedlora.models.catalog import ModelSpec
+    from hierfedlora.models.profiling import measure_cost_model
+    from hierfedlora.planner.fleet import save_fleet
+    from hierfedlora.runtime.engine import prepare_run
+    from hierfedlora.runtime.options import RunOptions
+
     cost_path = folder / "cost_model.json"
     if cost_model is None:
         if cost_path.exists():
@@ -276,26 +332,17 @@ def run_experiment(
         else:
             log.info("measuring the model's per-layer costs on this host ...")
             cost_model = measure_cost_model(
-                ModelSpec(path="default", num_labels=data.num_classes),
+                ModelSpec(path="default", num_labels=num_classes),
                 batch_size=preset.batch_size,
                 seq_len=preset.max_seq_len,
             )
-    cost_model = head_for(cost_model, data.num_classes)
+    cost_model = head_for(cost_model, num_classes)
     write_json(cost_path, cost_model)
     results: list[RunResult] = []
-    total = len(preset.settings()) * len(preset.methods)
-    for setting in preset.settings():
-        alpha, seed = setting.alpha, setting.seed
+    total = len(fleets) * len(preset.methods)
+    for setting, fleet in fleets.items():
+        seed = setting.seed
         setting_dir = folder / "runs" / setting.name
-        fleet = make_fleet(
-            data,
-            num_devices=setting.num_devices,
-            partition="iid" if alpha is None else "dirichlet",
-            alpha=1.0 if alpha is None else alpha,
-            tier_mix=setting.tier_mix,
-            max_samples_per_device=preset.samples_per_device,
-            seed=seed,
-        )
         setting_dir.mkdir(parents=True, exist_ok=True)
         save_fleet(setting_dir / "fleet.json", fleet)
         problem = problem_for(preset, fleet, cost_model, seed)
@@ -322,8 +369,7 @@ def run_experiment(
                 result.wall_time_s,
             )
             results.append(result)
-    write_outputs(preset, cost_model, results, folder, data=summary)
-    return results
+    return results, cost_model
 
 
 def head_for(cost_model: CostModel, num_classes: int) -> CostModel:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hierfedlora.planner.errors import InvalidInputError
+from hierfedlora.planner.errors import InvalidInputError, StorageError
 from hierfedlora.planner.io import atomic_write_text, from_dict, from_json, read_json, to_dict, to_json, write_json
 from hierfedlora.planner.outcomes import Group, GroupRoundResult, Limit, Plan, RoundReport, Skew, SolveStatus
 from hierfedlora.planner.types import CostModel, DeviceProfile, Fleet, PlanningProblem
@@ -174,7 +174,7 @@ def test_missing_file_is_invalid_input(tmp_path):
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
-    """A crash during a write leaves the previous file whole and no temporary file behind."""
+    """A failed write leaves the previous file whole and no temporary file behind; the error names the file."""
     # Arrange
     path = tmp_path / "plan.json"
     write_json(path, {"v": 1})
@@ -184,8 +184,9 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "replace", broken_replace)
     # Act
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError) as caught:
         atomic_write_text(path, json.dumps({"v": 2}))
     # Assert
+    assert str(caught.value) == f"cannot write {path}: disk gone"
     assert json.loads(path.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]
