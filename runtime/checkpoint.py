@@ -94,8 +94,8 @@ def restore_numpy_rng(text: str) -> np.random.Generator:
 
 def _is_rng_state(value: object) -> bool:
     try:
-        state = json.loads(value) if isinstance(value, str) else None
-    except json.JSONDecodeError:
+        state = parse_json(value) if isinstance(value, str) else None
+    except InvalidInputError:
         return False
     return isinstance(state, dict) and state.get("bit_generator") in _BIT_GENERATORS and "state" in state
 
