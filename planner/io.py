@@ -234,6 +234,26 @@ def _too_deep(data: Any) -> bool:
     return False
 
 
+def _bad_number_path(text: str) -> str:
+    """Where the first refused number sits (``devices[3].uplink_mbps``), found by a lenient re-parse; '' if unknown."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return ""
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return path or "(top level)"
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**MAX_NUMBER_DIGITS:
+            return path or "(top level)"
+        if isinstance(value, dict):
+            stack.extend((v, _join(path, str(k))) for k, v in reversed(list(value.items())))
+        elif isinstance(value, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(value))))
+    return ""
+
+
 def parse_json(text: str, *, source: str | None = None, where: str = "") -> Any:
     """Strict JSON data from ``text``: a UTF-8 byte order mark is skipped; NaN, Infinity, numbers that
     overflow a float or run past :data:`MAX_NUMBER_DIGITS`, and nesting past :data:`MAX_JSON_DEPTH` are
@@ -262,7 +282,8 @@ def parse_json(text: str, *, source: str | None = None, where: str = "") -> Any:
     except json.JSONDecodeError as exc:
         raise InvalidInputError([Issue(where or f"line {exc.lineno}", "valid JSON", exc.msg)], source) from None
     except _BadJsonError as exc:
-        raise InvalidInputError([Issue(where or "(number)", exc.expected, exc.got)], source) from None
+        path = where or _bad_number_path(text.removeprefix("\ufeff")) or "(number)"
+        raise InvalidInputError([Issue(path, exc.expected, exc.got)], source) from None
     except RecursionError:
         data = None
         deep = True

@@ -96,6 +96,13 @@ def test_non_finite_and_overlong_numbers_are_refused_when_parsed(text, expected)
     assert str(caught.value).startswith("plan.json: ") and expected in str(caught.value)
 
 
+def test_a_refused_number_is_named_by_its_path():
+    """The error names the field holding NaN, as a field rule would."""
+    with pytest.raises(InvalidInputError) as caught:
+        parse_json('{"devices": [{"a": 1}, {"uplink_mbps": NaN}]}', source="fleet.json")
+    assert str(caught.value).startswith("fleet.json: devices[1].uplink_mbps must be a finite number")
+
+
 def test_json_with_a_byte_order_mark_reads_like_csv_does(tmp_path):
     """A UTF-8 BOM (Windows editors add one) is skipped in JSON as in CSV."""
     path = tmp_path / "cost.json"
