@@ -50,6 +50,7 @@ from numpy.typing import NDArray
 from hierfedlora.planner import costs
 from hierfedlora.planner.errors import HierFedLoraWarning, InfeasibleError, InvalidInputError, Issue
 from hierfedlora.planner.grouping.model import resolve_num_groups
+from hierfedlora.planner.rules import MAX_BYTES, MAX_COUNT
 from hierfedlora.planner.types import PlanningProblem
 
 __all__ = [
@@ -168,6 +169,14 @@ def check_problem(problem: PlanningProblem) -> list[Issue]:
         issues.append(Issue("max_group_samples", expected, problem.max_group_samples))
     if len(set(problem.intra_rounds_choices)) != len(problem.intra_rounds_choices):
         issues.append(Issue("intra_rounds_choices", "a list of distinct integers >= 1", problem.intra_rounds_choices))
+    # the planner's memory arithmetic is int64: the largest need must fit, and anything past MAX_BYTES is a mistake
+    peak = costs.peak_memory_bytes(problem.cost_model, depth=num_layers, batch_size=problem.effective_batch_size)
+    if peak > MAX_BYTES:
+        expected = f"a cost model and batch size whose peak training memory is at most {MAX_BYTES:g} bytes"
+        issues.append(Issue("cost_model", expected, f"{peak:.3g} bytes at batch {problem.effective_batch_size}"))
+    total = sum(sum(device.label_counts) for device in problem.devices)
+    if total > MAX_COUNT:
+        issues.append(Issue("devices", f"at most {MAX_COUNT:g} samples in all", total))
     return issues
 
 

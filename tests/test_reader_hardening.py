@@ -336,3 +336,16 @@ def test_an_experiment_the_data_cannot_fill_writes_nothing(tmp_path):
     with pytest.raises(InvalidInputError, match="partition"):
         run_experiment(preset, tmp_path / "out", cost_model=make_cost_model(6))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_memory_need_past_int64_is_invalid_input_not_an_overflow():
+    """Each field within its bound, yet activation bytes x batch x layers past 2**63: make_plan names the
+    cost model (it was an OverflowError building the planner's int64 arrays)."""
+    from hierfedlora.planner.plan import make_plan
+    from hierfedlora.planner.types import PlanningProblem
+    from tests.factories import make_devices
+
+    cost = dataclasses.replace(make_cost_model(6), activation_bytes_per_sample_per_layer=2**49)
+    problem = PlanningProblem(devices=make_devices(6), cost_model=cost, num_groups=2, batch_size=2**19)
+    with pytest.raises(InvalidInputError, match="peak training memory is at most"):
+        make_plan(problem)
