@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from hierfedlora.planner.errors import InvalidInputError, Issue
-from hierfedlora.planner.io import atomic_write_bytes, from_dict, to_dict
+from hierfedlora.planner.io import atomic_write_bytes, from_dict, parse_json, to_dict
 from hierfedlora.planner.types import DatasetSpec, DeviceProfile, Fleet
 
 __all__ = ["FLEET_NPZ_SUFFIX", "read_fleet_npz", "write_fleet_npz"]
@@ -144,7 +144,7 @@ def _shape_issues(arrays: dict[str, np.ndarray]) -> list[Issue]:
 def _build(arrays: dict[str, np.ndarray], source: str) -> Fleet:
     issues: list[Issue] = []
     try:
-        meta = json.loads(str(arrays["meta"]))
+        meta = parse_json(str(arrays["meta"]), source=source)  # an InvalidInputError is a ValueError
         dataset = None if meta.get("dataset") is None else from_dict(DatasetSpec, meta["dataset"], source=source)
         class_names = tuple(meta["class_names"])
     except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -44,7 +44,7 @@ from hierfedlora.planner.errors import (
     NoSolutionError,
     SolverFailedError,
 )
-from hierfedlora.planner.io import from_dict, read_json, to_dict
+from hierfedlora.planner.io import from_dict, parse_json, read_json, read_text, to_dict
 from hierfedlora.planner.outcomes import Grouping
 from hierfedlora.planner.rules import (
     FINITE_POSITIVE,
@@ -329,8 +329,8 @@ def load_cost_model(name: str, *, num_classes: int, batch_size: int, seq_len: in
     else:
         path, label = Path(name), ""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        data = parse_json(read_text(path), source=path.name)
+    except InvalidInputError as exc:
         issue = Issue("cost_model", "a readable cost model or config.json file", f"{name}: {exc}")
         raise InvalidInputError([issue]) from None
     if isinstance(data, dict) and "layer_forward_s" in data:
@@ -369,7 +369,7 @@ class GroupingCache:
             else:
                 mix: Any = point.tier_mix
                 if mix.endswith(".json"):
-                    mix = json.loads(Path(mix).read_text(encoding="utf-8"))
+                    mix = parse_json(read_text(mix), source=Path(mix).name)
                 self.fleets[key] = synthetic_fleet(
                     num_devices=point.fleet_size,
                     num_classes=study.num_classes,

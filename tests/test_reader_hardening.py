@@ -349,3 +349,23 @@ def test_a_memory_need_past_int64_is_invalid_input_not_an_overflow():
     problem = PlanningProblem(devices=make_devices(6), cost_model=cost, num_groups=2, batch_size=2**19)
     with pytest.raises(InvalidInputError, match="peak training memory is at most"):
         make_plan(problem)
+
+
+def test_the_whatif_and_npz_fleet_readers_bound_json_too(tmp_path):
+    """A what-if study's cost model file and an .npz fleet's metadata nested 5,000 deep: invalid input."""
+    import numpy as np
+
+    from hierfedlora.planner.fleet_store import read_fleet_npz, write_fleet_npz
+    from hierfedlora.planner.whatif import load_cost_model
+
+    (tmp_path / "cost.json").write_text('{"layer_forward_s": ' + DEEP + "}")
+    (tmp_path / "data.csv").write_text("\n".join(CSV_ROWS) + "\n")
+    write_fleet_npz(tmp_path / "f.npz", make_fleet(read_csv(tmp_path / "data.csv"), num_devices=3, seed=0))
+    with np.load(tmp_path / "f.npz", allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    arrays["meta"] = np.array('{"class_names": ' + DEEP + "}")
+    np.savez(tmp_path / "deep.npz", **arrays)
+    with pytest.raises(InvalidInputError, match=r"a readable cost model or config\.json file"):
+        load_cost_model(str(tmp_path / "cost.json"), num_classes=3, batch_size=8, seq_len=16, lora_rank=8)
+    with pytest.raises(InvalidInputError):
+        read_fleet_npz(tmp_path / "deep.npz")
