@@ -328,12 +328,13 @@ def test_calibrate_refuses_a_finished_run_whose_report_log_is_empty(tmp_path):
 
 
 def test_an_experiment_the_data_cannot_fill_writes_nothing(tmp_path):
-    """10,000 devices at alpha 0.5 cannot be partitioned: the error comes before preset.json or
+    """200 devices from 30 rows cannot be partitioned: the error comes before preset.json, data.json or
     cost_model.json is written, so the corrected preset can use the folder."""
-    preset = dataclasses.replace(PRESETS["quick"], fleet_sizes=(10_000,))
     from hierfedlora.validation.experiments import run_experiment
 
-    with pytest.raises(InvalidInputError, match="partition"):
+    (tmp_path / "data.csv").write_text("\n".join(CSV_ROWS) + "\n")
+    preset = dataclasses.replace(PRESETS["quick"], fleet_sizes=(200,), data=str(tmp_path / "data.csv"))
+    with pytest.raises(InvalidInputError, match="at least num_devices x min_samples_per_device"):
         run_experiment(preset, tmp_path / "out", cost_model=make_cost_model(6))
     assert not (tmp_path / "out").exists()
 
