@@ -51,7 +51,7 @@ import safetensors.torch
 import torch
 
 from hierfedlora.planner import rules
-from hierfedlora.planner.errors import InvalidInputError, Issue, ResumeMismatchError
+from hierfedlora.planner.errors import InvalidInputError, Issue, ResumeMismatchError, StorageError
 from hierfedlora.planner.io import atomic_write_bytes, from_dict, from_json, parse_json, to_json
 from hierfedlora.planner.outcomes import RoundReport
 from hierfedlora.planner.types import SCHEMA_RULE, SCHEMA_VERSION
@@ -329,7 +329,10 @@ class ReportLog:
     def __init__(self, path: Path, last_round: int) -> None:
         self.path = path
         self._last_round = last_round
-        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, path, "open") from None
 
     @property
     def last_round(self) -> int:
@@ -367,7 +370,13 @@ class ReportLog:
         return log
 
     def append(self, report: RoundReport) -> None:
-        """(P2) Write ``report`` as one line, flush and fsync; it must be round ``last_round + 1``."""
+        """(P2) Write ``report`` as one line, flush and fsync; it must be round ``last_round + 1``.
+
+        Raises
+        ------
+        StorageError
+            The disk is full or refuses the write; names the log (a partial line may remain: resume cuts it).
+        """
         if self._fd is None:
             raise _invalid("report log", "open", "closed")
         if not isinstance(report, RoundReport) or report.global_round != self._last_round + 1:
@@ -375,9 +384,12 @@ class ReportLog:
             raise _invalid("report.global_round", f"{self._last_round + 1} (the next round)", got)
         line = (to_json(report, indent=None) + "\n").encode()
         written = 0
-        while written < len(line):
-            written += os.write(self._fd, line[written:])
-        os.fsync(self._fd)
+        try:
+            while written < len(line):
+                written += os.write(self._fd, line[written:])
+            os.fsync(self._fd)
+        except OSError as exc:  # a full disk mid-line leaves a partial line, which resume cuts (R1, R2)
+            raise StorageError.from_os_error(exc, self.path, "append to") from None
         self._last_round += 1
 
     def close(self) -> None:

@@ -370,3 +370,23 @@ def test_the_whatif_and_npz_fleet_readers_bound_json_too(tmp_path):
         load_cost_model(str(tmp_path / "cost.json"), num_classes=3, batch_size=8, seq_len=16, lora_rank=8)
     with pytest.raises(InvalidInputError):
         read_fleet_npz(tmp_path / "deep.npz")
+
+
+def test_a_full_disk_while_appending_a_report_names_the_log(tmp_path, monkeypatch):
+    """ENOSPC from the report log's write is a StorageError naming reports.jsonl (it named no file)."""
+    from hierfedlora.planner.errors import StorageError
+    from hierfedlora.runtime.checkpoint import ReportLog
+    from tests.factories import make_round_report
+
+    report = make_round_report(from_dict(Plan, _plan_dict()), 1)
+    log = ReportLog.open(tmp_path / "reports.jsonl")
+
+    def full(_fd, _data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(StorageError) as caught:
+        log.append(report)
+    log.close()
+    assert str(caught.value) == f"cannot append to {tmp_path / 'reports.jsonl'}: No space left on device"
+    assert caught.value.errno == errno.ENOSPC
