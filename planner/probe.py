@@ -1,0 +1,147 @@
+"""A probe round: one global round in which a few groups run another depth or another tau, so that the
+closed loop's refit of the convergence constants sees informative variation.
+
+Why. The closed loop (:mod:`hierfedlora.planner.feedback`) refits beta (depth exponent), c (skew
+sensitivity) and R0 (reference rounds) from the rounds it has run. A run that keeps one plan shows one
+progress rate per group: R0, beta and c are then not separately identifiable, and a MAP refit stays at
+its prior. Progress per round, in the model of :mod:`hierfedlora.planner.convergence`, scales with
+``(depth / L) ** beta`` and with intra-group rounds through the group's skew (``c``); a round in which
+one group trains at another depth gives a second point on the depth axis (beta), one in which a group
+runs another tau a second point on the tau axis (c).
+
+Design (what this module does; wiring it into a run is the caller's):
+
+1. choose ``num_groups`` groups of the plan with a seeded draw;
+2. alternate what each changes: the first a depth, the second tau, and so on. A depth probe takes the
+   fitting depth choice farthest from the group's in log depth (most contrast for beta per probe round);
+   a tau probe takes tau 1 if the group runs more, else the next tau choice;
+3. price the probe round with the planner's own tables (``assignment.data``: costs (C1)-(C8)); the
+   result is a :class:`Probe` holding a full :class:`Plan` for that one round, its predicted round time
+   and its extra time over the plan's round.
+
+The probe is charged in simulated time by construction: the runtime runs ``probe.plan`` for one round
+on the same clock, which charges what that round really costs; the closed loop then goes back to the
+plan (or a re-plan) with a history holding two structures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+
+from hierfedlora.planner.assignment import assignment_from_choices
+from hierfedlora.planner.assignment.data import build_assignment_data
+from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.outcomes import Grouping, Plan, SolveStatus
+from hierfedlora.planner.plan import build_plan
+from hierfedlora.planner.types import PlanningProblem
+
+__all__ = ["Probe", "probe_plan"]
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Probe:
+    """One probe round: its plan, which groups it changes and what it costs.
+
+    ``extra_round_s`` is the probe round's predicted time minus the plan's predicted round time
+    (negative when the probe is faster, e.g. a shallower depth); ``changes`` says, per changed
+    group, ``"depth a->b"`` or ``"tau a->b"``.
+    """
+
+    plan: Plan
+    changed: tuple[int, ...]
+    changes: tuple[str, ...]
+    round_time_s: float
+    extra_round_s: float
+
+
+def _grouping(plan: Plan, problem: PlanningProblem) -> Grouping:
+    position = {d.device_id: i for i, d in enumerate(problem.devices)}
+    missing = [d for g in plan.groups for d in g.device_ids if d not in position]
+    if missing:
+        raise InvalidInputError([Issue("plan.groups", "device ids of the problem's devices", missing[:5])])
+    members = tuple(tuple(sorted(position[d] for d in g.device_ids)) for g in plan.groups)
+    return Grouping(
+        members=members,
+        objective=0.0,
+        bound=0.0,
+        status=SolveStatus.OPTIMAL,
+        limit=None,
+        solve_time_s=0.0,
+        method="kept",
+    )
+
+
+def probe_plan(plan: Plan, problem: PlanningProblem, *, num_groups: int = 1, seed: int = 0) -> Probe:
+    """The probe round of ``plan`` (module docstring): ``num_groups`` groups at another depth or tau.
+
+    Parameters
+    ----------
+    plan : Plan
+        The plan in force, made for ``problem`` (its depths and taus among the problem's choices).
+    problem : PlanningProblem
+    num_groups : int
+        Groups to change, 1 to the plan's group count.
+    seed : int
+        Seed of the draw of groups (>= 0).
+
+    Raises
+    ------
+    InvalidInputError
+        ``num_groups`` or ``seed`` out of range, or a plan whose devices, depths or taus are not the problem's.
+    """
+    issues = []
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or not 1 <= num_groups <= len(plan.groups):
+        issues.append(Issue("num_groups", f"an integer in 1..{len(plan.groups)} (the plan's groups)", num_groups))
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        issues.append(Issue("seed", "an integer >= 0", seed))
+    if issues:
+        raise InvalidInputError(issues)
+    started = time.perf_counter()
+    grouping = _grouping(plan, problem)
+    data = build_assignment_data(grouping, problem)
+    try:
+        choices = np.array([data.choice_index(g.depth, g.intra_rounds) for g in plan.groups], dtype=np.int64)
+    except ValueError:
+        expected = f"depths in {list(data.depths)} and intra_rounds in {list(data.intra_rounds)}"
+        got = [(g.depth, g.intra_rounds) for g in plan.groups]
+        raise InvalidInputError([Issue("plan.groups", expected, got)]) from None
+    picked = sorted(np.random.default_rng(seed).choice(len(plan.groups), size=num_groups, replace=False).tolist())
+    changes = []
+    for order, k in enumerate(picked):
+        group = plan.groups[k]
+        depth, tau = group.depth, group.intra_rounds
+        fitting = [d for d in data.depths if data.fits[k, data.choice_index(d, tau)] and d != depth]
+        if order % 2 == 0 and fitting:  # a depth probe: the farthest fitting depth in log depth
+            new_depth = max(fitting, key=lambda d: (abs(np.log(d / depth)), -d))
+            choices[k] = data.choice_index(new_depth, tau)
+            changes.append(f"group {group.group_id}: depth {depth}->{new_depth}")
+            continue
+        higher = [t for t in data.intra_rounds if t > tau]
+        new_tau = 1 if tau > 1 or not higher else higher[0]
+        if new_tau == tau or not data.fits[k, data.choice_index(depth, new_tau)]:
+            changes.append(f"group {group.group_id}: unchanged (no other fitting depth or tau)")
+            continue
+        choices[k] = data.choice_index(depth, new_tau)
+        changes.append(f"group {group.group_id}: tau {tau}->{new_tau}")
+    ratio_s = data.evaluate(choices).ratio_s
+    assignment = assignment_from_choices(data, choices, ratio_s, SolveStatus.OPTIMAL, None, started, 0, "probe")
+    probe = build_plan(
+        problem,
+        grouping,
+        assignment,
+        solver="probe",
+        solve_time_s=time.perf_counter() - started,
+        parent_plan_id=plan.plan_id,
+        reason="probe round for self-calibration: " + "; ".join(changes),
+    )
+    changed = tuple(plan.groups[k].group_id for k in picked if "unchanged" not in changes[picked.index(k)])
+    return Probe(
+        plan=probe,
+        changed=changed,
+        changes=tuple(changes),
+        round_time_s=probe.predicted_round_time_s,
+        extra_round_s=probe.predicted_round_time_s - plan.predicted_round_time_s,
+    )
