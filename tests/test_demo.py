@@ -35,3 +35,16 @@ def test_demo_plans_use_the_hierarchy_beside_flat_fedlora():
     assert _uses_hierarchy(plans["fedlora"], cost.num_layers).startswith("no")
     flat = plans["fedlora"].groups
     assert len(flat) == 1 and flat[0].depth == cost.num_layers and flat[0].intra_rounds == 1
+
+
+def test_a_bad_budget_exits_2_before_anything_is_written(tmp_path):
+    """`demo --budget-fedlora-rounds 0 --max-rounds 0`: both fields named on stderr, exit 2, no --out folder."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "demo"
+    command = [sys.executable, "-m", "hierfedlora.cli", "demo", "--out", str(out), "--budget-fedlora-rounds", "0"]
+    result = subprocess.run([*command, "--max-rounds", "0"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "--budget-fedlora-rounds must be a number > 0" in result.stderr and "--max-rounds" in result.stderr
+    assert not out.exists()
