@@ -21,24 +21,31 @@ Design (what this module does; wiring it into a run is the caller's):
 
 The probe is charged in simulated time by construction: the runtime runs ``probe.plan`` for one round
 on the same clock, which charges what that round really costs; the closed loop then goes back to the
-plan (or a re-plan) with a history holding two structures.
+plan (or a re-plan) with a history holding two structures. :class:`ProbingReplanner` does that in a
+run: it wraps the closed loop's ``Replanner``, answers the probe after a given round and re-plans from
+the richer history right after it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from hierfedlora.planner.assignment import assignment_from_choices
 from hierfedlora.planner.assignment.data import build_assignment_data
 from hierfedlora.planner.errors import InvalidInputError, Issue
-from hierfedlora.planner.outcomes import Grouping, Plan, SolveStatus
+from hierfedlora.planner.outcomes import Grouping, Plan, RoundReport, SolveStatus
 from hierfedlora.planner.plan import build_plan
 from hierfedlora.planner.types import PlanningProblem
 
-__all__ = ["Probe", "probe_plan"]
+__all__ = ["Probe", "ProbingReplanner", "probe_plan"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -145,3 +152,60 @@ def probe_plan(plan: Plan, problem: PlanningProblem, *, num_groups: int = 1, see
         round_time_s=probe.predicted_round_time_s,
         extra_round_s=probe.predicted_round_time_s - plan.predicted_round_time_s,
     )
+
+
+class ProbingReplanner:
+    """A :class:`~hierfedlora.planner.feedback.Replanner` that runs one probe round after ``after_round``.
+
+    After global round ``after_round`` it answers the probe plan (:func:`probe_plan` of the plan in
+    force); after the probe round it re-plans at once from the prior plan with the history that now
+    holds two structures (``feedback.replan``: refit, then keep or replace), and answers the re-plan
+    or the prior plan. At every other round it asks ``replanner``. It keeps no state that changes its
+    answers: the probe is recomputed from the plan (seeded), and the prior plan is the probe's
+    ``parent_plan_id``, so a resumed run gets the same plans.
+
+    Raises
+    ------
+    InvalidInputError
+        ``after_round`` not an integer >= 1 (``num_groups`` and ``seed`` are checked by :func:`probe_plan`).
+    """
+
+    def __init__(self, replanner: Any, *, after_round: int, num_groups: int = 1, seed: int = 0) -> None:
+        if isinstance(after_round, bool) or not isinstance(after_round, int) or after_round < 1:
+            raise InvalidInputError([Issue("after_round", "an integer >= 1", after_round)])
+        self.replanner, self.after_round, self.num_groups, self.seed = replanner, after_round, num_groups, seed
+        self.probes: list[Probe] = []
+
+    @property
+    def decisions(self) -> list[Any]:
+        """The wrapped replanner's decisions."""
+        return self.replanner.decisions
+
+    def __call__(
+        self, plan: Plan, reports: Sequence[RoundReport], plans: Mapping[str, Plan] | None = None
+    ) -> Plan | None:
+        """The plan to switch to after ``reports`` (all of the run's, in order), or ``None``."""
+        from hierfedlora.planner.feedback import history_from_reports, replan
+
+        known = {plan.plan_id: plan, **(plans or {}), **{p.plan.plan_id: p.plan for p in self.probes}}
+        problem = self.replanner.problem
+        if len(reports) == self.after_round and plan.solver != "probe":
+            probe = probe_plan(plan, problem, num_groups=self.num_groups, seed=self.seed)
+            self.probes.append(probe)
+            log.info("probe round after round %d: %s", len(reports), "; ".join(probe.changes))
+            return probe.plan
+        if plan.solver == "probe" and reports and reports[-1].plan_id == plan.plan_id:
+            prior = known.get(plan.parent_plan_id or "")
+            if prior is None:
+                raise InvalidInputError([Issue("plans", "the probe's parent plan", plan.parent_plan_id)])
+            known[prior.plan_id] = prior
+            decision = replan(
+                prior,
+                history_from_reports(reports, known),
+                problem,
+                min_relative_gain=self.replanner.min_relative_gain,
+                reason_prefix=f"after the probe round {reports[-1].global_round}: ",
+            )
+            self.replanner.decisions.append(decision)
+            return decision.plan if decision.changed else prior
+        return self.replanner(plan, reports, plans)

@@ -110,3 +110,36 @@ def test_a_depth_probe_round_lets_the_refit_find_beta_that_one_plan_cannot(plann
     # Assert
     assert abs(flat.depth_exponent - 0.6) > 0.3
     assert abs(probed.depth_exponent - 0.6) < 0.5 * abs(flat.depth_exponent - 0.6)
+
+
+def test_probing_replanner_probes_once_then_replans_from_the_richer_history(planned):
+    """After round 2: the probe plan (parent: the plan in force). After the probe round: a plan that is not a
+    probe (the prior or a re-plan), with the decision recorded. Elsewhere it defers to the Replanner; asked
+    again with the same arguments it answers the same (resume)."""
+    from hierfedlora.planner.feedback import Replanner
+    from hierfedlora.planner.probe import ProbingReplanner
+    from tests.factories import make_round_report
+
+    # Arrange
+    problem, plan = planned
+    loop = ProbingReplanner(Replanner(problem, every_rounds=100), after_round=2, num_groups=1, seed=0)
+    reports = [make_round_report(plan, r, eval_loss=1.2 - 0.1 * r) for r in (1, 2)]
+    # Act
+    before = loop(plan, reports[:1])
+    probe = loop(plan, reports)
+    again = ProbingReplanner(Replanner(problem, every_rounds=100), after_round=2)(plan, reports)
+    probed = [*reports, make_round_report(probe, 3, eval_loss=0.85)]
+    after = loop(probe, probed, {plan.plan_id: plan})
+    # Assert
+    assert before is None
+    assert probe.solver == "probe" and probe.parent_plan_id == plan.plan_id and again.plan_id == probe.plan_id
+    assert after is not None and after.solver != "probe" and len(loop.decisions) == 1
+    assert after.plan_id == plan.plan_id or loop.decisions[0].changed
+
+
+def test_probing_replanner_refuses_a_bad_round():
+    from hierfedlora.planner.probe import ProbingReplanner
+
+    with pytest.raises(InvalidInputError) as caught:
+        ProbingReplanner(object(), after_round=0)
+    assert caught.value.issues[0].path == "after_round"
