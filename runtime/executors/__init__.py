@@ -2,8 +2,8 @@
 
 ``base`` holds the contract (:class:`TrainTask`, :class:`Executor`, :class:`LocalTrainer`);
 ``inprocess`` the default; ``ray`` (:class:`~hierfedlora.runtime.executors.ray.RayExecutor`) trains on Ray
-actors, ``placement`` sizes and places them (pure, no Ray). Executors that need optional packages (Ray, Flower) import them lazily,
-so importing this package pulls neither.
+actors, ``placement`` sizes and places them (pure, no Ray). Executors that need optional packages (Ray,
+Flower) import them lazily, so importing this package pulls neither.
 """
 
 from hierfedlora.runtime.executors.base import Executor, LocalTrainer, TrainTask
