@@ -171,14 +171,18 @@ def test_sigkill_mid_run_then_resume_matches(tmp_path, small_fleet, minilm_slice
         if reports_path.exists() and reports_path.read_bytes().count(b"\n") >= 2:
             break
         time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
+    if process.poll() is None:  # a run that already ended (or failed) has nothing left to kill
+        os.kill(process.pid, signal.SIGKILL)
     process.wait()
+    committed_at_kill = len(read_reports(reports_path)) if reports_path.exists() else 0
     resumed = subprocess.run(
         _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "cut", rounds, resume=True),
         capture_output=True,
         text=True,
     )
     # Assert
+    assert process.returncode == -signal.SIGKILL, f"the run ended by itself (exit {process.returncode})"
+    assert committed_at_kill < rounds
     assert resumed.returncode == 0, resumed.stderr
     assert [r.global_round for r in read_reports(reports_path)] == list(range(1, rounds + 1))
     whole, cut = _final_adapters(tmp_path / "whole"), _final_adapters(tmp_path / "cut")
