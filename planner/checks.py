@@ -75,7 +75,7 @@ spells them, so the same contradiction reads the same from either module.
 BUDGET_TOLERANCE = 1e-6
 """A budget counts as met within this relative tolerance (HiGHS's primal feasibility tolerance)."""
 
-_TIMES = "\u00d7"  # the multiplication sign of STYLE.md 2.4's messages
+_TIMES = "\u00d7"  # the multiplication sign used in input-check messages
 _LISTED_DEVICES = 3  # a long list of offenders helps no one; name a few and count the rest
 
 

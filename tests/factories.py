@@ -1,6 +1,6 @@
 """Factories shared by tests (import as ``from tests.factories import ...``).
 
-The toy cost model's numbers follow DESIGN.md section 4's host figures for the default
+The toy cost model's numbers follow the measured host figures for the default
 6-layer model at batch 16 (about 0.25 s a step at depth 1 and 0.37 s at depth 6); planner
 tests use it so they need no torch. Tests that need the real measured model build it.
 """
@@ -16,7 +16,7 @@ from hierfedlora.planner.types import CostModel, DeviceProfile
 
 
 def make_cost_model(num_layers: int = 6) -> CostModel:
-    """A cost model with DESIGN.md's per-step figures, spread evenly over ``num_layers``."""
+    """A cost model with the measured per-step figures, spread evenly over ``num_layers``."""
     return CostModel(
         model_name="toy-minilm",
         model_sha256="0" * 64,

@@ -1,4 +1,4 @@
-"""Known-answer catalogue (STYLE.md 2.6): tiny planning problems whose optimum is derived by hand.
+"""Known-answer catalogue: tiny planning problems whose optimum is derived by hand.
 
 Every case shares one toy model and four devices, chosen so every number is small and exact:
 
