@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +13,33 @@ import torch
 from hierfedlora.models.catalog import ModelSpec, resolve_model_dir
 from hierfedlora.planner.types import CostModel, DeviceProfile
 from tests.factories import WORDS, make_cost_model
+
+# What the README's set-up installs and some tests need. A test that needs a missing one would be skipped, so a
+# broken set-up could pass unnoticed: the session refuses to start instead (set HIERFEDLORA_ALLOW_MISSING_EXTRAS=1
+# to run the rest without them).
+REQUIRED_MODULES = {"ray": "hierfedlora[ray]", "flwr": "hierfedlora[flower]", "psutil": "hierfedlora[flower]"}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.environ.get("HIERFEDLORA_ALLOW_MISSING_EXTRAS"):
+        return
+    from hierfedlora.planner.data_sources import JANEAUSTEN_DATA_PATH
+    from hierfedlora.planner.datasets import WORDNET_NOUN_PATH
+
+    missing = [
+        f"{name} (from {extra})" for name, extra in REQUIRED_MODULES.items() if not importlib.util.find_spec(name)
+    ]
+    missing += [
+        f"{path} (scripts/setup.sh installs it)"
+        for path in (WORDNET_NOUN_PATH, f"{JANEAUSTEN_DATA_PATH}.rdx")
+        if not Path(path).exists()
+    ]
+    if missing:
+        raise pytest.UsageError(
+            "the test suite needs what `bash scripts/setup.sh` installs; missing: "
+            + ", ".join(missing)
+            + ". Run the set-up, or set HIERFEDLORA_ALLOW_MISSING_EXTRAS=1 to skip the tests that need them."
+        )
 
 
 @pytest.fixture
