@@ -68,7 +68,13 @@ class SolveStatus(enum.Enum):
 
 
 class Limit(enum.Enum):
-    """Which limit ended a search early."""
+    """Which limit ended a search early.
+
+    ``TIME``: the wall-clock safety cap (``SolverOptions.time_limit_s``): the result may depend on
+    the host's load. ``NODE``: a work limit (the flow grouping's candidate evaluations, CP-SAT's
+    deterministic time, Dinkelbach steps): the same problem and seed stop at the same point on any
+    host. ``INTERRUPTED``: the user stopped it.
+    """
 
     TIME = "TIME"
     NODE = "NODE"

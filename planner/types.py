@@ -358,6 +358,7 @@ SOLVER_RULES: dict[str, Rule] = {
         "one of 'auto', 'cpsat', 'flow', 'random'", lambda v: v in ("auto", "cpsat", "flow", "random"), ("kmeans", 1)
     ),
     "exact_grouping_max_devices": POSITIVE_INT,
+    "cpsat_deterministic_time_s": FINITE_POSITIVE,
 }
 
 
@@ -367,7 +368,14 @@ class SolverOptions:
 
     ``grouping_method="auto"`` uses the exact CP-SAT model up to
     ``exact_grouping_max_devices`` devices and the scalable flow method beyond.
-    ``time_limit_s`` bounds each solver call (grouping and assignment separately).
+
+    Searches stop on work, so one problem and seed give one plan on a loaded or an idle host:
+    the flow grouping on its candidate evaluations, CP-SAT on ``cpsat_deterministic_time_s`` of
+    its deterministic time (CP-SAT's work units, about a second each on an idle core) with
+    ``threads`` workers (one, the default, is deterministic; more run CP-SAT's interleaved search,
+    which its authors state is deterministic for any number of workers but call experimental).
+    ``time_limit_s`` is a wall-clock safety cap on each solver call (grouping and assignment
+    separately); a plan it stopped says so (``Limit.TIME``) and may differ from run to run.
     """
 
     time_limit_s: float = 30.0
@@ -376,6 +384,7 @@ class SolverOptions:
     seed: int = 0
     grouping_method: GroupingMethod = "auto"
     exact_grouping_max_devices: int = 60
+    cpsat_deterministic_time_s: float = 10.0
 
     def __post_init__(self) -> None:
         _raise_if(check_fields(self, SOLVER_RULES))

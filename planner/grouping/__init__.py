@@ -162,8 +162,9 @@ def group_devices(problem: PlanningProblem) -> Grouping:
 
 
 def _solve_exact(data: GroupingData, options: SolverOptions) -> Grouping:
-    """CP-SAT, started from a flow solution within the same time limit: flow may use at most
-    ``_WARM_START_SHARE`` of it (it stops on its work budget first on small fleets), CP-SAT gets the rest.
+    """CP-SAT, started from a flow solution. Both stop on work: flow on its work budget, CP-SAT on
+    ``options.cpsat_deterministic_time_s`` of deterministic time, all of it CP-SAT's own. Of the
+    wall-clock safety cap, flow may use at most ``_WARM_START_SHARE`` and CP-SAT gets the rest.
 
     A flow solution that its bound proves optimal, or one CP-SAT cannot better in the time
     left because it finds nothing, is returned as is (``method="flow"``).

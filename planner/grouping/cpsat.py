@@ -12,9 +12,14 @@ one by at most ``K``. The bound reported is ``(CP-SAT's bound - K) / F`` then (`
 that slack at most ``1e-6 * K``); without a speed term it is exact. The objective
 reported is always recomputed exactly from the assignment.
 
-Determinism: CP-SAT is deterministic for a fixed ``random_seed`` only with one worker
-(``SolverOptions.threads = 1``, the default); with more workers the parallel portfolio
-may return a different optimum (same objective) or, at a time limit, a different incumbent.
+Determinism: the search stops on work, ``SolverOptions.cpsat_deterministic_time_s`` of CP-SAT's
+deterministic time (``max_deterministic_time``: a count of its work that tracks seconds on an
+idle core), never on the clock. With one worker (``threads = 1``, the default) and a fixed
+``random_seed`` the same model then gives the same answer on a loaded or an idle host. More
+workers run CP-SAT's interleaved search (``interleave_search``), which ``sat_parameters.proto``
+states is deterministic whatever the number of workers but marks experimental. The wall-clock
+``time_limit_s`` is passed as ``max_time_in_seconds``, a safety cap only; when it, not the
+work limit, ended the search, the grouping says so (``Limit.TIME``).
 """
 
 from __future__ import annotations
@@ -181,11 +186,20 @@ def _objective(
     return objective
 
 
-def _configure(solver: cp_model.CpSolver, options: SolverOptions, time_limit_s: float) -> None:
+def _configure(solver: cp_model.CpSolver, options: SolverOptions, time_limit_s: float, work_limit: float) -> None:
+    """A deterministic search: ``work_limit`` of deterministic time, a fixed worker count and seed;
+    ``time_limit_s`` of wall clock as the safety cap (module docstring)."""
+    solver.parameters.max_deterministic_time = work_limit
     solver.parameters.max_time_in_seconds = time_limit_s
     solver.parameters.num_workers = options.threads
+    solver.parameters.interleave_search = options.threads > 1
     solver.parameters.random_seed = options.seed
     solver.parameters.relative_gap_limit = options.relative_gap_tolerance
+
+
+def _stopped_by(solver: cp_model.CpSolver, work_limit: float) -> Limit:
+    """NODE when the deterministic work limit was spent, TIME when the wall-clock cap struck first."""
+    return Limit.NODE if solver.deterministic_time >= work_limit else Limit.TIME
 
 
 def solve_cpsat(data: GroupingData, options: SolverOptions, hint: Sequence[int] | None = None) -> Grouping:
@@ -205,14 +219,22 @@ def solve_cpsat(data: GroupingData, options: SolverOptions, hint: Sequence[int] 
     try:
         model, x, unit = _build_model(data, families, with_objective=True, hint=hint)
         solver = cp_model.CpSolver()
-        _configure(solver, options, options.time_limit_s)
+        _configure(solver, options, options.time_limit_s, options.cpsat_deterministic_time_s)
         status = solver.solve(model)
     except SolverFailedError:
         raise
     except Exception as exc:  # ortools raises many types; none may escape
         raise SolverFailedError("cpsat", f"{type(exc).__name__}: {exc}", data.size_text()) from exc
     elapsed = time.perf_counter() - started
-    logger.info("cpsat grouping: %s in %.3f s (%s)", solver.status_name(status), elapsed, data.size_text())
+    logger.info(
+        "cpsat grouping: %s in %.3f s, %.3f of %.3g deterministic s (%s)",
+        solver.status_name(status),
+        elapsed,
+        solver.deterministic_time,
+        options.cpsat_deterministic_time_s,
+        data.size_text(),
+    )
+    limit = _stopped_by(solver, options.cpsat_deterministic_time_s)
     if status == cp_model.INFEASIBLE:
         conflicting = _deletion_filter(data, families, options)
         raise InfeasibleError(
@@ -221,7 +243,7 @@ def solve_cpsat(data: GroupingData, options: SolverOptions, hint: Sequence[int] 
             hint="relax one of the conflicting families",
         )
     if status == cp_model.UNKNOWN:
-        raise NoSolutionError(Limit.TIME, elapsed, f"cpsat grouping of {data.size_text()}")
+        raise NoSolutionError(limit, elapsed, f"cpsat grouping of {data.size_text()}")
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise SolverFailedError("cpsat", f"status {solver.status_name(status)}: {model.validate()}", data.size_text())
     group_of = [next(k for k in range(data.num_groups) if solver.boolean_value(x[i][k])) for i in range(len(x))]
@@ -239,7 +261,7 @@ def solve_cpsat(data: GroupingData, options: SolverOptions, hint: Sequence[int] 
         objective=objective,
         bound=bound,  # min() above only absorbs float rounding: the bound is valid
         status=SolveStatus.OPTIMAL if optimal else SolveStatus.FEASIBLE,
-        limit=None if optimal else Limit.TIME,
+        limit=None if optimal else limit,
         solve_time_s=elapsed,
         method="cpsat",
     )
@@ -252,12 +274,13 @@ def _deletion_filter(data: GroupingData, families: list[str], options: SolverOpt
     """
     conflict = list(families)
     budget_s = max(1.0, options.time_limit_s / 4)
+    work = max(0.25, options.cpsat_deterministic_time_s / 4)
     for family in families:
         trial = [f for f in conflict if f != family]
         try:
             model, _, _ = _build_model(data, trial, with_objective=False, hint=None)
             solver = cp_model.CpSolver()
-            _configure(solver, options, budget_s)
+            _configure(solver, options, budget_s, work)
             status = solver.solve(model)
         except Exception as exc:  # a failed re-solve leaves the family in
             logger.warning("deletion filter re-solve without %s failed: %s", family, exc)
