@@ -9,7 +9,7 @@ from typing import Any
 from hierfedlora.planner.errors import InvalidInputError, Issue
 from hierfedlora.planner.io import parse_json, read_text
 
-__all__ = ["int_list", "read_json_object", "setting"]
+__all__ = ["add_problem_settings", "int_list", "problem_options", "read_json_object", "setting"]
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -43,3 +43,31 @@ def read_json_object(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidInputError([Issue("(top level)", "a JSON object", type(data).__name__)], path.name)
     return data
+
+
+def add_problem_settings(parser: argparse.ArgumentParser, *, example: str) -> None:
+    """Add ``--set FIELD=VALUE`` (repeatable) and ``--convergence FILE``, shared by ``plan`` and ``whatif``."""
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        type=setting,
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help=f"any PlanningProblem field, a JSON value; dots reach inside (e.g. {example}); wins over the flags "
+        "and --convergence",
+    )
+    parser.add_argument(
+        "--convergence", type=Path, default=None, help="ConvergenceParams JSON (e.g. from 'hierfedlora calibrate')"
+    )
+
+
+def problem_options(base: dict[str, Any], convergence: Path | None, settings: list[tuple[str, Any]]) -> dict[str, Any]:
+    """PlanningProblem JSON data: ``base`` (a ``--problem`` file's), then the ``--convergence`` file's fields,
+    then ``settings`` (flags, then ``--set``; later ones win)."""
+    from hierfedlora.planner.io import with_settings
+
+    options = dict(base)
+    if convergence is not None:
+        options["convergence"] = {**(options.get("convergence") or {}), **read_json_object(convergence)}
+    return with_settings(options, settings)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hierfedlora.commands.common import int_list, read_json_object, setting
+from hierfedlora.commands.common import add_problem_settings, int_list, problem_options, read_json_object
 
 __all__ = ["METHOD_CHOICES", "build_problem", "register"]
 
@@ -91,18 +91,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument(
         "--target-loss-gap", type=float, default=None, help="target: eval loss gap left, a fraction (0.1)"
     )
-    parser.add_argument(
-        "--convergence", type=Path, default=None, help="ConvergenceParams JSON (e.g. from 'hierfedlora calibrate')"
-    )
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        type=setting,
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="any PlanningProblem field (a JSON value; dots reach inside: solver.seed=3); wins over the flags",
-    )
+    add_problem_settings(parser, example="solver.seed=3")
     parser.add_argument("--solver.time-limit-s", dest="solver_time_limit_s", type=float, default=None)
     parser.add_argument("--solver.seed", dest="solver_seed", type=int, default=None)
     parser.add_argument("--solver.threads", dest="solver_threads", type=int, default=None)
@@ -145,16 +134,9 @@ def handle(args: argparse.Namespace) -> int:
     from hierfedlora.planner.io import to_json, write_json
     from hierfedlora.planner.plan import make_plan, summarize_plan
 
-    options: dict[str, Any] = read_json_object(args.problem) if args.problem else {}
-    if args.convergence is not None:
-        options["convergence"] = {**options.get("convergence", {}), **read_json_object(args.convergence)}
+    base: dict[str, Any] = read_json_object(args.problem) if args.problem else {}
     flags = [(field, getattr(args, dest)) for dest, field in FLAG_FIELDS.items() if getattr(args, dest) is not None]
-    for field, value in [*flags, *args.settings]:
-        head, _, rest = field.partition(".")
-        if rest:
-            options.setdefault(head, {})[rest] = value
-        else:
-            options[field] = list(value) if isinstance(value, tuple) else value
+    options = problem_options(base, args.convergence, [*flags, *args.settings])
     problem = build_problem(args.fleet, args.cost_model, options)
     if args.method == "hierfedlora" and args.tau is None:
         plan = make_plan(problem)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hierfedlora.commands.common import read_json_object, setting
+from hierfedlora.commands.common import add_problem_settings, problem_options, read_json_object
 
 __all__ = ["build_study", "register"]
 
@@ -105,16 +105,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--lora-rank", type=int, default=None, help="LoRA rank of analytic cost models")
     parser.add_argument("--seed", type=int, default=None, help="seed of fleets and solver (default 0)")
     parser.add_argument("--name", type=str, default=None, help="study name (default whatif)")
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        type=setting,
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        help="any other PlanningProblem field (JSON value), e.g. --set local_steps=2 --set solver.time_limit_s=5",
-    )
-    parser.add_argument("--convergence", type=Path, default=None, help="ConvergenceParams JSON (e.g. a calibration)")
+    add_problem_settings(parser, example="local_steps=2, solver.time_limit_s=5")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/whatif-NAME)")
     parser.set_defaults(handler=handle)
 
@@ -129,16 +120,7 @@ def build_study(args: argparse.Namespace) -> Any:
         value = getattr(args, dest)
         if value is not None:
             data[field] = list(value) if isinstance(value, tuple) else value
-    problem = dict(data.get("problem", {}) or {})
-    for field, value in args.settings:
-        head, _, rest = field.partition(".")
-        if rest:
-            problem.setdefault(head, {})[rest] = value
-        else:
-            problem[field] = value
-    if args.convergence is not None:
-        problem["convergence"] = {**problem.get("convergence", {}), **read_json_object(args.convergence)}
-    data["problem"] = problem
+    data["problem"] = problem_options(dict(data.get("problem", {}) or {}), args.convergence, args.settings)
     return from_dict(Study, data, source=str(args.study.name) if args.study else "command line")
 
 

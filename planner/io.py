@@ -32,7 +32,7 @@ import tempfile
 import threading
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -50,6 +50,7 @@ __all__ = [
     "read_text",
     "sha256_of",
     "to_dict",
+    "with_settings",
     "to_json",
     "write_json",
 ]
@@ -402,3 +403,25 @@ def _fsync_dir(folder: Path) -> None:
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write a contract object as indented JSON, atomically."""
     atomic_write_text(path, to_json(obj) + "\n")
+
+
+def with_settings(data: Mapping[str, Any], settings: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON data of a contract object (e.g. a ``PlanningProblem``'s) with ``(field, value)`` settings put in.
+
+    A dotted field reaches one object in (``solver.seed``, ``convergence.target_loss_gap``); tuples
+    become lists, as JSON has them; later settings win. ``data`` is not changed. This is how the CLI's
+    ``--set`` and flags and a what-if study's axes fill a problem, which ``from_dict`` then checks.
+
+    >>> with_settings({"local_steps": 1, "solver": {"seed": 0}}, [("solver.seed", 3), ("depth_choices", (1, 2))])
+    {'local_steps': 1, 'solver': {'seed': 3}, 'depth_choices': [1, 2]}
+    """
+    result = {key: dict(value) if isinstance(value, Mapping) else value for key, value in data.items()}
+    for field, value in settings:
+        value = list(value) if isinstance(value, tuple) else value
+        head, _, rest = field.partition(".")
+        if rest:
+            inner = result.get(head)
+            result[head] = {**(inner if isinstance(inner, Mapping) else {}), rest: value}
+        else:
+            result[field] = value
+    return result

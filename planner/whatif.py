@@ -44,57 +44,61 @@ from hierfedlora.planner.errors import (
     NoSolutionError,
     SolverFailedError,
 )
-from hierfedlora.planner.io import from_dict, parse_json, read_json, read_text, to_dict
+from hierfedlora.planner.io import from_dict, parse_json, read_json, read_text, to_dict, with_settings
 from hierfedlora.planner.outcomes import Grouping
 from hierfedlora.planner.rules import (
     FINITE_POSITIVE,
     NON_EMPTY_STRING,
     NON_NEGATIVE_INT,
-    OPTIONAL_FINITE_POSITIVE,
-    OPTIONAL_POSITIVE_INT,
     POSITIVE_INT,
     Rule,
     is_int,
     optional,
 )
 from hierfedlora.planner.tiers import NETWORKS
-from hierfedlora.planner.types import CONVERGENCE_RULES, CostModel, Fleet, PlanningProblem, with_num_labels
+from hierfedlora.planner.types import (
+    CONVERGENCE_RULES,
+    PROBLEM_RULES,
+    CostModel,
+    Fleet,
+    PlanningProblem,
+    with_num_labels,
+)
 
 __all__ = ["AXES", "GroupingCache", "Study", "StudyPoint", "StudyRow", "load_cost_model", "run_point", "study_points"]
 
 log = logging.getLogger(__name__)
 
-AXES = (
-    "fleet_size",
-    "tier_mix",
-    "network",
-    "backhaul_mbps",
-    "server_ingress_mbps",
-    "num_groups",
-    "cost_model",
-    "target_loss_gap",
-    "round_budget_s",
-    "traffic_budget_bytes",
+_AXIS_TABLE: tuple[tuple[str, str, str | None, Rule], ...] = (
+    # (StudyPoint and StudyRow field, Study field listing its values, PlanningProblem field it sets, rule)
+    ("fleet_size", "fleet_sizes", None, POSITIVE_INT),
+    ("tier_mix", "tier_mixes", None, NON_EMPTY_STRING),
+    (
+        "network",
+        "networks",
+        None,
+        Rule(
+            f"one of {', '.join(map(repr, NETWORKS))}, or null (each tier's own link)",
+            lambda v: v is None or v in NETWORKS,
+            ("3g",),
+        ),
+    ),
+    ("backhaul_mbps", "backhaul_mbps", "backhaul_mbps", PROBLEM_RULES["backhaul_mbps"]),
+    ("server_ingress_mbps", "server_ingress_mbps", "server_ingress_mbps", PROBLEM_RULES["server_ingress_mbps"]),
+    ("num_groups", "num_groups", "num_groups", PROBLEM_RULES["num_groups"]),
+    ("cost_model", "cost_models", None, NON_EMPTY_STRING),
+    ("target_loss_gap", "target_loss_gaps", "convergence.target_loss_gap", CONVERGENCE_RULES["target_loss_gap"]),
+    ("round_budget_s", "round_budgets_s", "round_budget_s", PROBLEM_RULES["round_budget_s"]),
+    ("traffic_budget_bytes", "traffic_budgets_bytes", "traffic_budget_bytes", PROBLEM_RULES["traffic_budget_bytes"]),
 )
+"""The axes, once: what they are called in a point (and a row), in a study, in the problem, and one value's rule."""
+
+AXES = tuple(axis for axis, _, _, _ in _AXIS_TABLE)
 """The swept fields, in the order points vary (the last fastest)."""
 
-
-_AXIS_RULES: dict[str, Rule] = {
-    "fleet_sizes": POSITIVE_INT,
-    "tier_mixes": NON_EMPTY_STRING,
-    "networks": Rule(
-        f"one of {', '.join(map(repr, NETWORKS))}, or null (each tier's own link)",
-        lambda v: v is None or v in NETWORKS,
-        ("3g",),
-    ),
-    "backhaul_mbps": FINITE_POSITIVE,
-    "server_ingress_mbps": OPTIONAL_FINITE_POSITIVE,
-    "num_groups": OPTIONAL_POSITIVE_INT,
-    "cost_models": NON_EMPTY_STRING,
-    "target_loss_gaps": CONVERGENCE_RULES["target_loss_gap"],
-    "round_budgets_s": OPTIONAL_FINITE_POSITIVE,
-    "traffic_budgets_bytes": OPTIONAL_FINITE_POSITIVE,
-}
+_AXIS_FIELDS = tuple(field for _, field, _, _ in _AXIS_TABLE)
+_AXIS_RULES: dict[str, Rule] = {field: rule for _, field, _, rule in _AXIS_TABLE}
+_PROBLEM_AXES = {axis: path for axis, _, path, _ in _AXIS_TABLE if path is not None}
 _FIXED_RULES: dict[str, Rule] = {
     "name": NON_EMPTY_STRING,
     "fleet_file": optional(NON_EMPTY_STRING),
@@ -193,18 +197,7 @@ class Study:
         return tuple(axis for axis, values in zip(AXES, self._axis_values(), strict=True) if len(values) > 1)
 
     def _axis_values(self) -> tuple[tuple[Any, ...], ...]:
-        return (
-            self.fleet_sizes,
-            self.tier_mixes,
-            self.networks,
-            self.backhaul_mbps,
-            self.server_ingress_mbps,
-            self.num_groups,
-            self.cost_models,
-            self.target_loss_gaps,
-            self.round_budgets_s,
-            self.traffic_budgets_bytes,
-        )
+        return tuple(getattr(self, field) for field in _AXIS_FIELDS)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -233,20 +226,6 @@ class StudyPoint:
         study = {k: v for k, v in to_dict(self.study).items() if k not in _AXIS_FIELDS and k != "name"}
         text = json.dumps({"point": self.settings(), "study": study}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-_AXIS_FIELDS = (
-    "fleet_sizes",
-    "tier_mixes",
-    "networks",
-    "backhaul_mbps",
-    "server_ingress_mbps",
-    "num_groups",
-    "cost_models",
-    "target_loss_gaps",
-    "round_budgets_s",
-    "traffic_budgets_bytes",
-)
 
 
 def study_points(study: Study) -> Iterator[StudyPoint]:
@@ -383,21 +362,17 @@ class GroupingCache:
 
 
 def _problem(point: StudyPoint, fleet: Fleet, cost: CostModel) -> PlanningProblem:
-    data = dict(point.study.problem)
-    convergence = dict(data.pop("convergence", {}) or {})
-    convergence["target_loss_gap"] = point.target_loss_gap
-    solver = dict(data.pop("solver", {}) or {})
-    solver.setdefault("seed", point.study.seed)
-    data.update(
-        devices=[to_dict(fleet.devices[0])],  # parsed once for the fields' paths; the fleet goes in below
-        cost_model=to_dict(cost),
-        num_groups=point.num_groups,
-        backhaul_mbps=point.backhaul_mbps,
-        server_ingress_mbps=point.server_ingress_mbps,
-        round_budget_s=point.round_budget_s,
-        traffic_budget_bytes=point.traffic_budget_bytes,
-        convergence=convergence,
-        solver=solver,
+    """The point's problem: the study's fixed fields, its seed unless the solver names one, the axes' values."""
+    solver = point.study.problem.get("solver") or {}
+    seed = [] if isinstance(solver, Mapping) and "seed" in solver else [("solver.seed", point.study.seed)]
+    data = with_settings(
+        point.study.problem,
+        [
+            *seed,
+            *((path, getattr(point, axis)) for axis, path in _PROBLEM_AXES.items()),
+            ("devices", [to_dict(fleet.devices[0])]),  # parsed once for the fields' paths; the fleet goes in below
+            ("cost_model", to_dict(cost)),
+        ],
     )
     problem = from_dict(PlanningProblem, data, source="study")
     return dataclasses.replace(problem, devices=fleet.devices)
