@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import numpy as np
 
@@ -102,7 +102,8 @@ class GroupTiming:
 
     ``intra_round_s`` holds one entry per intra-group round (all equal without noise);
     ``group_s`` is their total, ``tau * t`` without noise. Bytes are per global round, all devices.
-    ``device_step_s`` maps each member to the mean local-step seconds it was charged this round.
+    ``device_step_s`` maps each member to the mean local-step seconds it was charged this round;
+    ``missed[r]`` the members that missed intra round ``r``'s deadline (one entry per intra round).
     """
 
     group_id: int
@@ -206,8 +207,8 @@ def global_round_time_s(
         per-intra-round deadline quantile (``None``: no deadline).
     aggregation : str
         The run's aggregation rule: what travels each way (``planner.costs`` (C9)); devices of a
-        group stack ``|k|`` inputs (FLoRA), the server ``K`` groups. A round with faults (K4) is
-        still priced with FedAvg's bytes (not yet per rule).
+        group stack ``|k|`` inputs (FLoRA), the server ``K`` groups; in a round with faults (K4),
+        the inputs that arrive.
     dense_bytes_per_layer : int or None
         Bytes of one layer's dense target matrices (FedEx-LoRA's residual; required for ``fedex``).
 
@@ -240,6 +241,9 @@ def global_round_time_s(
             frozenset(offline),
             dict(slowdown or {}),
             deadline_quantile,
+            aggregation,
+            dense_bytes_per_layer,
+            server_ingress_mbps,
         )
     global_bytes = [
         _rule_bytes(cost_model, g, aggregation, len(plan.groups), dense_bytes_per_layer) for g in plan.groups
@@ -344,6 +348,7 @@ def _group_timing(
         upload_bytes=exchanges * num_bytes,
         download_bytes=exchanges * down_bytes,
         device_step_s={d.device_id: float(s) for d, s in zip(members, mean_step_s, strict=True)},
+        missed=((),) * group.intra_rounds,  # nobody misses a round without a deadline
     )
 
 
@@ -360,8 +365,15 @@ def _faulty_round(
     offline: frozenset[str],
     slowdown: dict[str, float],
     deadline_quantile: float | None,
+    aggregation: str,
+    dense_bytes_per_layer: int | None,
+    server_ingress_mbps: float | None,
 ) -> RoundTiming:
-    """(K4): a round with offline devices, stragglers and a deadline."""
+    """(K4): a round with offline devices, stragglers and a deadline, its bytes priced by the rule (C9)."""
+
+    def traffic(group: Group, num_inputs: int) -> tuple[int, int]:
+        return _rule_bytes(cost_model, group, aggregation, max(1, num_inputs), dense_bytes_per_layer)
+
     timings = tuple(
         _faulty_group(
             cost_model,
@@ -373,17 +385,21 @@ def _faulty_round(
             rng,
             slowdown,
             deadline_quantile,
+            traffic,
         )
         for g in plan.groups
     )
     active = [g for g, t in zip(plan.groups, timings, strict=True) if t.device_step_s]
+    global_bytes = [traffic(g, len(active)) for g in active]
     global_s = (
         costs.global_aggregation_s(
             cost_model,
             [g.depth for g in active],
             backhaul_mbps=backhaul_mbps,
             latency_s=global_latency_s,
-            num_bytes=[costs.group_adapter_bytes(cost_model, g) for g in active],
+            num_bytes=[up for up, _ in global_bytes],
+            server_ingress_mbps=server_ingress_mbps,
+            download_bytes=None if all(up == down for up, down in global_bytes) else [d for _, d in global_bytes],
         )
         if active
         else 0.0
@@ -403,8 +419,12 @@ def _faulty_group(
     rng: np.random.Generator | None,
     slowdown: dict[str, float],
     deadline_quantile: float | None,
+    traffic: Callable[[Group, int], tuple[int, int]],
 ) -> GroupTiming:
-    """(K4) for one group: per-device times of its online members, the deadline, the bytes that moved."""
+    """(K4) for one group: per-device times of its online members, the deadline, the bytes that moved.
+
+    One exchange moves ``traffic(group, n)`` (C9) with ``n`` the online devices (what FLoRA stacks).
+    """
     if not online:
         none = ((),) * group.intra_rounds
         return GroupTiming(
@@ -415,7 +435,8 @@ def _faulty_group(
             download_bytes=0,
             missed=none,
         )
-    num_bytes = costs.group_adapter_bytes(cost_model, group)
+    num_bytes, down_bytes = traffic(group, len(online))
+    download = None if down_bytes == num_bytes else down_bytes  # None: the symmetric formula, bit for bit
     step_s = np.array(
         [
             slowdown.get(d.device_id, 1.0)
@@ -425,7 +446,9 @@ def _faulty_group(
     )
     exchange_s = np.array(
         [
-            costs.exchange_time_s(cost_model, d, depth=group.depth, latency_s=latency_s, num_bytes=num_bytes)
+            costs.exchange_time_s(
+                cost_model, d, depth=group.depth, latency_s=latency_s, num_bytes=num_bytes, download_bytes=download
+            )
             for d in online
         ]
     )
@@ -450,7 +473,7 @@ def _faulty_group(
         intra_round_s=tuple(intra),
         group_s=math.fsum(intra),
         upload_bytes=uploads,
-        download_bytes=group.intra_rounds * len(online) * num_bytes,
+        download_bytes=group.intra_rounds * len(online) * down_bytes,
         device_step_s={d.device_id: float(s) for d, s in zip(online, mean_step_s, strict=True)},
         missed=tuple(missed),
     )
