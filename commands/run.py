@@ -197,17 +197,20 @@ def build_executor(args: argparse.Namespace, plan: Any, fleet: Any, cost_model: 
     return RayExecutor(plan, fleet, options, cost_model, num_actors=args.ray_actors, address=args.ray_address)
 
 
-def check_plan_inputs(plan: Any, fleet: Any, cost_model: Any, fleet_name: str, cost_name: str) -> None:
-    """Refuse, before anything loads or is written, a plan made for another fleet or cost model, or one
-    naming devices the fleet lacks (or has no data for).
+def check_plan_inputs(
+    plan: Any, fleet: Any, cost_model: Any, fleet_name: str, cost_name: str, *, allow_cost_mismatch: bool = False
+) -> None:
+    """Refuse, before anything loads or is written, a plan made for another fleet or cost model, one
+    naming devices the fleet lacks, or one leaving some of the fleet's devices out of every group.
 
-    A plan without the fingerprints (a hand-written one) is let through with a warning: nothing proves
-    which inputs it was made for.
+    A plan without ``cost_model_sha256`` (a hand-written one) is refused unless ``allow_cost_mismatch``
+    (``--allow-cost-mismatch``; then a warning): nothing proves the simulated clock prices what the plan
+    was made for. Without ``fleet_sha256`` a warning: the device ids are still checked both ways.
 
     Raises
     ------
     InvalidInputError
-        Naming ``plan.fleet_sha256``, ``plan.cost_model_sha256`` or ``groups[k].device_ids``.
+        Naming ``plan.fleet_sha256``, ``plan.cost_model_sha256``, ``groups[k].device_ids`` or ``groups``.
     """
     from hierfedlora.planner.errors import InvalidInputError, Issue
     from hierfedlora.planner.io import sha256_of
@@ -220,8 +223,12 @@ def check_plan_inputs(plan: Any, fleet: Any, cost_model: Any, fleet_name: str, c
         expected = f"the sha256 of {fleet_name}'s devices ({fleet_digest[:12]}...)"
         issues.append(Issue("plan.fleet_sha256", expected, plan.fleet_sha256, "the plan was made for another fleet"))
     cost_digests = {sha256_of(cost_model), *([cost_model.model_sha256] if cost_model.model_sha256 else [])}
-    if not plan.cost_model_sha256:
+    if not plan.cost_model_sha256 and allow_cost_mismatch:
         log.warning("the plan has no cost_model_sha256: nothing proves it was made for %s", cost_name)
+    elif not plan.cost_model_sha256:
+        expected = f"the sha256 of the cost model the plan was made with ({cost_name}: {min(cost_digests)[:12]}...)"
+        hint = "a plan from 'hierfedlora plan' has it; pass --allow-cost-mismatch to run a plan without it"
+        issues.append(Issue("plan.cost_model_sha256", expected, plan.cost_model_sha256, hint))
     elif plan.cost_model_sha256 not in cost_digests:
         expected = f"the sha256 of {cost_name} ({min(cost_digests)[:12]}...)"
         issues.append(
@@ -232,6 +239,12 @@ def check_plan_inputs(plan: Any, fleet: Any, cost_model: Any, fleet_name: str, c
         unknown = [d for d in group.device_ids if d not in positions]
         if unknown:
             issues.append(Issue(f"groups[{k}].device_ids", f"ids of devices in {fleet_name}", unknown))
+    planned = {d for group in plan.groups for d in group.device_ids}
+    left_out = [d for d in positions if d not in planned]
+    if left_out:  # a plan puts every device in one group: one that skips some was made for another fleet
+        shown = ", ".join(left_out[:8]) + (f" and {len(left_out) - 8} more" if len(left_out) > 8 else "")
+        expected = f"a plan with every device of {fleet_name} ({len(positions)}) in a group"
+        issues.append(Issue("groups", expected, f"{len(left_out)} left out: {shown}"))
     if issues:
         raise InvalidInputError(issues, "plan")
 
@@ -249,7 +262,9 @@ def handle(args: argparse.Namespace) -> int:
     plan = read_json(Plan, args.plan)
     fleet = load_fleet(args.fleet)
     cost_model = read_json(CostModel, args.cost_model)
-    check_plan_inputs(plan, fleet, cost_model, args.fleet.name, args.cost_model.name)
+    check_plan_inputs(
+        plan, fleet, cost_model, args.fleet.name, args.cost_model.name, allow_cost_mismatch=args.allow_cost_mismatch
+    )
     options = RunOptions(
         rounds=args.rounds,
         learning_rate=args.learning_rate,

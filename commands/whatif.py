@@ -145,10 +145,18 @@ def handle(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from hierfedlora.planner.io import atomic_write_text, read_json, to_json, write_json
-    from hierfedlora.planner.whatif import GroupingCache, StudyRow, row_path, run_point, study_points
+    from hierfedlora.planner.whatif import (
+        GroupingCache,
+        StudyRow,
+        check_study_inputs,
+        row_path,
+        run_point,
+        study_points,
+    )
     from hierfedlora.validation.whatif_plots import plot_study
 
     study = build_study(args)
+    check_study_inputs(study)  # bad files and names fail here, before --out exists
     if not getattr(args, "verbose", False):  # one line per plan would bury the progress bar
         logging.getLogger("hierfedlora.planner").setLevel(logging.WARNING)
     out: Path = args.out or Path("runs") / f"whatif-{study.name}"

@@ -358,9 +358,12 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # names the folder that could not be made
+        raise StorageError.from_os_error(exc, target.parent, "write") from None
+    try:
         fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as exc:
-        raise StorageError.from_os_error(exc, target, "write") from None
+    except OSError as exc:  # the file the user asked for, not our temporary name
+        raise StorageError(str(target), "write", exc.strerror or str(exc), exc.errno) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             os.fchmod(handle.fileno(), 0o666 & ~current_umask())  # mkstemp makes 0600

@@ -65,7 +65,17 @@ from hierfedlora.planner.types import (
     with_num_labels,
 )
 
-__all__ = ["AXES", "GroupingCache", "Study", "StudyPoint", "StudyRow", "load_cost_model", "run_point", "study_points"]
+__all__ = [
+    "AXES",
+    "GroupingCache",
+    "Study",
+    "StudyPoint",
+    "StudyRow",
+    "check_study_inputs",
+    "load_cost_model",
+    "run_point",
+    "study_points",
+]
 
 log = logging.getLogger(__name__)
 
@@ -325,6 +335,56 @@ def load_cost_model(name: str, *, num_classes: int, batch_size: int, seq_len: in
         num_labels=num_classes,
         model_name=label or path.parent.name or shape.model_type,
     )
+
+
+def check_study_inputs(study: Study) -> None:
+    """Refuse a study whose files or named values cannot work, before any point runs or anything is written.
+
+    A point's planner outcome (infeasible, no solution, a problem field that contradicts a setting)
+    stays a row; but a tier mix that is neither a preset nor a readable mix file, or a cost model or
+    fleet file that cannot be read, fails every point it touches for the same reason: that is the
+    user's input, reported once, naming the field and the file.
+
+    Raises
+    ------
+    InvalidInputError
+        Every bad ``tier_mixes[i]``, ``cost_models[i]`` and the ``fleet_file``, at once.
+    """
+    from hierfedlora.planner.fleet import load_fleet
+    from hierfedlora.planner.tiers import resolve_tier_mix
+
+    issues: list[Issue] = []
+
+    def refused(field: str, err: InvalidInputError) -> None:  # "tier_mixes[1] (mix.json): paper must be ..."
+        where = f"{field} ({err.source})" if err.source else field
+        issues.extend(dataclasses.replace(i, path=f"{where}: {i.path}" if i.path else where) for i in err.issues)
+
+    num_classes = study.num_classes
+    if study.fleet_file is not None:
+        try:
+            num_classes = len(load_fleet(study.fleet_file).class_names)
+        except InvalidInputError as err:
+            refused("fleet_file", err)
+    else:
+        for idx, mix in enumerate(study.tier_mixes):
+            try:
+                resolve_tier_mix(parse_json(read_text(mix), source=Path(mix).name) if mix.endswith(".json") else mix)
+            except InvalidInputError as err:
+                refused(f"tier_mixes[{idx}]", err)
+    batch_size = study.problem.get("batch_size")
+    for idx, name in enumerate(study.cost_models):
+        try:
+            load_cost_model(
+                name,
+                num_classes=num_classes,
+                batch_size=batch_size if is_int(batch_size) and batch_size > 0 else 16,
+                seq_len=study.seq_len,
+                lora_rank=study.lora_rank,
+            )
+        except InvalidInputError as err:
+            refused(f"cost_models[{idx}]", err)
+    if issues:
+        raise InvalidInputError(issues)
 
 
 class GroupingCache:

@@ -54,3 +54,25 @@ def test_an_unknown_study_field_exits_2_with_a_hint(tmp_path):
     assert result.returncode == 2
     assert "study.json: fleet_size" in result.stderr and "did you mean 'fleet_sizes'?" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_bad_input_files_and_names_exit_2_before_out_exists(tmp_path):
+    """A tier-mix file nested too deep, an unknown mix, a missing cost model and a fleet file that is a folder are
+    the user's input, not a setting's outcome: exit 2 naming each axis value and file, and --out is never made."""
+    # Arrange
+    deep = tmp_path / "mix.json"
+    deep.write_text('{"laptop": ' + "[" * 5000 + "]" * 5000 + "}")
+    out = tmp_path / "out"
+    # Act
+    mixes = _cli("whatif", "--devices", "20", "--tiers", f"{deep},bogus,paper", "--cost-model", "default,nope.json",
+                 "--out", str(out), *SMALL)  # fmt: skip
+    fleet = _cli("whatif", "--fleet", str(tmp_path), "--out", str(out), *SMALL)
+    # Assert
+    assert mixes.returncode == 2, mixes.stderr
+    lines = mixes.stderr.splitlines()
+    assert lines[0].startswith("error: tier_mixes[0] (mix.json): (top level) must be JSON nested at most 64")
+    assert lines[1].startswith("tier_mixes[1]: tier_mix must be one of 'paper', 'phones', 'mixed'; got 'bogus'")
+    assert lines[2].startswith("cost_models[1]: cost_model must be a readable cost model") and len(lines) == 3
+    assert fleet.returncode == 2 and "fleet_file" in fleet.stderr and "a file, not a folder" in fleet.stderr
+    assert "Traceback" not in mixes.stderr + fleet.stderr
+    assert not out.exists()

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from hierfedlora.models.catalog import find_layers
 from hierfedlora.planner.errors import InvalidInputError
-from hierfedlora.planner.io import write_json
+from hierfedlora.planner.io import sha256_of, write_json
 from hierfedlora.runtime.checkpoint import MANIFEST_NAME, REPORTS_NAME, load_checkpoint, read_reports
 from hierfedlora.runtime.engine import prepare_run, run_plan
 from hierfedlora.runtime.local_training import evaluate, train_device
@@ -142,8 +142,9 @@ def test_training_after_an_inference_mode_evaluation_uses_the_cached_rows(small_
 def _cli(tmp_path, small_fleet, model_dir, *extra: str) -> subprocess.CompletedProcess:
     fleet, fleet_path = small_fleet
     plan_path, cost_path = tmp_path / "plan.json", tmp_path / "cost.json"
-    write_json(plan_path, _one_group_plan(fleet, depth=1))
-    write_json(cost_path, dataclasses.replace(make_cost_model(2), batch_size=4, seq_len=16))
+    cost = dataclasses.replace(make_cost_model(2), batch_size=4, seq_len=16)
+    write_json(plan_path, dataclasses.replace(_one_group_plan(fleet, depth=1), cost_model_sha256=sha256_of(cost)))
+    write_json(cost_path, cost)
     command = [sys.executable, "-m", "hierfedlora.cli", "run", str(plan_path), "--fleet", str(fleet_path)]
     command += ["--cost-model", str(cost_path), "--rounds", "1", "--out", str(tmp_path / "run"), "--model"]
     command += [str(model_dir), "--eval-samples", "16", *extra]

@@ -171,6 +171,11 @@ def test_run_refuses_a_plan_for_other_inputs_before_creating_out(tmp_path, run_i
             {**to_dict(plan), "cost_model_sha256": 7},
             "cost_model_sha256 must be a string; got 7",
         ),
+        "devices left out": (  # the issue's 4-device plan on a 12-device fleet, fingerprint or not
+            to_dict(dataclasses.replace(plan, groups=plan.groups[:1])),
+            f"plan: groups must be a plan with every device of fleet.json ({len(fleet.devices)}) in a group; "
+            f"got '2 left out: {', '.join(plan.groups[1].device_ids)}'",
+        ),
     }
     for name, (data, message) in cases.items():
         plan_path, out = tmp_path / f"{name}.json", tmp_path / f"out-{name}"
@@ -181,6 +186,23 @@ def test_run_refuses_a_plan_for_other_inputs_before_creating_out(tmp_path, run_i
         assert done.returncode == 2, (name, done.stderr)
         assert message in done.stderr, (name, done.stderr)
         assert not out.exists(), name
+
+
+def test_run_refuses_a_plan_without_a_cost_fingerprint_unless_allowed(tmp_path, run_inputs, minilm_slice_dir):
+    """A hand-written plan without cost_model_sha256: exit 2 naming the field and the flag, no --out; with
+    --allow-cost-mismatch it is a warning (the check runs before the model loads either way)."""
+    # Arrange
+    _, fleet_path, plan_path, cost_path = run_inputs
+    refused = tmp_path / "refused"
+    command = _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, refused, 1)
+    command.remove("--allow-cost-mismatch")
+    # Act
+    done = subprocess.run(command, capture_output=True, text=True)
+    # Assert
+    assert done.returncode == 2, done.stderr
+    assert "plan: plan.cost_model_sha256 must be the sha256 of the cost model the plan was made with" in done.stderr
+    assert "pass --allow-cost-mismatch" in done.stderr and "Traceback" not in done.stderr
+    assert not refused.exists()
 
 
 def test_run_refuses_a_folder_it_cannot_resume_or_start(tmp_path, run_inputs, minilm_slice_dir):
