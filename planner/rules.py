@@ -37,6 +37,7 @@ __all__ = [
     "MAX_STEP_S",
     "MAX_TIME_S",
     "Rule",
+    "all_ints_at_least",
     "check_fields",
     "check_limits",
     "finite_tuple",
@@ -64,6 +65,13 @@ def is_number(value: object) -> bool:
 def is_int(value: object) -> bool:
     """True for int, not bool; integral floats are refused so JSON ``3.0`` is caught."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def all_ints_at_least(values: tuple[object, ...], least: int) -> bool:
+    """Whether every element is an int (not bool) ``>= least``; plain-int tuples are decided at C speed."""
+    if set(map(type, values)) <= {int}:
+        return not values or min(values) >= least  # type: ignore[type-var]
+    return all(is_int(x) and x >= least for x in values)  # type: ignore[operator]
 
 
 def _finite_positive(value: object) -> bool:
@@ -122,25 +130,40 @@ def finite_tuple(*, positive: bool) -> Rule:
     )
 
 
-def check_limits(obj: object, limits: Mapping[str, float], rules: Mapping[str, Rule]) -> list[Issue]:
+def check_limits(
+    obj: object, limits: Mapping[str, float], rules: Mapping[str, Rule], *, broken: frozenset[str] | None = None
+) -> list[Issue]:
     """Issues for fields that pass their rule but exceed their upper bound (for a tuple: any element).
 
     A bound is where a value can only be a mistake, and keeps the arithmetic downstream (int64
     arrays, float sums, a solver's coefficients) from overflowing. Fields that break their rule
-    are left to :func:`check_fields`, so each problem is reported once.
+    are left to :func:`check_fields`, so each problem is reported once: ``broken`` names them when
+    the caller has just run :func:`check_fields` (so the rules need not run twice), else each
+    field's rule decides.
 
     >>> [str(i) for i in check_limits({"rate": 1e308}, {"rate": 1e4}, {"rate": FINITE_POSITIVE})]
     ['rate must be a finite number > 0, at most 10000; got 1e+308']
     """
     issues = []
+    mapping = isinstance(obj, Mapping)  # once: an ABC check costs more than the rules it guards
     for name, maximum in limits.items():
-        value = obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name)
-        if not rules[name].accepts(value):
+        value = obj.get(name) if mapping else getattr(obj, name)  # type: ignore[attr-defined]
+        if (name in broken) if broken is not None else not rules[name].accepts(value):
             continue
         values = value if isinstance(value, tuple) else (value,)
-        if any(is_number(v) and v > maximum for v in values):
+        if _plain_numbers(values):  # the common case, at C speed: a million devices are checked on load
+            exceeds = bool(values) and max(values) > maximum
+        else:
+            exceeds = any(is_number(v) and v > maximum for v in values)
+        if exceeds:
             issues.append(Issue(name, f"{rules[name].expected}, at most {maximum:g}", value))
     return issues
+
+
+def _plain_numbers(values: tuple[object, ...]) -> bool:
+    """Whether every value is exactly an ``int`` or a ``float`` (no bool, no subclass), so ``max`` decides
+    the bound (values reaching it passed their rule, and every rule with a bound refuses NaN)."""
+    return set(map(type, values)) <= {int, float}
 
 
 MAX_STEP_S = 1e4
@@ -159,8 +182,9 @@ def check_fields(obj: object | Mapping[str, object], rules: Mapping[str, Rule]) 
     ``obj`` is a dataclass instance or a mapping of field name to value.
     """
     issues = []
+    mapping = isinstance(obj, Mapping)
     for name, rule in rules.items():
-        value = obj[name] if isinstance(obj, Mapping) else getattr(obj, name)
+        value = obj[name] if mapping else getattr(obj, name)  # type: ignore[index]
         if not rule.accepts(value):
             issues.append(Issue(name, rule.expected, value))
     return issues

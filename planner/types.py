@@ -40,6 +40,7 @@ from hierfedlora.planner.rules import (
     OPTIONAL_POSITIVE_INT,
     POSITIVE_INT,
     Rule,
+    all_ints_at_least,
     check_fields,
     check_limits,
     finite_tuple,
@@ -96,7 +97,7 @@ DEVICE_RULES: dict[str, Rule] = {
     "device_id": NON_EMPTY_STRING,
     "label_counts": Rule(
         "a non-empty list of integers >= 0 with at least one sample",
-        lambda v: isinstance(v, tuple) and len(v) > 0 and all(is_int(x) and x >= 0 for x in v) and sum(v) > 0,
+        lambda v: isinstance(v, tuple) and len(v) > 0 and all_ints_at_least(v, 0) and sum(v) > 0,
         ((), (0, 0), (-1, 2), (1.5,), "3"),
     ),
     "compute_scale": FINITE_POSITIVE,
@@ -155,7 +156,9 @@ class DeviceProfile:
     availability: tuple[tuple[float, float], ...] | None = None
 
     def __post_init__(self) -> None:
-        _raise_if(check_fields(self, DEVICE_RULES) + check_limits(self, DEVICE_LIMITS, DEVICE_RULES))
+        issues = check_fields(self, DEVICE_RULES)  # each rule runs once: fleets hold a million devices
+        broken = frozenset(issue.path for issue in issues)
+        _raise_if(issues + check_limits(self, DEVICE_LIMITS, DEVICE_RULES, broken=broken))
 
     @property
     def num_samples(self) -> int:

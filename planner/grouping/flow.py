@@ -54,7 +54,8 @@ logger = logging.getLogger(__name__)
 
 _WORK_BUDGET = 300_000_000  # candidate floats for the random baseline's sample repair
 _WORK_BASE = 100_000_000  # candidate floats every flow search may spend ...
-_WORK_PER_DEVICE = 20_000  # ... plus this much per device: about 100 single-device sweeps at K = N / 10
+_WORK_PER_DEVICE = 20_000  # ... plus this much per device: about 100 single-device sweeps at K = N / 10 ...
+_WORK_FULL_DEVICES = 50_000  # ... up to this many devices; beyond, each further device adds a tenth of that
 _MAX_SWEEPS = 2_000  # sweeps per level
 _PATIENCE = 8  # beyond the tournament: a level ends when this many sweeps gain < _MIN_GAIN together
 _MIN_GAIN = 1e-4
@@ -143,8 +144,17 @@ def _outcome(
 
 
 def flow_work_budget(data: GroupingData) -> int:
-    """The search's work budget in candidate floats: ``_WORK_BASE + _WORK_PER_DEVICE * N`` (deterministic)."""
-    return _WORK_BASE + _WORK_PER_DEVICE * data.num_devices
+    """The search's work budget in candidate floats (deterministic): ``_WORK_BASE`` plus ``_WORK_PER_DEVICE``
+    for each of the first ``_WORK_FULL_DEVICES`` devices and a tenth of it for each further one.
+
+    Why less per device at scale: on large fleets the blocked dealing start does nearly all of the
+    work. On 100,000 devices (K = 10,000, Dirichlet 0.5 over 26 classes) the start reaches 0.1085
+    and the full linear budget (about 270 sweeps, all single-device) only 0.1075, 0.9% lower, at
+    four times the start's CPU; the first tenth of that budget gains a sixth of it. The tenth keeps
+    a million devices planned in a couple of minutes of CPU.
+    """
+    full = min(data.num_devices, _WORK_FULL_DEVICES)
+    return _WORK_BASE + _WORK_PER_DEVICE * full + (_WORK_PER_DEVICE // 10) * (data.num_devices - full)
 
 
 def solve_flow(data: GroupingData, options: SolverOptions) -> Grouping:

@@ -37,9 +37,7 @@ _CLOCK_SPEED = 10.0  # the slow clock's seconds per real second
 @contextlib.contextmanager
 def _busy_host() -> Iterator[None]:
     """CPU-burning processes, one more than the host has cores, stopped (by pid) when the block ends."""
-    burners = [
-        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range((os.cpu_count() or 1) + 1)
-    ]
+    burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range((os.cpu_count() or 1) + 1)]
     try:
         time.sleep(0.2)  # let them start burning
         yield
