@@ -15,13 +15,15 @@ import dataclasses
 import io
 import json
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 from hierfedlora.commands.common import add_problem_settings, problem_options, read_json_object
 
-__all__ = ["build_study", "register"]
+__all__ = ["CRASH_AFTER_ROWS_ENV", "build_study", "register"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,16 @@ FIXED_FLAGS = {
     "seed": "seed",
     "name": "name",
 }
+
+
+CRASH_AFTER_ROWS_ENV = "HIERFEDLORA_CRASH_AFTER_ROWS"
+"""Fault injection for tests: with this variable set to ``k``, the process kills itself (SIGKILL) right after
+saving the ``k``-th row it planned, before the study's results are written."""
+
+
+def _crash_if_asked(planned: int) -> None:
+    if os.environ.get(CRASH_AFTER_ROWS_ENV, "").strip() == str(planned):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -175,6 +187,7 @@ def handle(args: argparse.Namespace) -> int:
                 row = run_point(point, cache)
                 write_json(path, row)
                 rows.append(row)
+                _crash_if_asked(len(rows) - reused)
             bar.update()
     atomic_write_text(out / "results.csv", _csv(rows))
     atomic_write_text(
