@@ -54,8 +54,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 
 def load_data(data: str, text_field: str, label_field: str):  # type: ignore[no-untyped-def]
-    """Read a named data set, a CSV/JSONL file or a folder of them (``planner.data_sources.read_data``)."""
-    from hierfedlora.planner.data_sources import read_data
+    """Read a named data set, a CSV/JSONL file or a folder of them (``planner.fleets.data_sources.read_data``)."""
+    from hierfedlora.planner.fleets.data_sources import read_data
 
     return read_data(data, text_field, label_field)
 

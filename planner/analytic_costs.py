@@ -70,8 +70,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.fleets.tiers import HOST_TRAIN_GFLOPS
 from hierfedlora.planner.rules import is_int
-from hierfedlora.planner.tiers import HOST_TRAIN_GFLOPS
 from hierfedlora.planner.types import CostModel
 
 __all__ = ["COMPUTE_TIERS", "ComputeTier", "ModelShape", "analytic_cost_model", "model_shape"]
@@ -114,7 +114,7 @@ COMPUTE_TIERS: Mapping[str, ComputeTier] = types.MappingProxyType(
             memory_bandwidth_bytes_per_s=10e9,
             op_overhead_s=8e-6,
             sources=(
-                "planner.tiers.HOST_TRAIN_GFLOPS: the 2-core host the device tiers' compute_scale is relative to",
+                "planner.fleets.tiers.HOST_TRAIN_GFLOPS: the 2-core host the tiers' compute_scale is relative to",
                 "ASSUMPTION: 10 GB/s of memory bandwidth for two cores of a shared x86 server",
                 "ASSUMPTION: 8 us per eager PyTorch CPU operator call (dispatch and allocation)",
             ),
@@ -126,7 +126,7 @@ COMPUTE_TIERS: Mapping[str, ComputeTier] = types.MappingProxyType(
             op_overhead_s=20e-6,
             sources=(
                 "NVIDIA Jetson AGX Orin Series Technical Brief: 5.3 FP32 TFLOPS, 204.8 GB/s LPDDR5",
-                "ASSUMPTION: 25% of FP32 peak sustained (planner.tiers.GPU_TRAIN_UTILISATION spans 15-35%)",
+                "ASSUMPTION: 25% of FP32 peak sustained (planner.fleets.tiers.GPU_TRAIN_UTILISATION spans 15-35%)",
                 "ASSUMPTION: 20 us per CUDA kernel launch from eager PyTorch on an ARM CPU",
             ),
         ),

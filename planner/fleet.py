@@ -1,8 +1,8 @@
 """Fleets: make one from a data set, save and load it (checked), import FedScale device traces.
 
 :func:`make_fleet` holds out a stratified test split, partitions the training rows among devices
-(:mod:`planner.partition`) and gives each device a tier's speed, memory and links
-(:mod:`planner.tiers`). Three seeds, derived from ``seed`` by ``numpy.random.SeedSequence``, drive
+(:mod:`planner.fleets.partition`) and gives each device a tier's speed, memory and links
+(:mod:`planner.fleets.tiers`). Three seeds, derived from ``seed`` by ``numpy.random.SeedSequence``, drive
 the split, the partition and the device draws, so one seed fixes the whole fleet.
 
 :func:`load_fleet` reports every problem of a fleet file at once, with the file's name and a path
@@ -26,7 +26,7 @@ must come as JSON (client id -> entry) or CSV (``client_id,computation,communica
 
 Examples
 --------
->>> from hierfedlora.planner.datasets import LabelledTexts
+>>> from hierfedlora.planner.fleets.datasets import LabelledTexts
 >>> from hierfedlora.planner.types import DatasetSpec
 >>> data = LabelledTexts(texts=("t",) * 12, labels=(0, 1, 2) * 4, class_names=("a", "b", "c"),
 ...                      spec=DatasetSpec(kind="csv", path="toy.csv", num_samples=12))
@@ -50,13 +50,13 @@ from pathlib import Path
 
 import numpy as np
 
-from hierfedlora.planner.datasets import LabelledTexts, csv_row_shape_issues, raise_capped, train_test_split
 from hierfedlora.planner.errors import InvalidInputError, Issue
-from hierfedlora.planner.fleet_store import FLEET_NPZ_SUFFIX, read_fleet_npz, write_fleet_npz
+from hierfedlora.planner.fleets.datasets import LabelledTexts, csv_row_shape_issues, raise_capped, train_test_split
+from hierfedlora.planner.fleets.fleet_store import FLEET_NPZ_SUFFIX, read_fleet_npz, write_fleet_npz
+from hierfedlora.planner.fleets.partition import PartitionMethod, PartitionSpec, partition_indices
+from hierfedlora.planner.fleets.tiers import NETWORKS, TIERS, assign_tiers, draw_device, resolve_tier_mix
 from hierfedlora.planner.io import parse_json, read_json, write_json
-from hierfedlora.planner.partition import PartitionMethod, PartitionSpec, partition_indices
 from hierfedlora.planner.rules import FINITE_POSITIVE, is_int
-from hierfedlora.planner.tiers import NETWORKS, TIERS, assign_tiers, draw_device, resolve_tier_mix
 from hierfedlora.planner.types import DeviceProfile, Fleet
 
 __all__ = ["FEDSCALE_KBIT", "check_fleet", "import_fedscale", "load_fleet", "make_fleet", "save_fleet"]
@@ -98,7 +98,7 @@ def make_fleet(
     num_devices : int
         Devices, named ``d0`` .. ``d{N-1}``.
     partition : {"iid", "dirichlet", "classes"}
-        How training rows are split (see :mod:`planner.partition`).
+        How training rows are split (see :mod:`planner.fleets.partition`).
     alpha : float
         Dirichlet concentration (``dirichlet``).
     classes_per_device : int
@@ -215,7 +215,7 @@ def _index_issues(fleet: Fleet) -> list[Issue]:
 
 
 def load_fleet(path: str | os.PathLike[str]) -> Fleet:
-    """Read and check a fleet file: JSON, or the columnar format of :mod:`planner.fleet_store` for a
+    """Read and check a fleet file: JSON, or the columnar format of :mod:`planner.fleets.fleet_store` for a
     ``.npz`` name (large fleets).
 
     Raises
@@ -234,7 +234,7 @@ def load_fleet(path: str | os.PathLike[str]) -> Fleet:
 
 def save_fleet(path: str | os.PathLike[str], fleet: Fleet) -> None:
     """Write ``fleet`` atomically (temporary file, fsync, rename), after :func:`check_fleet`: as JSON, or
-    columnar (:mod:`planner.fleet_store`) when ``path`` ends in ``.npz``.
+    columnar (:mod:`planner.fleets.fleet_store`) when ``path`` ends in ``.npz``.
 
     Raises
     ------

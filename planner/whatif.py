@@ -44,6 +44,7 @@ from hierfedlora.planner.errors import (
     NoSolutionError,
     SolverFailedError,
 )
+from hierfedlora.planner.fleets.tiers import NETWORKS
 from hierfedlora.planner.io import from_dict, parse_json, read_json, read_text, to_dict, with_settings
 from hierfedlora.planner.outcomes import Grouping
 from hierfedlora.planner.rules import (
@@ -55,7 +56,6 @@ from hierfedlora.planner.rules import (
     is_int,
     optional,
 )
-from hierfedlora.planner.tiers import NETWORKS
 from hierfedlora.planner.types import (
     CONVERGENCE_RULES,
     PROBLEM_RULES,
@@ -131,7 +131,7 @@ class Study:
     fleet_sizes : tuple of int
         Devices in the synthetic fleet (ignored with ``fleet_file``).
     tier_mixes : tuple of str
-        Device mixes: a preset of ``planner.tiers.PRESETS`` or a JSON file of tier name -> weight.
+        Device mixes: a preset of ``planner.fleets.tiers.PRESETS`` or a JSON file of tier name -> weight.
     networks : tuple of str or None
         Link class for every device (``"4g"``, ``"5g"``, ``"wifi"``), or ``None``: each tier's own.
     backhaul_mbps, server_ingress_mbps : tuple of float
@@ -149,7 +149,7 @@ class Study:
     fleet_file : str or None
         A real fleet JSON instead of synthetic fleets (``fleet_sizes`` and ``tier_mixes`` must
         then hold one value each; they are not used).
-    num_classes, alpha, samples_per_device : synthetic fleets' label skew (``planner.synthetic``).
+    num_classes, alpha, samples_per_device : synthetic fleets' label skew (``planner.fleets.synthetic``).
     seq_len, lora_rank : int
         Tokens per sample and LoRA rank of analytic cost models (``planner.analytic_costs``);
         the batch is ``problem["batch_size"]`` (16 when absent).
@@ -351,7 +351,7 @@ def check_study_inputs(study: Study) -> None:
         Every bad ``tier_mixes[i]``, ``cost_models[i]`` and the ``fleet_file``, at once.
     """
     from hierfedlora.planner.fleet import load_fleet
-    from hierfedlora.planner.tiers import resolve_tier_mix
+    from hierfedlora.planner.fleets.tiers import resolve_tier_mix
 
     issues: list[Issue] = []
 
@@ -398,7 +398,7 @@ class GroupingCache:
     def fleet(self, point: StudyPoint) -> Fleet:
         """The point's fleet (synthetic, or the study's fleet file), built once."""
         from hierfedlora.planner.fleet import load_fleet
-        from hierfedlora.planner.synthetic import synthetic_fleet
+        from hierfedlora.planner.fleets.synthetic import synthetic_fleet
 
         study = point.study
         key = (point.fleet_size, point.tier_mix, point.network, study.fleet_file)

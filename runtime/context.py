@@ -12,8 +12,8 @@ import torch
 
 from hierfedlora.models.catalog import ModelSpec, model_sha256, resolve_model_dir
 from hierfedlora.models.lora import AdaptedModel, load_adapted_model
-from hierfedlora.planner.datasets import read_dataset
 from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.fleets.datasets import read_dataset
 from hierfedlora.planner.io import sha256_of
 from hierfedlora.planner.outcomes import Plan
 from hierfedlora.planner.plan_checks import check_plan_groups

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up hierfedlora on a fresh Debian machine with Python 3.11: WordNet (the default data
 # set) and Jane Austen's novels (the second data set, r-cran-janeaustenr; read without R by
-# planner/r_lazyload.py, though Debian installs R with it), a virtual environment in .venv,
+# planner/fleets/r_lazyload.py, though Debian installs R with it), a virtual environment in .venv,
 # the CPU build of torch first (so nothing pulls CUDA wheels), then the package with its dev
 # extras. Safe to run again.
 set -euo pipefail

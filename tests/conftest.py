@@ -23,8 +23,8 @@ REQUIRED_MODULES = {"ray": "hierfedlora[ray]", "flwr": "hierfedlora[flower]", "p
 def pytest_sessionstart(session: pytest.Session) -> None:
     if os.environ.get("HIERFEDLORA_ALLOW_MISSING_EXTRAS"):
         return
-    from hierfedlora.planner.data_sources import JANEAUSTEN_DATA_PATH
-    from hierfedlora.planner.datasets import WORDNET_NOUN_PATH
+    from hierfedlora.planner.fleets.data_sources import JANEAUSTEN_DATA_PATH
+    from hierfedlora.planner.fleets.datasets import WORDNET_NOUN_PATH
 
     missing = [
         f"{name} (from {extra})" for name, extra in REQUIRED_MODULES.items() if not importlib.util.find_spec(name)

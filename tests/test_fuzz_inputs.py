@@ -32,9 +32,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hierfedlora.commands.run import check_plan_inputs
-from hierfedlora.planner.datasets import read_csv
 from hierfedlora.planner.errors import HierFedLoraError
 from hierfedlora.planner.fleet import load_fleet, make_fleet, save_fleet
+from hierfedlora.planner.fleets.datasets import read_csv
 from hierfedlora.planner.io import read_json, to_dict, write_json
 from hierfedlora.planner.outcomes import Group, Plan, Skew, SolveStatus
 from hierfedlora.planner.types import CostModel
@@ -313,7 +313,7 @@ def test_fuzzed_npz_fleets_fail_cleanly(bases, data):
 
     import numpy as np
 
-    from hierfedlora.planner.fleet_store import write_fleet_npz
+    from hierfedlora.planner.fleets.fleet_store import write_fleet_npz
 
     folder = Path(tempfile.mkdtemp(prefix="fuzz-npz-", dir=bases["folder"]))
     write_fleet_npz(folder / "fleet.npz", bases["fleet"])
@@ -449,7 +449,7 @@ def mutated_jsonl(draw: st.DrawFn) -> str:
 @given(text=mutated_jsonl())
 def test_fuzzed_jsonl_data_fail_cleanly(text):
     """A mutated JSONL data file reads (and makes a fleet) or fails with a HierFedLoraError."""
-    from hierfedlora.planner.datasets import read_jsonl
+    from hierfedlora.planner.fleets.datasets import read_jsonl
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "data.jsonl"

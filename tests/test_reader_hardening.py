@@ -16,9 +16,9 @@ import pytest
 
 from hierfedlora import cli
 from hierfedlora.commands.common import read_json_object
-from hierfedlora.planner.datasets import read_csv, read_jsonl
 from hierfedlora.planner.errors import InvalidInputError, RunInterruptedError
 from hierfedlora.planner.fleet import load_fleet, make_fleet, save_fleet
+from hierfedlora.planner.fleets.datasets import read_csv, read_jsonl
 from hierfedlora.planner.io import MAX_JSON_DEPTH, from_dict, parse_json, read_json, to_dict, write_json
 from hierfedlora.planner.outcomes import Plan
 from hierfedlora.planner.types import CostModel
@@ -356,7 +356,7 @@ def test_the_whatif_and_npz_fleet_readers_bound_json_too(tmp_path):
     """A what-if study's cost model file and an .npz fleet's metadata nested 5,000 deep: invalid input."""
     import numpy as np
 
-    from hierfedlora.planner.fleet_store import read_fleet_npz, write_fleet_npz
+    from hierfedlora.planner.fleets.fleet_store import read_fleet_npz, write_fleet_npz
     from hierfedlora.planner.whatif import load_cost_model
 
     (tmp_path / "cost.json").write_text('{"layer_forward_s": ' + DEEP + "}")

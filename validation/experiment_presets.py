@@ -19,6 +19,7 @@ import dataclasses
 from pathlib import Path
 
 from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.fleets.tiers import PRESETS as TIER_MIXES
 from hierfedlora.planner.io import read_json
 from hierfedlora.planner.rules import (
     ANY_STRING,
@@ -28,7 +29,6 @@ from hierfedlora.planner.rules import (
     Rule,
     check_fields,
 )
-from hierfedlora.planner.tiers import PRESETS as TIER_MIXES
 from hierfedlora.planner.types import ConvergenceParams
 from hierfedlora.runtime.faults import FaultOptions
 from hierfedlora.validation.baselines import METHODS, BaselineSettings
@@ -177,7 +177,7 @@ class ExperimentPreset:
     """A whole experiment, fixed before it runs.
 
     The grid is ``alphas`` (Dirichlet concentrations, ``None`` for an IID split) x ``fleet_sizes``
-    (devices) x ``tier_mixes`` (device mix, :data:`hierfedlora.planner.tiers.PRESETS`) x ``seeds``.
+    (devices) x ``tier_mixes`` (device mix, :data:`hierfedlora.planner.fleets.tiers.PRESETS`) x ``seeds``.
     Non-IID levels in ``single_seed_alphas`` run with the first seed only (to fit a time limit).
     The simulated-time budget is ``budget_fedlora_rounds`` times FedLoRA's predicted round time on
     the setting's fleet (a formula of the cost model and the fleet, known before training); every
@@ -186,7 +186,7 @@ class ExperimentPreset:
     (:mod:`hierfedlora.planner.convergence`), the same for every method that plans with it.
     ``tuning_notes`` record, one line each, any tuning beyond the shared learning rate (which runs,
     which values, what was chosen), for the report. ``data`` names the data set
-    (:func:`hierfedlora.planner.data_sources.read_data`: ``wordnet``, ``janeausten``, a CSV/JSONL
+    (:func:`hierfedlora.planner.fleets.data_sources.read_data`: ``wordnet``, ``janeausten``, a CSV/JSONL
     file of ``text,label`` rows or a folder of them); the model's head gets its class count.
     """
 

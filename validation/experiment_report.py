@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from hierfedlora.planner.data_sources import DataSummary
+from hierfedlora.planner.fleets.data_sources import DataSummary
 from hierfedlora.planner.io import atomic_write_text, read_json, to_dict
 from hierfedlora.planner.types import CostModel, PlanningProblem
 from hierfedlora.validation.baselines import describe_method
@@ -245,7 +245,7 @@ def render_report(
     data: DataSummary | None = None,
 ) -> str:
     """The Markdown report: assumptions first, then the table, the headline comparison and the plots."""
-    from hierfedlora.planner.tiers import TIERS, resolve_tier_mix
+    from hierfedlora.planner.fleets.tiers import TIERS, resolve_tier_mix
 
     tier_lines = []
     for mix_name in preset.tier_mixes:

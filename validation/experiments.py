@@ -6,7 +6,7 @@ hyperparameters, the simulated-time budget and the target accuracy) run by :func
 1. measure the model's costs on this host once (or take a given cost model);
 2. for every setting of the grid (non-IID level alpha x fleet size x device mix x seed, see
    :mod:`hierfedlora.validation.experiment_presets`) build the fleet: the preset's data set
-   (``data``: WordNet glosses by default, :mod:`hierfedlora.planner.data_sources`) partitioned
+   (``data``: WordNet glosses by default, :mod:`hierfedlora.planner.fleets.data_sources`) partitioned
    over the setting's devices, drawn from its tier mix; the devices' *true* speeds (what the simulated
    clock charges) differ from their profiled ones by a seeded lognormal factor
    (``speed_error_sigma``), the same truth for every method;
@@ -282,8 +282,8 @@ def run_experiment(
         ``out`` made with another preset or in use by another process (it is locked for the whole
         experiment, each run folder too), or a setting the data cannot fill (before anything is written).
     """
-    from hierfedlora.planner.data_sources import describe_data, read_data
     from hierfedlora.planner.fleet import make_fleet
+    from hierfedlora.planner.fleets.data_sources import describe_data, read_data
     from hierfedlora.runtime.run_folder import lock_folder
 
     folder = Path(out)

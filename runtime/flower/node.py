@@ -36,8 +36,8 @@ from flwr.clientapp import ClientApp
 from hierfedlora.models.adapters import initial_adapter_state
 from hierfedlora.models.catalog import ModelSpec, model_sha256, resolve_model_dir
 from hierfedlora.models.lora import AdaptedModel, load_adapted_model
-from hierfedlora.planner.datasets import read_dataset
 from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.fleets.datasets import read_dataset
 from hierfedlora.planner.types import DeviceProfile, Fleet
 from hierfedlora.runtime.context import RunContext
 from hierfedlora.runtime.data import tokenize_texts
@@ -132,8 +132,8 @@ def node_fleet(settings: AppSettings, num_partitions: int) -> Fleet:
     partition, tiers and seed: the fleet ``hierfedlora fleet`` writes for the same arguments, so the
     ServerApp, rebuilding it, holds the same held-out split.
     """
-    from hierfedlora.planner import datasets
     from hierfedlora.planner.fleet import load_fleet, make_fleet
+    from hierfedlora.planner.fleets import datasets
 
     if settings.fleet_file:
         return load_fleet(settings.fleet_file)

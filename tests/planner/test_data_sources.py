@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from hierfedlora.planner.data_sources import (
+from hierfedlora.planner.errors import InvalidInputError
+from hierfedlora.planner.fleets.data_sources import (
     JANEAUSTEN_DATA_PATH,
     JANEAUSTEN_NOVELS,
     describe_data,
@@ -17,9 +18,8 @@ from hierfedlora.planner.data_sources import (
     read_folder,
     read_janeausten,
 )
-from hierfedlora.planner.datasets import read_dataset
-from hierfedlora.planner.errors import InvalidInputError
-from hierfedlora.planner.r_lazyload import read_lazyload_index, read_lazyload_object, unserialize
+from hierfedlora.planner.fleets.datasets import read_dataset
+from hierfedlora.planner.fleets.r_lazyload import read_lazyload_index, read_lazyload_object, unserialize
 
 needs_janeausten = pytest.mark.skipif(
     not Path(f"{JANEAUSTEN_DATA_PATH}.rdx").exists(), reason="r-cran-janeaustenr is not installed"

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hierfedlora.planner.datasets import (
+from hierfedlora.planner.errors import InvalidInputError
+from hierfedlora.planner.fleets.datasets import (
     MAX_ROW_ISSUES,
     WORDNET_NOUN_PATH,
     file_sha256,
@@ -21,7 +22,6 @@ from hierfedlora.planner.datasets import (
     read_wordnet,
     train_test_split,
 )
-from hierfedlora.planner.errors import InvalidInputError
 
 needs_wordnet = pytest.mark.skipif(not Path(WORDNET_NOUN_PATH).exists(), reason="wordnet-base is not installed")
 

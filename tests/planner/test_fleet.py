@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hierfedlora.planner.datasets import WORDNET_NOUN_PATH, LabelledTexts, read_csv, read_wordnet
 from hierfedlora.planner.errors import InvalidInputError
 from hierfedlora.planner.fleet import check_fleet, import_fedscale, load_fleet, make_fleet, save_fleet
-from hierfedlora.planner.tiers import NETWORKS, TIERS
+from hierfedlora.planner.fleets.datasets import WORDNET_NOUN_PATH, LabelledTexts, read_csv, read_wordnet
+from hierfedlora.planner.fleets.tiers import NETWORKS, TIERS
 
 
 @pytest.fixture

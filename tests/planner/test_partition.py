@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hierfedlora.planner.datasets import train_test_split
 from hierfedlora.planner.errors import InvalidInputError
-from hierfedlora.planner.partition import PARTITION_RULES, PartitionSpec, partition_indices
+from hierfedlora.planner.fleets.datasets import train_test_split
+from hierfedlora.planner.fleets.partition import PARTITION_RULES, PartitionSpec, partition_indices
 
 LABELS = np.repeat(np.arange(5), 40)  # 200 rows, 5 balanced classes
 TRAIN, TEST = train_test_split(LABELS, 0.2, seed=0)
@@ -168,7 +168,7 @@ def test_partitioning_loads_no_torch():
     # Arrange
     code = (
         "import sys\n"
-        "from hierfedlora.planner.partition import PartitionSpec, partition_indices\n"
+        "from hierfedlora.planner.fleets.partition import PartitionSpec, partition_indices\n"
         "partition_indices([0, 1] * 10, range(20), PartitionSpec(method='dirichlet', num_devices=2), seed=0)\n"
         "print('torch' in sys.modules)\n"
     )

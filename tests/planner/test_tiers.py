@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hierfedlora.planner.errors import InvalidInputError
-from hierfedlora.planner.tiers import (
+from hierfedlora.planner.fleets.tiers import (
     NETWORKS,
     PRESETS,
     TIERS,

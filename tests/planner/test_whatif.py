@@ -1,4 +1,4 @@
-"""planner.whatif and planner.synthetic: studies as rows, typed failures, seeded fleets."""
+"""planner.whatif and planner.fleets.synthetic: studies as rows, typed failures, seeded fleets."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hierfedlora.planner.errors import InvalidInputError
-from hierfedlora.planner.synthetic import synthetic_fleet, synthetic_label_counts
+from hierfedlora.planner.fleets.synthetic import synthetic_fleet, synthetic_label_counts
 from hierfedlora.planner.whatif import GroupingCache, Study, run_point, study_points
 
 SMALL = {"num_classes": 4, "samples_per_device": 16, "problem": {"solver": {"grouping_method": "flow"}}}

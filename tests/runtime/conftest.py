@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hierfedlora.planner.datasets import read_csv
 from hierfedlora.planner.fleet import make_fleet, save_fleet
+from hierfedlora.planner.fleets.datasets import read_csv
 
 CLASSES = {
     "animal": ["dog", "cat", "horse", "cow", "sheep", "goat", "wolf", "bear"],

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from hierfedlora.planner.datasets import read_csv
 from hierfedlora.planner.fleet import make_fleet, save_fleet
+from hierfedlora.planner.fleets.datasets import read_csv
 from hierfedlora.planner.io import write_json
 from hierfedlora.runtime.checkpoint import REPORTS_NAME, read_reports
 from tests.factories import make_cost_model, make_two_group_plan

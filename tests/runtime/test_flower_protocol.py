@@ -96,8 +96,8 @@ def test_run_config_reports_every_unknown_key_and_bad_value():
 
 
 def _fleet():
-    from hierfedlora.planner.datasets import LabelledTexts
     from hierfedlora.planner.fleet import make_fleet
+    from hierfedlora.planner.fleets.datasets import LabelledTexts
     from hierfedlora.planner.types import DatasetSpec
 
     data = LabelledTexts(

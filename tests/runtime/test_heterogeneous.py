@@ -14,9 +14,9 @@ from hierfedlora.models.adapters import layer_of, truncate_rank
 from hierfedlora.models.catalog import ModelSpec, load_base_model
 from hierfedlora.models.lora import AdaptedModel
 from hierfedlora.planner import costs
-from hierfedlora.planner.datasets import read_csv
 from hierfedlora.planner.errors import InvalidInputError
 from hierfedlora.planner.fleet import make_fleet
+from hierfedlora.planner.fleets.datasets import read_csv
 from hierfedlora.planner.outcomes import Group, Plan, Skew, SolveStatus
 from hierfedlora.planner.types import PlanningProblem
 from hierfedlora.runtime.aggregation import merge_across_groups

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from hierfedlora.planner.data_sources import JANEAUSTEN_DATA_PATH
 from hierfedlora.planner.errors import InvalidInputError
+from hierfedlora.planner.fleets.data_sources import JANEAUSTEN_DATA_PATH
 from hierfedlora.validation.baselines import BaselineSettings
 from hierfedlora.validation.experiments import PRESETS, ExperimentPreset, head_for, run_experiment
 from tests.factories import make_cost_model

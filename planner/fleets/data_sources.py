@@ -2,7 +2,7 @@
 
 :func:`read_data` takes what a preset's ``data`` field or ``hierfedlora fleet --data`` holds:
 
-- ``"wordnet"``: WordNet 3.0 noun glosses in 26 supersenses (:func:`~hierfedlora.planner.datasets.read_wordnet`);
+- ``"wordnet"``: WordNet 3.0 noun glosses in 26 supersenses (:func:`~hierfedlora.planner.fleets.datasets.read_wordnet`);
 - ``"janeausten"``: the paragraphs of Jane Austen's six novels, labelled by novel (:func:`read_janeausten`);
 - a ``.csv`` or ``.jsonl`` file of (text, label) rows;
 - a folder of such files, read in name order and joined (:func:`read_folder`).
@@ -33,8 +33,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from hierfedlora.planner import datasets
 from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.fleets import datasets
 from hierfedlora.planner.types import DatasetSpec
 
 __all__ = [
@@ -141,7 +141,7 @@ def read_janeausten(path: str | os.PathLike[str] = JANEAUSTEN_DATA_PATH) -> data
     InvalidInputError
         If the package's files are missing (hint: install ``r-cran-janeaustenr``) or hold no novel.
     """
-    from hierfedlora.planner.r_lazyload import read_lazyload_index, read_lazyload_object
+    from hierfedlora.planner.fleets.r_lazyload import read_lazyload_index, read_lazyload_object
 
     base = Path(path)
     if not Path(f"{base}.rdx").is_file():
@@ -188,7 +188,7 @@ def read_folder(
     """Every ``.csv`` and ``.jsonl`` file of a folder (not its subfolders), in name order, as one data set.
 
     Rows keep file order; class positions follow the sorted distinct labels of all files together
-    (:mod:`hierfedlora.planner.datasets`' rule). The spec's ``sha256`` digests the files' names and
+    (:mod:`hierfedlora.planner.fleets.datasets`' rule). The spec's ``sha256`` digests the files' names and
     digests, so a changed, added or removed file is noticed when the runtime reads the folder again.
 
     Raises

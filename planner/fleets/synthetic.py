@@ -36,8 +36,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.fleets.tiers import NETWORKS, TIERS, assign_tiers, resolve_tier_mix
 from hierfedlora.planner.rules import is_int
-from hierfedlora.planner.tiers import NETWORKS, TIERS, assign_tiers, resolve_tier_mix
 from hierfedlora.planner.types import DeviceProfile, Fleet
 
 __all__ = ["synthetic_fleet", "synthetic_label_counts"]
@@ -95,9 +95,9 @@ def synthetic_fleet(
     alpha : float
         Dirichlet concentration of each device's class proportions (S1).
     tier_mix : str or mapping of str to float
-        A preset of :data:`~hierfedlora.planner.tiers.PRESETS` or tier name -> weight (S2).
+        A preset of :data:`~hierfedlora.planner.fleets.tiers.PRESETS` or tier name -> weight (S2).
     network : str or None
-        Put every device on this :data:`~hierfedlora.planner.tiers.NETWORKS` link class.
+        Put every device on this :data:`~hierfedlora.planner.fleets.tiers.NETWORKS` link class.
     seed : int
 
     Raises

@@ -7,7 +7,7 @@ Internals", section 1.8 *Serialization formats*). This module reads that format 
 data sets use (NULL, symbols, pairlists, logical/integer/double/character vectors and lists, with
 their attributes); any other type is refused as invalid input, never guessed.
 
-Used by :func:`hierfedlora.planner.data_sources.read_janeausten` (Debian's ``r-cran-janeaustenr``).
+Used by :func:`hierfedlora.planner.fleets.data_sources.read_janeausten` (Debian's ``r-cran-janeaustenr``).
 """
 
 from __future__ import annotations

@@ -355,7 +355,7 @@ def read_dataset(spec: DatasetSpec) -> LabelledTexts:
     InvalidInputError
         If reading fails, or the file's row count or SHA-256 (when recorded) differs from the spec.
     """
-    from hierfedlora.planner import data_sources  # it builds on this module's readers
+    from hierfedlora.planner.fleets import data_sources  # it builds on this module's readers
 
     read = {"csv": read_csv, "jsonl": read_jsonl, "folder": data_sources.read_folder}.get(spec.kind)
     if read is not None:
