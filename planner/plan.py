@@ -50,6 +50,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import time
 import warnings
 from collections.abc import Sequence
@@ -61,6 +62,7 @@ from hierfedlora.planner.assignment import Assignment, assign_depths_and_rounds
 from hierfedlora.planner.checks import format_bytes, raise_for_problem
 from hierfedlora.planner.errors import HierFedLoraWarning
 from hierfedlora.planner.grouping import group_devices
+from hierfedlora.planner.grouping.model import grouping_data, l1_lower_bound
 from hierfedlora.planner.io import sha256_of
 from hierfedlora.planner.outcomes import Group, Grouping, Limit, Plan, SolveStatus
 from hierfedlora.planner.skew import label_skew
@@ -72,6 +74,7 @@ __all__ = [
     "devices_sha256",
     "make_plan",
     "plan_groups",
+    "skew_floor",
     "skew_free_bound",
     "summarize_plan",
 ]
@@ -90,6 +93,7 @@ def devices_sha256(devices: Sequence[DeviceProfile]) -> str:
     rows = [{name: getattr(device, name) for name in _DEVICE_FIELDS} for device in devices]
     text = json.dumps(rows, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(text.encode()).hexdigest()
+
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +125,9 @@ def make_plan(
     Plan
         ``objective_value`` is the predicted time to target (seconds) and ``dual_bound`` the
         :func:`skew_free_bound`, a proven lower bound on the time to target of every plan with
-        these groups at any label mix, so ``relative_gap`` is the certified gap: what the
-        assignment left open plus the most the residual label skew can cost. ``status`` is
+        these groups and any skew a grouping of the fleet can have, so ``relative_gap`` is the
+        certified gap: what the assignment left open plus the most the avoidable part of the
+        residual label skew can cost. ``status`` is
         FEASIBLE, with the limit that stopped it, if grouping or assignment stopped at a limit
         (the flow grouping always does: it proves nothing about its own objective).
 
@@ -181,21 +186,55 @@ def make_plan(
     return plan
 
 
-def skew_free_bound(grouping: Grouping, problem: PlanningProblem, assignment: Assignment | None = None) -> float:
-    """A proven lower bound on the predicted time to target of every plan with these groups.
+MAX_VERTEX_GROUPS = 64
+"""Up to this many groups the bound spends the skew floor (:func:`skew_floor`); beyond, it uses skew 0 everywhere."""
 
-    The convergence model divides a group's progress by ``1 + c * skew_k * (tau_k - 1)``, which is
-    at least 1 and equals 1 at skew 0: the label skew's penalty is at its minimum, over all
-    groupings, when every group's skew is 0. So the same assignment problem with
-    ``skew_sensitivity = 0`` has, for every choice of depths and intra_rounds, a time to target no
-    larger than the real one, and its MILP's proven bound is a lower bound on every plan that uses
-    these groups' members (their speeds, links and memory set the round times). The plan's gap
-    against it certifies both what the assignment left open and what the residual skew costs at
-    most. ``assignment`` (the plan's own) tightens nothing but caps the value at its bound.
+
+def skew_floor(problem: PlanningProblem, grouping: Grouping) -> float:
+    """``D``: a proven lower bound on ``sum_k w_k delta_k``, the sample-weighted skew (total variation) of
+    every grouping of these devices into ``len(grouping.members)`` groups within the size and sample bounds.
+
+    ``sum_k w_k delta_k`` is half the grouping objective's L1 part, so ``D`` is half its
+    ``l1_lower_bound`` (the containment bound: the labels a device holds beyond what any group
+    holding it can absorb count wherever it goes). Near 0 for IID fleets; large when devices hold
+    few classes.
     """
-    params = dataclasses.replace(problem.convergence, skew_sensitivity=0.0)
-    skew_free = assign_depths_and_rounds(grouping, dataclasses.replace(problem, convergence=params))
-    bound = skew_free.dual_bound
+    data = grouping_data(problem, num_groups=len(grouping.members))
+    return l1_lower_bound(data) / 2
+
+
+def skew_free_bound(grouping: Grouping, problem: PlanningProblem, assignment: Assignment | None = None) -> float:
+    """A proven lower bound on the predicted time to target of every plan with these groups, whatever its
+    label mix, as long as its skew is what some grouping of this fleet could have.
+
+    The convergence model divides a group's progress by ``1 + c * delta_k * (tau_k - 1)``, which is
+    at least 1, equals 1 at skew 0, and is convex and decreasing in ``delta_k``. Every grouping's
+    skews meet ``sum_k w_k delta_k >= D`` (:func:`skew_floor`). For fixed depths and intra_rounds
+    the progress, convex in the skews, is largest over ``{delta in [0, 1]^K : sum_k w_k delta_k >= D}``
+    at a vertex of the face ``sum_k w_k delta_k = D``; when ``D <= min_k w_k`` those vertices put
+    all of ``D`` on one group ``j`` (``delta_j = D / w_j``, 0 elsewhere). So the least of the K
+    assignment problems with those skews (each solved with a proven bound by the assignment MILP)
+    bounds from below every plan whose groups hold these members (their speeds, links and memory
+    set the round times) with any skews a grouping can have. With ``D = 0``, more than
+    :data:`MAX_VERTEX_GROUPS` groups or ``D > min_k w_k``, the bound puts skew 0 on every group
+    (``skew_sensitivity = 0``), which is valid too, only looser. The plan's gap against it covers
+    what the assignment left open and the most the avoidable part of the residual skew can cost.
+    ``assignment`` (the plan's own) tightens nothing but caps the value at its bound.
+    """
+    floor, shares = 0.0, np.ones(1)
+    if problem.convergence.skew_sensitivity > 0 and len(grouping.members) <= MAX_VERTEX_GROUPS:
+        floor = skew_floor(problem, grouping)
+        samples = np.array([d.num_samples for d in problem.devices], dtype=np.int64)
+        shares = np.array([samples[list(members)].sum() for members in grouping.members]) / samples.sum()
+    if 0 < floor <= shares.min():
+        bound = math.inf
+        for j, share in enumerate(shares):  # vertex j: all of the floor on group j
+            skews = np.zeros(len(shares))
+            skews[j] = min(1.0, floor / share)
+            bound = min(bound, assign_depths_and_rounds(grouping, problem, skew_tv=skews.tolist()).dual_bound)
+    else:
+        params = dataclasses.replace(problem.convergence, skew_sensitivity=0.0)
+        bound = assign_depths_and_rounds(grouping, dataclasses.replace(problem, convergence=params)).dual_bound
     return bound if assignment is None else min(bound, assignment.dual_bound)
 
 

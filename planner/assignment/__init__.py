@@ -98,6 +98,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import NDArray
@@ -154,7 +155,9 @@ class Assignment:
         return max(0.0, self.objective_value - self.dual_bound) / max(abs(self.objective_value), 1e-9)
 
 
-def assign_depths_and_rounds(grouping: Grouping, problem: PlanningProblem) -> Assignment:
+def assign_depths_and_rounds(
+    grouping: Grouping, problem: PlanningProblem, *, skew_tv: Sequence[float] | None = None
+) -> Assignment:
     """Choose every group's depth and intra_rounds to minimise the predicted time to target.
 
     Parameters
@@ -165,6 +168,9 @@ def assign_depths_and_rounds(grouping: Grouping, problem: PlanningProblem) -> As
         Depth and intra_rounds choices, budgets, convergence constants and solver options
         (``time_limit_s`` bounds this whole call; ``relative_gap_tolerance``, ``threads``
         and ``seed`` go to HiGHS).
+    skew_tv : sequence of float, optional
+        Skews delta_k to price instead of the groups' own (one in [0, 1] per group), as
+        ``plan.skew_free_bound`` does for hypothetical label mixes.
 
     Returns
     -------
@@ -187,7 +193,7 @@ def assign_depths_and_rounds(grouping: Grouping, problem: PlanningProblem) -> As
     issues = check_problem(problem)
     if issues:
         raise InvalidInputError(issues)
-    data = build_assignment_data(grouping, problem)
+    data = build_assignment_data(grouping, problem, skew_tv=skew_tv)
     options = problem.solver
     # (a) the exact optimum without (5)
     relaxed = best_level_solution(

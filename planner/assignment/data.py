@@ -188,8 +188,13 @@ def check_grouping(members: Sequence[Sequence[int]], num_devices: int) -> list[I
     return issues
 
 
-def build_assignment_data(grouping: Grouping, problem: PlanningProblem) -> AssignmentData:
+def build_assignment_data(
+    grouping: Grouping, problem: PlanningProblem, *, skew_tv: Sequence[float] | None = None
+) -> AssignmentData:
     """The Data block of the formulation, for every group and choice at once.
+
+    ``skew_tv`` replaces the groups' skews delta_k (their pooled labels' total variation from the
+    fleet's) by given values in [0, 1]: lower bounds price hypothetical skews with it.
 
     Raises
     ------
@@ -225,7 +230,12 @@ def build_assignment_data(grouping: Grouping, problem: PlanningProblem) -> Assig
     group_counts = np.add.reduceat(counts[positions], starts, axis=0)
     share = group_counts.sum(axis=1) / counts.sum()
     global_counts = counts.sum(axis=0)
-    skew_tv = np.array([skew.total_variation(row, global_counts) for row in group_counts])
+    if skew_tv is None:
+        skew_tv = np.array([skew.total_variation(row, global_counts) for row in group_counts])
+    else:
+        skew_tv = np.asarray(skew_tv, dtype=float)
+        if skew_tv.shape != (len(sizes),) or not np.all((skew_tv >= 0) & (skew_tv <= 1)):
+            raise InvalidInputError([Issue("skew_tv", f"one number in [0, 1] per group ({len(sizes)})", skew_tv)])
 
     choice_depth_idx = np.repeat(np.arange(len(depths)), len(rounds))
     choice_depth = np.asarray(depths, dtype=np.int64)[choice_depth_idx]
