@@ -54,6 +54,7 @@ def handle(args: argparse.Namespace) -> int:
     from hierfedlora.planner.io import read_json
     from hierfedlora.planner.types import CostModel
     from hierfedlora.validation.experiments import PRESETS, markdown_table, read_preset, run_experiment, summarize
+    from hierfedlora.validation.targets import finalize
 
     if (args.preset is None) == (args.preset_file is None):
         raise InvalidInputError(
@@ -77,6 +78,8 @@ def handle(args: argparse.Namespace) -> int:
         results = run_experiment(preset, out, cost_model=cost_model, progress=progress)
         bar.n = total
         bar.refresh()
-    sys.stdout.write(markdown_table(summarize(results)) + "\n")
+    results, targets = finalize(preset, results)
+    fine = preset.target_relative is not None or preset.evaluate_intra_rounds
+    sys.stdout.write(markdown_table(summarize(results, targets if fine else None)) + "\n")
     sys.stdout.write(f"report: {out / 'report.md'}\n")
     return 0

@@ -74,10 +74,31 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "rounds (planner/feedback.py); default: keep the plan",
     )
     parser.add_argument(
+        "--self-calibrate",
+        action="store_true",
+        help="fit the convergence constants from this run (validation/selfcal.py): the plan's constants become a "
+        "weak prior (--prior-weight), one probe round after round --probe-after changes --probe-groups groups' depth "
+        "or tau (charged on the simulated clock), the run re-plans from the refit right after it (and every "
+        "--replan-every rounds if given) and writes the fitted constants to OUT/convergence.json",
+    )
+    parser.add_argument(
+        "--convergence",
+        type=Path,
+        default=None,
+        help="with --replan-every or --self-calibrate: ConvergenceParams JSON, the refit's prior (default: the "
+        "library's calibrated constants, or --problem's)",
+    )
+    parser.add_argument("--probe-after", type=int, default=2, help="with --self-calibrate: the probe follows round N")
+    parser.add_argument("--probe-groups", type=int, default=2, help="with --self-calibrate: groups the probe changes")
+    parser.add_argument(
+        "--prior-weight", type=float, default=0.01, help="with --self-calibrate: weight of the prior in the refit"
+    )
+    parser.add_argument(
         "--problem",
         type=Path,
         default=None,
-        help="with --replan-every: JSON with the PlanningProblem fields the plan was made with (as for "
+        help="with --replan-every or --self-calibrate: JSON with the PlanningProblem fields the plan was made with "
+        "(as for "
         "'hierfedlora plan --problem'); num_groups, local_steps and batch_size default to the plan's",
     )
     parser.add_argument(
@@ -153,17 +174,21 @@ def build_replanner(args: argparse.Namespace, plan: Any) -> Any:
     InvalidInputError
         ``--replan-every`` below 1, or a bad ``--problem`` file (before any training starts).
     """
-    if args.replan_every is None:
-        if args.problem is not None:
-            log.warning("--problem is only used with --replan-every; ignored")
+    if args.replan_every is None and not args.self_calibrate:
+        for flag, value in (("--problem", args.problem), ("--convergence", args.convergence)):
+            if value is not None:
+                log.warning("%s is only used with --replan-every or --self-calibrate; ignored", flag)
         return None
     from hierfedlora.commands.common import read_json_object
     from hierfedlora.commands.plan import build_problem
     from hierfedlora.planner.errors import InvalidInputError, Issue
     from hierfedlora.planner.feedback import Replanner
 
-    if args.replan_every < 1 or args.absent_rounds < 1:
-        bad = [("--replan-every", args.replan_every), ("--absent-rounds", args.absent_rounds)]
+    every = args.rounds + 1 if args.replan_every is None else args.replan_every  # self-calibrate alone: probe only
+    bad = [("--replan-every", every), ("--absent-rounds", args.absent_rounds)]
+    if args.self_calibrate:
+        bad += [("--probe-after", args.probe_after), ("--probe-groups", args.probe_groups)]
+    if any(value < 1 for _, value in bad):
         raise InvalidInputError([Issue(flag, "an integer >= 1", value) for flag, value in bad if value < 1])
     fields: dict[str, Any] = read_json_object(args.problem) if args.problem else {}
     fields.setdefault("num_groups", len(plan.groups))
@@ -171,8 +196,23 @@ def build_replanner(args: argparse.Namespace, plan: Any) -> Any:
     steps = {group.local_steps for group in plan.groups}
     if len(steps) == 1:
         fields.setdefault("local_steps", steps.pop())
+    if args.convergence is not None:
+        fields["convergence"] = {**fields.get("convergence", {}), **read_json_object(args.convergence)}
     problem = build_problem(args.fleet, args.cost_model, fields)
-    return Replanner(problem, every_rounds=args.replan_every, absent_rounds=args.absent_rounds)
+    if args.self_calibrate:
+        from hierfedlora.validation.selfcal import self_calibrating_replanner
+
+        return self_calibrating_replanner(
+            problem,
+            num_groups=len(plan.groups),
+            every_rounds=every,
+            probe_after_round=args.probe_after,
+            probe_groups=args.probe_groups,
+            prior_weight=args.prior_weight,
+            seed=plan.seed,
+            absent_rounds=args.absent_rounds,
+        )
+    return Replanner(problem, every_rounds=every, absent_rounds=args.absent_rounds)
 
 
 def build_executor(args: argparse.Namespace, plan: Any, fleet: Any, cost_model: Any, options: Any) -> Any:
@@ -313,4 +353,15 @@ def handle(args: argparse.Namespace) -> int:
         f"(chance {1 / len(fleet.class_names):.1%}); reports in {args.out / 'reports.jsonl'}, "
         f"plot in {args.out / 'accuracy_vs_time.png'}\n"
     )
+    if args.self_calibrate:
+        from hierfedlora.validation.selfcal import FITTED_NAME, write_fitted_constants
+
+        fit = write_fitted_constants(args.out, replanner.replanner.problem, args.prior_weight)
+        if fit is not None:
+            params = fit.params
+            sys.stdout.write(
+                f"self-calibrated: beta {params.depth_exponent:.3g}, c {params.skew_sensitivity:.3g}, "
+                f"R0 {params.reference_rounds:.3g} ({args.out / FITTED_NAME}; plan with it: hierfedlora plan "
+                f"--convergence {args.out / FITTED_NAME})\n"
+            )
     return 0

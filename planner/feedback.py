@@ -234,6 +234,7 @@ def replan(
     removed_device_ids: Sequence[str] = (),
     min_relative_gain: float = 0.05,
     reason_prefix: str = "",
+    prior_weight: float = 1.0,
 ) -> ReplanDecision:
     """(F5) Refit, then keep ``plan`` or replace it; pure, and logged with its reason and gain.
 
@@ -253,6 +254,9 @@ def replan(
         fraction less predicted time to target.
     reason_prefix : str
         Put before the reason (``"after global round 10: "``).
+    prior_weight : float
+        Weight of the prior ``problem.convergence`` in the refit (F3): 1 by default; a small weight
+        (e.g. 0.01, self-calibration) lets a run's own rounds move the constants far from it.
 
     Raises
     ------
@@ -272,7 +276,7 @@ def replan(
         issues.append(Issue("removed_device_ids", "ids leaving at least one device", tuple(removed)))
     if issues:
         raise InvalidInputError(issues)
-    fit = refit_convergence(history, problem)
+    fit = refit_convergence(history, problem, prior_weight=prior_weight)
     devices = tuple(d for d in refit_devices(problem, history) if d.device_id not in removed)
     refit = dataclasses.replace(problem, devices=devices, convergence=fit.params)
     old_s = _time_to_target_s(plan, refit)
@@ -370,6 +374,7 @@ class Replanner:
         every_rounds: int,
         min_relative_gain: float = 0.05,
         absent_rounds: int = 1,
+        prior_weight: float = 1.0,
     ) -> None:
         issues = [
             Issue(name, "an integer >= 1", value)
@@ -380,8 +385,11 @@ class Replanner:
             isinstance(min_relative_gain, int | float) and math.isfinite(min_relative_gain) and min_relative_gain >= 0
         ):
             issues.append(Issue("min_relative_gain", "a finite number >= 0", min_relative_gain))
+        if not (isinstance(prior_weight, int | float) and math.isfinite(prior_weight) and prior_weight >= 0):
+            issues.append(Issue("prior_weight", "a finite number >= 0", prior_weight))
         if issues:
             raise InvalidInputError(issues)
+        self.prior_weight = float(prior_weight)
         self.problem, self.every_rounds, self.min_relative_gain = problem, every_rounds, float(min_relative_gain)
         self.absent_rounds = absent_rounds
         self.decisions: list[ReplanDecision] = []
@@ -411,6 +419,7 @@ class Replanner:
             removed_device_ids=gone,
             min_relative_gain=self.min_relative_gain,
             reason_prefix=prefix,
+            prior_weight=self.prior_weight,
         )
         self.decisions.append(decision)
         if not decision.changed:

@@ -28,6 +28,7 @@ import json
 import math
 
 from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.intra_evals import IntraRoundEval
 from hierfedlora.planner.rules import (
     ANY_STRING,
     FINITE_NON_NEGATIVE,
@@ -388,6 +389,15 @@ class GroupRoundResult:
         _raise_if(check_fields(self, GROUP_ROUND_RULES))
 
 
+def _ordered_within(evals: tuple[IntraRoundEval, ...], end_s: object) -> bool:
+    if not evals or not FINITE_NON_NEGATIVE.accepts(end_s):
+        return True  # nothing to order, or sim_time_s is reported by its own rule
+    times = [e.sim_time_s for e in evals]
+    levels = [e.intra_round for e in evals]
+    ascending = all(a < b for a, b in itertools.pairwise(levels))
+    return ascending and times == sorted(times) and times[-1] <= end_s  # type: ignore[operator]
+
+
 REPORT_RULES: dict[str, Rule] = {
     "plan_id": NON_EMPTY_STRING,
     "global_round": POSITIVE_INT,
@@ -413,7 +423,10 @@ class RoundReport:
     the devices that sent nothing this round (offline, or late for a deadline);
     ``rejected_device_ids`` those whose update the server's screening refused (non-finite, or
     far longer than its group's). ``aggregation`` names the run's aggregation rule
-    (``runtime.aggregation_rules``).
+    (``runtime.aggregation_rules``). ``intra_evals`` holds the observed global model after each
+    intra-group round but the last, in order, when the run asked for them
+    (``RunOptions.evaluate_intra_rounds``; :mod:`hierfedlora.planner.intra_evals`), with simulated
+    times before ``sim_time_s``.
     """
 
     plan_id: str
@@ -429,10 +442,22 @@ class RoundReport:
     rejected_device_ids: tuple[str, ...] = ()
     seed: int = 0
     aggregation: str = "fedavg"
+    intra_evals: tuple[IntraRoundEval, ...] = ()
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        _raise_if(check_fields(self, REPORT_RULES))
+        issues = check_fields(self, REPORT_RULES)
+        if not (isinstance(self.intra_evals, tuple) and all(isinstance(e, IntraRoundEval) for e in self.intra_evals)):
+            issues.append(Issue("intra_evals", "a list of IntraRoundEval objects", self.intra_evals))
+        elif not _ordered_within(self.intra_evals, self.sim_time_s):
+            issues.append(
+                Issue(
+                    "intra_evals",
+                    f"intra rounds ascending, at simulated times ascending and <= sim_time_s ({self.sim_time_s})",
+                    [(e.intra_round, e.sim_time_s) for e in self.intra_evals],
+                )
+            )
+        _raise_if(issues)
 
     @property
     def upload_bytes(self) -> int:

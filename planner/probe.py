@@ -205,6 +205,7 @@ class ProbingReplanner:
                 problem,
                 min_relative_gain=self.replanner.min_relative_gain,
                 reason_prefix=f"after the probe round {reports[-1].global_round}: ",
+                prior_weight=getattr(self.replanner, "prior_weight", 1.0),
             )
             self.replanner.decisions.append(decision)
             return decision.plan if decision.changed else prior

@@ -40,6 +40,7 @@ import numpy as np
 from hierfedlora.models.adapters import AdapterState, initial_adapter_state
 from hierfedlora.models.base_delta import add_deltas, applied_base_delta, dense_bytes_per_layer
 from hierfedlora.planner.errors import InvalidInputError, Issue, RunInterruptedError
+from hierfedlora.planner.intra_evals import IntraRoundEval
 from hierfedlora.planner.io import read_json, write_json
 from hierfedlora.planner.outcomes import GroupRoundResult, Plan, RoundReport
 from hierfedlora.planner.types import CostModel, DeviceProfile, Fleet
@@ -62,7 +63,8 @@ from hierfedlora.runtime.context import RunContext, check_plan_for_run, prepare_
 from hierfedlora.runtime.executors.base import Executor
 from hierfedlora.runtime.executors.inprocess import InProcessExecutor
 from hierfedlora.runtime.faults import FaultOptions, RoundFaults, draw_round_faults
-from hierfedlora.runtime.group_training import train_groups
+from hierfedlora.runtime.group_training import LevelObserver, train_groups
+from hierfedlora.runtime.intra_evaluation import intra_level_time_s, observe_level
 from hierfedlora.runtime.local_training import derive_seed, evaluate
 from hierfedlora.runtime.options import RunOptions
 from hierfedlora.runtime.prefix_cache import Forward
@@ -246,6 +248,18 @@ def _run_rounds(
                 aggregation=rule.name,
                 dense_bytes_per_layer=dense_bytes,
             )
+            eval_depth = max(group.depth for group in plan.groups)
+            if any(group.layers is not None for group in plan.groups):
+                eval_depth = context.model.max_depth
+            intra_evals: list[IntraRoundEval] = []
+            observer = (
+                _intra_observer(
+                    intra_evals, context, rule, global_state, base_delta, plan, fleet, positions, timing, clock,
+                    eval_depth, options.eval_batch_size,
+                )
+                if options.evaluate_intra_rounds
+                else None
+            )  # fmt: skip
             outcome = train_groups(
                 executor,
                 context,
@@ -259,6 +273,7 @@ def _run_rounds(
                 missed=[t.missed for t in timing.groups] if round_faults else (),
                 rule=rule,
                 base_delta=base_delta,
+                after_level=observer,
             )
             results, kept_states, kept_deltas, weights = [], [], [], []
             same_as_global = _group_model_is_global(plan)
@@ -282,9 +297,6 @@ def _run_rounds(
             if kept_states:
                 merged = rule.aggregate(global_state, kept_states, weights, kept_deltas)
                 global_state, base_delta = merged.state, add_deltas(base_delta, merged.base_delta)
-            eval_depth = max(group.depth for group in plan.groups)
-            if any(group.layers is not None for group in plan.groups):
-                eval_depth = context.model.max_depth
             with applied_base_delta(context.model.peft_model, base_delta):
                 eval_loss, eval_accuracy = evaluate(
                     _load(context, eval_depth, global_state),
@@ -319,6 +331,7 @@ def _run_rounds(
                 eval_accuracy=eval_accuracy,
                 seed=options.seed,
                 aggregation=rule.name,
+                intra_evals=tuple(intra_evals),
             )
             run_state = RunState(
                 plan_id=plan.plan_id,
@@ -341,6 +354,35 @@ def _run_rounds(
                 raise RunInterruptedError(global_round, str(folder))
             if replanner is not None and global_round < options.rounds:
                 plan = _consult(replanner, plan, reports, plans, fleet, context, folder, samples_of)
+
+
+def _intra_observer(
+    sink: list[IntraRoundEval],
+    context: RunContext,
+    rule: object,
+    global_state: AdapterState,
+    base_delta: BaseDelta,
+    plan: Plan,
+    fleet: Fleet,
+    positions: Mapping[str, int],
+    timing: RoundTiming,
+    clock: SimClock,
+    eval_depth: int,
+    batch_size: int,
+) -> LevelObserver:
+    """The observer of ``runtime.intra_evaluation`` for one round, appending to ``sink``."""
+    weights = [float(sum(fleet.devices[positions[d]].num_samples for d in g.device_ids)) for g in plan.groups]
+
+    def observe(level: int, states: Sequence[AdapterState], pending: Sequence[BaseDelta], done: Sequence[bool]) -> None:
+        seen = observe_level(
+            context, rule, global_state, base_delta, states, pending, done, weights,  # type: ignore[arg-type]
+            level=level, sim_time_s=intra_level_time_s(timing, level, clock.now_s), eval_depth=eval_depth,
+            batch_size=batch_size,
+        )  # fmt: skip
+        if seen is not None:
+            sink.append(seen)
+
+    return observe
 
 
 def _dropped(round_faults: RoundFaults | None, timing: RoundTiming) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ update whether or not others drop out.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -28,7 +28,12 @@ from hierfedlora.runtime.faults import FaultOptions, RoundFaults, poison_state, 
 from hierfedlora.runtime.local_training import derive_seed
 from hierfedlora.runtime.options import RunOptions
 
-__all__ = ["GroupsOutcome", "group_start_state", "train_groups"]
+__all__ = ["GroupsOutcome", "LevelObserver", "group_start_state", "train_groups"]
+
+LevelObserver = Callable[[int, Sequence[AdapterState], Sequence[BaseDelta], Sequence[bool]], None]
+"""Called after intra-group round ``level`` (1-based) of every level but the last with the groups'
+current states, their pending base deltas and whether each has contributed an accepted update yet.
+It must not change them (``runtime.intra_evaluation`` evaluates their merge)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,6 +82,7 @@ def train_groups(
     missed: Sequence[Sequence[Collection[str]]] = (),
     rule: AggregationRule | None = None,
     base_delta: BaseDelta | None = None,
+    after_level: LevelObserver | None = None,
 ) -> GroupsOutcome:
     """Every group's intra-group rounds of ``global_round``, in lockstep by level.
 
@@ -86,6 +92,7 @@ def train_groups(
 
     ``missed[k][i]`` names group k's devices that missed the deadline of its intra round i
     (from the simulated clock); ``round_faults`` the round's offline and poisoned devices.
+    ``after_level`` observes the groups between levels (never after the last).
     """
     rule = rule or get_rule(options.aggregation)
     states = [group_start_state(context, group, global_state) for group in plan.groups]
@@ -94,7 +101,8 @@ def train_groups(
     step_s: dict[str, float] = {}
     rejected: dict[str, str] = {}
     offline = round_faults.offline if round_faults else frozenset()
-    for intra in range(max(group.intra_rounds for group in plan.groups)):
+    num_levels = max(group.intra_rounds for group in plan.groups)
+    for intra in range(num_levels):
         tasks = []
         for k, group in enumerate(plan.groups):
             if intra >= group.intra_rounds:
@@ -131,6 +139,8 @@ def train_groups(
             merged = rule.aggregate(states[k], [sent[p] for p in kept], weights, [pending[k]] * len(kept))
             states[k], pending[k] = merged.state, merged.base_delta
             losses[task.group_index].append(float(np.average([updates[p].mean_loss for p in kept], weights=weights)))
+        if after_level is not None and intra + 1 < num_levels:
+            after_level(intra + 1, tuple(states), tuple(pending), tuple(bool(group_losses) for group_losses in losses))
     return GroupsOutcome(
         states=tuple(states),
         deltas=tuple(pending),

@@ -45,6 +45,7 @@ RUN_OPTION_RULES: dict[str, Rule] = {
     "batched_devices": POSITIVE_INT,
     "batch_memory_mib": POSITIVE_INT,
     "evaluate_groups": Rule("true or false", lambda v: isinstance(v, bool), (1, "yes")),
+    "evaluate_intra_rounds": Rule("true or false", lambda v: isinstance(v, bool), (1, "yes")),
     "clock_noise": FINITE_NON_NEGATIVE,
     "backhaul_mbps": FINITE_POSITIVE,
     "server_ingress_mbps": OPTIONAL_FINITE_POSITIVE,
@@ -92,6 +93,12 @@ class RunOptions:
     evaluate_groups : bool
         Also evaluate every group's model each round (``GroupRoundResult.accuracy``); off, only
         the merged global model is evaluated (plans with many groups run much faster).
+    evaluate_intra_rounds : bool
+        Also evaluate, as an observer, the global model the server would hold after each
+        intra-group round but the last (``RoundReport.intra_evals``; defined in
+        ``planner.intra_evals``): the run's rule merges the groups' current states, timed when such
+        a cut round would have ended. Not charged to the clock and without effect on training;
+        each costs one evaluation. Off by default.
     clock_noise : float
         Sigma of mean-one lognormal noise on every simulated local step (0: the cost model exactly).
     backhaul_mbps, server_ingress_mbps, intra_latency_s, global_latency_s : float
@@ -119,6 +126,7 @@ class RunOptions:
     batched_devices: int = 1
     batch_memory_mib: int = 256
     evaluate_groups: bool = True
+    evaluate_intra_rounds: bool = False
     clock_noise: float = 0.0
     backhaul_mbps: float = 20.0
     server_ingress_mbps: float | None = None

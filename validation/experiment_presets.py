@@ -37,6 +37,7 @@ __all__ = [
     "ALL_METHODS",
     "LOOP_METHOD",
     "PILOT_CALIBRATED",
+    "SELFCAL_METHOD",
     "PRESETS",
     "ExperimentPreset",
     "RunResult",
@@ -46,7 +47,8 @@ __all__ = [
 ]
 
 LOOP_METHOD = "hierfedlora_loop"
-ALL_METHODS: tuple[str, ...] = (*METHODS, LOOP_METHOD)
+SELFCAL_METHOD = "hierfedlora_selfcal"
+ALL_METHODS: tuple[str, ...] = (*METHODS, LOOP_METHOD, SELFCAL_METHOD)
 
 
 def alpha_name(alpha: float | None) -> str:
@@ -137,8 +139,19 @@ PRESET_RULES: dict[str, Rule] = {
     "budget_fedlora_rounds": FINITE_POSITIVE,
     "max_rounds": POSITIVE_INT,
     "target_accuracy": Rule(
-        "a number in (0, 1)", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1, (0.0,)
+        "a number in (0, 1) (null only with target_relative)",
+        lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1),
+        (0.0, 1.5),
     ),
+    "target_relative": Rule(
+        "a number in (0, 1] or null",
+        lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1),
+        (0.0, 1.5, "0.9"),
+    ),
+    "evaluate_intra_rounds": Rule("true or false", lambda v: isinstance(v, bool), (1, "yes")),
+    "probe_after_round": POSITIVE_INT,
+    "probe_groups": POSITIVE_INT,
+    "selfcal_prior_weight": FINITE_NON_NEGATIVE,
     "speed_error_sigma": FINITE_NON_NEGATIVE,
     "replan_every": POSITIVE_INT,
     "absent_rounds": POSITIVE_INT,
@@ -181,8 +194,18 @@ class ExperimentPreset:
     Non-IID levels in ``single_seed_alphas`` run with the first seed only (to fit a time limit).
     The simulated-time budget is ``budget_fedlora_rounds`` times FedLoRA's predicted round time on
     the setting's fleet (a formula of the cost model and the fleet, known before training); every
-    method gets the same budget. ``max_rounds`` caps a run's global rounds. ``target_accuracy`` is
-    fixed here, before any result is seen. ``convergence`` is the planners' convergence-model prior
+    method gets the same budget. ``max_rounds`` caps a run's global rounds. The target is fixed here,
+    before any result is seen: either ``target_accuracy`` (absolute), or ``target_relative`` r (with
+    ``target_accuracy`` null), the rule "r times the best mean final accuracy over seeds of any method
+    on the same setting", which the report resolves once every run is done
+    (:mod:`hierfedlora.validation.targets`). ``evaluate_intra_rounds`` records, in methods with
+    intra-group rounds, the observed global model after each of them (``RunOptions``), so time to
+    target is interpolated between those evaluations too; off, only round ends are evaluated.
+    ``hierfedlora_selfcal`` (self-calibration) starts from ``convergence`` as a weak prior (weight
+    ``selfcal_prior_weight`` in the refit), runs one probe round after round ``probe_after_round`` in
+    which ``probe_groups`` groups change depth or tau (``planner.probe``; charged on the same clock),
+    re-plans from the refit right after it, then re-plans every ``replan_every`` rounds.
+    ``convergence`` is the planners' convergence-model prior
     (:mod:`hierfedlora.planner.convergence`), the same for every method that plans with it.
     ``tuning_notes`` record, one line each, any tuning beyond the shared learning rate (which runs,
     which values, what was chosen), for the report. ``data`` names the data set
@@ -207,7 +230,12 @@ class ExperimentPreset:
     optimizer: str = "adamw"
     budget_fedlora_rounds: float
     max_rounds: int
-    target_accuracy: float
+    target_accuracy: float | None
+    target_relative: float | None = None
+    evaluate_intra_rounds: bool = False
+    probe_after_round: int = 2
+    probe_groups: int = 2
+    selfcal_prior_weight: float = 0.01
     single_seed_alphas: tuple[float | None, ...] = ()
     speed_error_sigma: float = 0.3
     replan_every: int = 3
@@ -241,6 +269,14 @@ class ExperimentPreset:
         stray = [a for a in seed_alphas if a not in alphas]
         if stray:
             issues.append(Issue("single_seed_alphas", "a subset of alphas", stray))
+        if (self.target_accuracy is None) == (self.target_relative is None):
+            issues.append(
+                Issue(
+                    "target_accuracy",
+                    "exactly one of target_accuracy and target_relative (the other null)",
+                    (self.target_accuracy, self.target_relative),
+                )
+            )
         if issues:
             raise InvalidInputError(issues, "preset")
 
@@ -317,6 +353,17 @@ _PAPER_SCALE = {
 }
 
 
+LONG_DESCRIPTION = (
+    "the paper preset's fleet, methods and knobs with a budget long enough to converge: 25 FedLoRA rounds of "
+    "simulated time, seeds 0, 1 and 2 at alpha 0.5 and 0.1 (run it with --data wordnet or --data janeausten); "
+    "target 90% of the best final accuracy of any method on the setting, fixed before the runs; the global "
+    "model also evaluated after every intra-group round, so time to target is interpolated within rounds. "
+    "Estimated wall time on this project's quiet 2-core host: about 2.8 h per data set, 27 min per setting and "
+    "seed (one 80-device round of each method there, the paper preset's run of 2026-12-05: FedLoRA 9.8 s, "
+    "HierFAVG 38.0 s, LEGEND-like 8.7 s, HierFedLoRA 23.2 s, closed loop 18.1 s, times the 25, 14, 29, 15 and "
+    "16 rounds the budget allows, plus about 5% for the intra-round evaluations)"
+)
+
 PRESETS: dict[str, ExperimentPreset] = {
     "quick": ExperimentPreset(
         name="quick",
@@ -379,6 +426,21 @@ PRESETS: dict[str, ExperimentPreset] = {
         absent_rounds=3,
         **_PAPER_SCALE,  # type: ignore[arg-type]
     ),
+    "long": ExperimentPreset(
+        name="long",
+        description=LONG_DESCRIPTION,
+        alphas=(0.5, 0.1),
+        seeds=(0, 1, 2),
+        methods=("fedlora", "hierfavg", "legend", "hierfedlora", LOOP_METHOD),
+        **{  # type: ignore[arg-type]
+            **_PAPER_SCALE,
+            "budget_fedlora_rounds": 25.0,
+            "max_rounds": 60,
+            "target_accuracy": None,
+            "target_relative": 0.9,
+            "evaluate_intra_rounds": True,
+        },
+    ),
     "heterogeneous": ExperimentPreset(
         name="heterogeneous",
         description="the heterogeneous-LoRA baselines (HetLoRA-like ranks, FedRA-like random layers) against "
@@ -396,7 +458,10 @@ class RunResult:
     """One method on one setting: the metrics defined in :mod:`hierfedlora.validation.experiments`, and the curve.
 
     ``num_devices`` and ``tier_mix`` name the setting's fleet (``None`` in results written before
-    the grid had those axes).
+    the grid had those axes). ``sim_time_s`` / ``accuracy`` are the round ends; ``observed_sim_time_s``
+    / ``observed_accuracy`` every evaluation of the global model in time order, round ends and the
+    observations after intra-group rounds (``planner.intra_evals``), when the preset asked for them
+    (else empty). ``time_to_target_s`` is ``None`` until a relative target is resolved.
     """
 
     method: str
@@ -414,3 +479,5 @@ class RunResult:
     accuracy: tuple[float, ...]
     num_devices: int | None = None
     tier_mix: str | None = None
+    observed_sim_time_s: tuple[float, ...] = ()
+    observed_accuracy: tuple[float, ...] = ()

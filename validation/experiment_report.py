@@ -22,7 +22,20 @@ from hierfedlora.planner.fleets.data_sources import DataSummary
 from hierfedlora.planner.io import atomic_write_text, read_json, to_dict
 from hierfedlora.planner.types import CostModel, PlanningProblem
 from hierfedlora.validation.baselines import describe_method
-from hierfedlora.validation.experiment_presets import LOOP_METHOD, ExperimentPreset, RunResult, Setting
+from hierfedlora.validation.experiment_presets import (
+    LOOP_METHOD,
+    SELFCAL_METHOD,
+    ExperimentPreset,
+    RunResult,
+    Setting,
+)
+from hierfedlora.validation.targets import (
+    describe_target,
+    evaluations,
+    finalize,
+    interpolated_time,
+    resolve_targets,
+)
 
 __all__ = ["markdown_table", "render_report", "speedups", "summarize", "write_outputs"]
 
@@ -56,23 +69,15 @@ def _first_time(result: RunResult, accuracy: float) -> float | None:
 
 
 def interpolated_time_to(result: RunResult, accuracy: float) -> float | None:
-    """When ``result`` first reaches ``accuracy`` within the budget, linear between the two round ends around it.
+    """When ``result`` first reaches ``accuracy`` within the budget, linear between the evaluations around it.
 
-    Round ends are the only times a run is evaluated, so the time to a target is a whole number of
-    rounds; this secondary measure puts the crossing on the line between the last round below and the
-    first round at or above ``accuracy``. A run at or above it after its first round keeps that time.
+    The evaluations are the round ends, plus the observed global model after each intra-group round
+    when the run recorded them (:func:`hierfedlora.validation.targets.interpolated_time`, (T3)).
+    Without those, a time to a target at round ends is a whole number of rounds; this secondary
+    measure puts the crossing on the line between the last evaluation below and the first at or above
+    ``accuracy``. A run at or above it at its first evaluation keeps that time.
     """
-    previous: tuple[float, float] | None = None
-    for t, a in zip(result.sim_time_s, result.accuracy, strict=True):
-        if t > result.time_budget_s:
-            return None
-        if a >= accuracy:
-            if previous is None:
-                return t
-            t0, a0 = previous
-            return t0 + (accuracy - a0) / (a - a0) * (t - t0)
-        previous = (t, a)
-    return None
+    return interpolated_time(result, accuracy)
 
 
 def pair_speedup(reference: RunResult, result: RunResult) -> tuple[float | None, float | None]:
@@ -107,8 +112,12 @@ def _mean_spread(values: Sequence[float | None]) -> tuple[float | None, float | 
     return statistics.fmean(present), spread, len(present)
 
 
-def summarize(results: Sequence[RunResult]) -> list[dict[str, object]]:
-    """Mean and standard deviation over seeds, per (setting, method), in the order the runs appear."""
+def summarize(results: Sequence[RunResult], targets: dict[SettingKey, float] | None = None) -> list[dict[str, object]]:
+    """Mean and standard deviation over seeds, per (setting, method), in the order the runs appear.
+
+    With ``targets`` (per setting, :func:`hierfedlora.validation.targets.resolve_targets`), each row also
+    gives its target and the interpolated time to it ((T3), ``time_to_target_interp_s``).
+    """
     speed = speedups(results)
     varied = _varied(results)
     keys = list(dict.fromkeys((setting_key(r), r.method) for r in results))
@@ -142,6 +151,11 @@ def summarize(results: Sequence[RunResult]) -> list[dict[str, object]]:
                 "wall_s": sum(r.wall_time_s for r in runs),
             }
         )
+        if targets is not None:
+            interp, interp_sd, _ = _mean_spread([interpolated_time(r, targets[key]) for r in runs])
+            rows[-1].update(
+                {"target": targets[key], "time_to_target_interp_s": interp, "time_to_target_interp_sd": interp_sd}
+            )
     return rows
 
 
@@ -165,7 +179,12 @@ def _scaled(value: object, factor: float) -> float | None:
 
 
 def markdown_table(rows: Sequence[dict[str, object]]) -> str:
-    """The summary as a Markdown table (time in simulated minutes, accuracy in percent)."""
+    """The summary as a Markdown table (time in simulated minutes, accuracy in percent).
+
+    Rows from ``summarize(..., targets)`` add the target and the interpolated time to it.
+    """
+    if rows and "time_to_target_interp_s" in rows[0]:
+        return _table_with_targets(rows)
     lines = [
         "| setting | method | final accuracy (%) | reached target | time to target (min) | speed-up vs FedLoRA "
         "| speed-up at FedLoRA's final accuracy | traffic (MB) | re-plans |",
@@ -179,6 +198,25 @@ def markdown_table(rows: Sequence[dict[str, object]]) -> str:
             f"| {_fmt(_scaled(row['time_to_target_s'], 1 / 60), '.2f', _scaled(row['time_to_target_sd'], 1 / 60))} "
             f"| {_fmt(row['speedup_vs_fedlora'], '.2f', row['speedup_sd'])} "
             f"| {_fmt(row['speedup_at_fedlora_final'], '.2f', row['speedup_at_fedlora_final_sd'])} "
+            f"| {_fmt(row['traffic_mb'], '.1f')} | {row['replans']} |"
+        )
+    return "\n".join(lines)
+
+
+def _table_with_targets(rows: Sequence[dict[str, object]]) -> str:
+    lines = [
+        "| setting | method | final accuracy (%) | target (%) | reached target | time to target, round ends (min) "
+        "| time to target, interpolated (min) | speed-up vs FedLoRA | traffic (MB) | re-plans |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['setting']} | {row['method']} "
+            f"| {_fmt(_scaled(row['final_accuracy'], 100), '.1f', _scaled(row['final_accuracy_sd'], 100))} "
+            f"| {_fmt(_scaled(row['target'], 100), '.1f')} | {row['reached_target']}/{row['seeds']} "
+            f"| {_fmt(_scaled(row['time_to_target_s'], 1 / 60), '.2f', _scaled(row['time_to_target_sd'], 1 / 60))} "
+            f"| {_fmt(_scaled(row['time_to_target_interp_s'], 1 / 60), '.2f', _scaled(row['time_to_target_interp_sd'], 1 / 60))} "  # noqa: E501
+            f"| {_fmt(row['speedup_vs_fedlora'], '.2f', row['speedup_sd'])} "
             f"| {_fmt(row['traffic_mb'], '.1f')} | {row['replans']} |"
         )
     return "\n".join(lines)
@@ -201,10 +239,13 @@ def write_outputs(
         data = read_json(DataSummary, folder / "data.json")
     from hierfedlora.validation.plots import plot_curves
 
+    results, targets = finalize(preset, results)  # a relative target (T1) is known only now, and its times
     atomic_write_text(folder / "results.json", json.dumps([to_dict(r) for r in results], indent=2) + "\n")
-    flat = [{k: v for k, v in to_dict(r).items() if k not in ("sim_time_s", "accuracy")} for r in results]
+    curve_fields = ("sim_time_s", "accuracy", "observed_sim_time_s", "observed_accuracy")
+    flat = [{k: v for k, v in to_dict(r).items() if k not in curve_fields} for r in results]
     atomic_write_text(folder / "results.csv", _csv(flat))
-    rows = summarize(results)
+    fine = preset.target_relative is not None or preset.evaluate_intra_rounds
+    rows = summarize(results, targets if fine else None)
     atomic_write_text(folder / "summary.csv", _csv(rows))
     varied = _varied(results)
     plots = []
@@ -212,7 +253,7 @@ def write_outputs(
         runs = [r for r in results if setting_key(r) == key]
         curves: dict[str, list[tuple[Sequence[float], Sequence[float]]]] = {}
         for r in runs:
-            curves.setdefault(r.method, []).append((r.sim_time_s, r.accuracy))
+            curves.setdefault(r.method, []).append(evaluations(r))
         label = setting_label(runs[0], varied)
         name = f"accuracy_{label}.png"
         seeds = len({r.seed for r in runs})
@@ -220,12 +261,13 @@ def write_outputs(
             curves,
             folder / name,
             title=f"{preset.name}: {label.replace('_', ' = ', 1)} ({seeds} seed(s))",
-            target=preset.target_accuracy,
+            target=targets[key],
             budget_s=max(r.time_budget_s for r in runs),
             chance=None if data is None else data.chance,
         )
         plots.append(name)
-    atomic_write_text(folder / "report.md", render_report(preset, cost_model, results, rows, plots, data=data))
+    report = render_report(preset, cost_model, results, rows, plots, data=data, targets=targets)
+    atomic_write_text(folder / "report.md", report)
 
 
 def _cpu_count() -> int:
@@ -233,6 +275,20 @@ def _cpu_count() -> int:
 
 
 _LOOP_TEXT = "HierFedLoRA with the closed loop: refits convergence constants and device speeds from the reports"
+
+
+def _method_text(method: str, preset: ExperimentPreset) -> str:
+    if method == LOOP_METHOD:
+        return _LOOP_TEXT
+    if method == SELFCAL_METHOD:
+        return (
+            "HierFedLoRA self-calibrating (validation/selfcal.py): plans with the preset's convergence constants as "
+            f"a weak prior (weight {preset.selfcal_prior_weight:g} in every refit), runs one probe round after round "
+            f"{preset.probe_after_round} with {preset.probe_groups} groups at another depth or tau "
+            "(planner/probe.py; charged on the same simulated clock), re-plans from the refit right after it and "
+            f"then every {preset.replan_every} rounds; its fitted constants are in its folder's convergence.json"
+        )
+    return describe_method(method)
 
 
 def render_report(
@@ -243,8 +299,12 @@ def render_report(
     plots: Sequence[str],
     *,
     data: DataSummary | None = None,
+    targets: dict[SettingKey, float] | None = None,
 ) -> str:
-    """The Markdown report: assumptions first, then the table, the headline comparison and the plots."""
+    """The Markdown report: assumptions first, then the table, the headline comparison and the plots.
+
+    ``targets`` are the settings' resolved targets (default: resolved here from ``results``).
+    """
     from hierfedlora.planner.fleets.tiers import TIERS, resolve_tier_mix
 
     tier_lines = []
@@ -271,7 +331,8 @@ def render_report(
         "",
         "## Fixed before any result (the preset)",
         "",
-        f"- Target accuracy **{preset.target_accuracy:.0%}**; simulated-time budget "
+        f"- {describe_target(preset, targets or resolve_targets(preset, results), _varied(results))}; "
+        "simulated-time budget "
         f"**{preset.budget_fedlora_rounds:g} x FedLoRA's predicted round time** on each setting's fleet "
         "(known from the cost model before training).",
         f"- Grid: non-IID level {', '.join(Setting(a, 0, '', 0).label for a in preset.alphas)}; fleet sizes "
@@ -335,13 +396,13 @@ def render_report(
         "",
         "## Methods",
         "",
-        *[f"- `{m}`: {describe_method(m) if m != LOOP_METHOD else _LOOP_TEXT}" for m in preset.methods],
+        *[f"- `{m}`: {_method_text(m, preset)}" for m in preset.methods],
         "",
         "## Results (mean ± standard deviation over seeds)",
         "",
         markdown_table(rows),
         "",
-        *headline(results, preset.target_accuracy),
+        *headline(results, targets or resolve_targets(preset, results)),
         "",
         "## Accuracy against simulated time",
         "",
@@ -351,13 +412,14 @@ def render_report(
     return "\n".join(lines)
 
 
-def headline(results: Sequence[RunResult], target: float | None = None) -> list[str]:
+def headline(results: Sequence[RunResult], target: float | dict[SettingKey, float] | None = None) -> list[str]:
     """Our best HierFedLoRA variant against FedLoRA and the best other baseline, per setting.
 
-    With the preset's ``target``, the speed-up to it is also given with :func:`interpolated_time_to`.
+    With a ``target`` (one level, or one per setting), the speed-up to it is also given with
+    :func:`interpolated_time_to`.
     """
     lines = ["## Against the paper's bar (+1.6 to +4.2 points, at least 2.1x faster)", ""]
-    ours = ("hierfedlora", LOOP_METHOD)
+    ours = ("hierfedlora", LOOP_METHOD, SELFCAL_METHOD)
     varied = _varied(results)
     for key in dict.fromkeys(setting_key(r) for r in results):
         by_method: dict[str, list[RunResult]] = {}
@@ -371,6 +433,9 @@ def headline(results: Sequence[RunResult], target: float | None = None) -> list[
             continue
         best_mine = max(mine, key=acc.__getitem__)
         label = setting_label(by_method[best_mine][0], varied)
+        level = target.get(key) if isinstance(target, dict) else target
+        observed = any(r.observed_sim_time_s for rs in by_method.values() for r in rs)
+        between = "evaluations (round ends and intra-group rounds)" if observed else "round ends"
         text = (
             f"- {label}: `{best_mine}` {100 * acc[best_mine]:.1f}% vs FedLoRA "
             f"{100 * acc['fedlora']:.1f}% ({100 * (acc[best_mine] - acc['fedlora']):+.1f} points)"
@@ -388,9 +453,9 @@ def headline(results: Sequence[RunResult], target: float | None = None) -> list[
                 ref_t / t
                 for r in by_method[best_mine]
                 if r.seed in pairs
-                and target is not None
-                and (ref_t := interpolated_time_to(pairs[r.seed], target))
-                and (t := interpolated_time_to(r, target))
+                and level is not None
+                and (ref_t := interpolated_time_to(pairs[r.seed], level))
+                and (t := interpolated_time_to(r, level))
             ]
             for index, what in ((0, "to the target"), (1, f"to `{versus}`'s final accuracy")):
                 known = [value for p in ratios if (value := p[index]) is not None]
@@ -400,6 +465,6 @@ def headline(results: Sequence[RunResult], target: float | None = None) -> list[
                     else f"; speed-up {what} vs `{versus}`: not measurable (missed within the budget)"
                 )
                 if index == 0 and smooth:
-                    text += f" ({statistics.fmean(smooth):.2f}x interpolated between round ends, {len(smooth)} seeds)"
+                    text += f" ({statistics.fmean(smooth):.2f}x interpolated between {between}, {len(smooth)} seeds)"
         lines.append(text + ".")
     return lines

@@ -26,7 +26,11 @@ Metrics, per run (definitions fixed here, before any run):
 - ``final_accuracy``: test accuracy of the merged model after the last round that ended within the
   budget (``sim_time_s <= time_budget_s``);
 - ``time_to_target_s``: simulated time at the end of the first round whose accuracy reached the
-  target, ``None`` if none within the budget;
+  target, ``None`` if none within the budget (a relative target, ``target_relative``, is resolved
+  after all runs and the time recomputed then: :mod:`hierfedlora.validation.targets`);
+- the interpolated time to target (report only): linear between the evaluations around the first
+  crossing, round ends plus, with ``evaluate_intra_rounds``, the observed global model after every
+  intra-group round (``RunResult.observed_*``);
 - ``traffic_bytes``: device bytes up and down until the budget;
 - ``speedup``: FedLoRA's time to target over the method's, same setting and seed (``None`` if
   either did not reach the target);
@@ -55,6 +59,7 @@ from hierfedlora.validation.experiment_presets import (
     ALL_METHODS,
     LOOP_METHOD,
     PRESETS,
+    SELFCAL_METHOD,
     ExperimentPreset,
     RunResult,
     Setting,
@@ -62,6 +67,7 @@ from hierfedlora.validation.experiment_presets import (
     read_preset,
 )
 from hierfedlora.validation.experiment_report import markdown_table, summarize, write_outputs
+from hierfedlora.validation.selfcal import FITTED_NAME, self_calibrating_replanner, write_fitted_constants
 
 __all__ = [
     "ALL_METHODS",
@@ -110,9 +116,9 @@ def problem_for(preset: ExperimentPreset, fleet: Fleet, cost_model: CostModel, s
     )
 
 
-def _metrics(reports: Sequence[RoundReport], budget_s: float, target: float) -> tuple[float, float | None, int]:
+def _metrics(reports: Sequence[RoundReport], budget_s: float, target: float | None) -> tuple[float, float | None, int]:
     within = [r for r in reports if r.sim_time_s <= budget_s] or list(reports[:1])
-    reached = next((r.sim_time_s for r in within if r.eval_accuracy >= target), None)
+    reached = None if target is None else next((r.sim_time_s for r in within if r.eval_accuracy >= target), None)
     traffic = sum(r.upload_bytes + r.download_bytes for r in within)
     return within[-1].eval_accuracy, reached, traffic
 
@@ -128,7 +134,6 @@ def _run_one(
     folder: Path,
     context: object,
 ) -> RunResult:
-    from hierfedlora.planner.feedback import Replanner
     from hierfedlora.runtime.options import RunOptions
     from hierfedlora.runtime.run_folder import lock_folder
 
@@ -141,7 +146,8 @@ def _run_one(
     if plan_path.exists():
         plan = read_json(Plan, plan_path)
     else:
-        plan = make_method_plan("hierfedlora" if method == LOOP_METHOD else method, problem, settings=preset.baseline)
+        planned_as = "hierfedlora" if method in (LOOP_METHOD, SELFCAL_METHOD) else method
+        plan = make_method_plan(planned_as, problem, settings=preset.baseline)
         folder.mkdir(parents=True, exist_ok=True)
         write_json(plan_path, plan)
     options = RunOptions(
@@ -151,21 +157,20 @@ def _run_one(
         max_seq_len=preset.max_seq_len,
         eval_samples=preset.eval_samples,
         evaluate_groups=False,
+        evaluate_intra_rounds=preset.evaluate_intra_rounds,
         backhaul_mbps=problem.backhaul_mbps,
         server_ingress_mbps=problem.server_ingress_mbps,
         intra_latency_s=problem.intra_latency_s,
         global_latency_s=problem.global_latency_s,
         seed=setting.seed,
     )
-    replanner = (
-        Replanner(problem, every_rounds=preset.replan_every, absent_rounds=preset.absent_rounds)
-        if method == LOOP_METHOD
-        else method_replanner(method, problem, settings=preset.baseline, seed=setting.seed)
-    )
+    replanner = _replanner(preset, method, problem, plan, setting.seed)
     run_dir = folder / "run"
     started = time.perf_counter()
     with lock_folder(run_dir):
         reports = _run_reports(plan, fleet, problem, options, run_dir, context, replanner, truth, budget_s, preset)
+    if method == SELFCAL_METHOD:  # the constants this run fitted, for `hierfedlora plan --convergence`
+        write_fitted_constants(run_dir, problem, preset.selfcal_prior_weight, folder / FITTED_NAME)
     final, reached, traffic = _metrics(reports, budget_s, preset.target_accuracy)
     result = RunResult(
         method=method,
@@ -183,9 +188,41 @@ def _run_one(
         replans=len({r.plan_id for r in reports}) - 1,
         sim_time_s=tuple(r.sim_time_s for r in reports),
         accuracy=tuple(r.eval_accuracy for r in reports),
+        **_observed(reports, preset.evaluate_intra_rounds),
     )
     write_json(done, result)
     return result
+
+
+def _replanner(preset: ExperimentPreset, method: str, problem: PlanningProblem, plan: Plan, seed: int) -> object:
+    """The closed loop of ``method``: feedback, self-calibration with a probe, or the method's own (FedRA)."""
+    from hierfedlora.planner.feedback import Replanner
+
+    if method == LOOP_METHOD:
+        return Replanner(problem, every_rounds=preset.replan_every, absent_rounds=preset.absent_rounds)
+    if method == SELFCAL_METHOD:
+        return self_calibrating_replanner(
+            problem,
+            num_groups=len(plan.groups),
+            every_rounds=preset.replan_every,
+            probe_after_round=preset.probe_after_round,
+            probe_groups=preset.probe_groups,
+            prior_weight=preset.selfcal_prior_weight,
+            seed=seed,
+            absent_rounds=preset.absent_rounds,
+        )
+    return method_replanner(method, problem, settings=preset.baseline, seed=seed)
+
+
+def _observed(reports: Sequence[RoundReport], wanted: bool) -> dict[str, tuple[float, ...]]:
+    """Every evaluation of the global model in time order: each round's intra observations, then its end."""
+    if not wanted:
+        return {}
+    points = [(e.sim_time_s, e.eval_accuracy) for r in reports for e in (*r.intra_evals, r)]
+    return {
+        "observed_sim_time_s": tuple(t for t, _ in points),
+        "observed_accuracy": tuple(a for _, a in points),
+    }
 
 
 def _run_reports(
