@@ -202,6 +202,17 @@ _KEYS = {
     "heads": ("num_attention_heads", "n_head"),
     "vocab": ("vocab_size",),
 }
+_OPTIONAL_KEYS = {  # field -> (config keys, least value); absent or null takes the architecture's default
+    "intermediate": (("intermediate_size", "n_inner"), 1),
+    "kv_heads": (("num_key_value_heads",), 1),
+    "positions": (("max_position_embeddings", "n_positions"), 0),
+    "type_vocab": (("type_vocab_size",), 0),
+}
+MAX_MODEL_SIZE = 2**31
+"""Largest size (width, heads, vocabulary, positions) a config may give: larger is a mistake, and would
+overflow the cost arithmetic."""
+MAX_NUM_LAYERS = 4096
+"""Most layers a config may give (the cost model holds numbers per layer; the largest models have ~100)."""
 _DEFAULT_TARGETS = {"bert": ("query", "value"), "gpt2": ("c_attn",), "llama": ("q_proj", "v_proj")}
 
 
@@ -220,19 +231,31 @@ def model_shape(config: Mapping[str, Any], *, target_modules: tuple[str, ...] | 
     """
     issues = []
     values: dict[str, int] = {}
+    if not isinstance(config, Mapping):
+        expected = "a JSON object (a Hugging Face config.json)"
+        raise InvalidInputError([Issue("(top level)", expected, type(config).__name__)], "config.json")
     for field, names in _KEYS.items():
         value = _get(config, names)
-        if not (is_int(value) and value >= 1):
-            issues.append(Issue(names[0], "an integer >= 1", value if value is not None else "missing"))
+        most = MAX_NUM_LAYERS if field == "num_layers" else MAX_MODEL_SIZE
+        if not (is_int(value) and 1 <= value <= most):
+            expected = f"an integer >= 1, at most {most}"
+            issues.append(Issue(names[0], expected, value if value is not None else "missing"))
         else:
             values[field] = value
+    optional: dict[str, int] = {}
+    for field, (names, least) in _OPTIONAL_KEYS.items():
+        value = _get(config, names)
+        if value is not None and not (is_int(value) and least <= value <= MAX_MODEL_SIZE):
+            issues.append(Issue(names[0], f"an integer >= {least}, at most {MAX_MODEL_SIZE}, or absent", value))
+        elif value is not None:
+            optional[field] = value
     model_type = str(config.get("model_type", ""))
     gated = model_type in _GATED or str(config.get("hidden_act", "")) == "silu"
     if issues:
         raise InvalidInputError(issues, "config.json")
     h = values["hidden"]
-    intermediate = _get(config, ("intermediate_size", "n_inner")) or 4 * h
-    kv_heads = _get(config, ("num_key_value_heads",)) or values["heads"]
+    intermediate = optional.get("intermediate") or 4 * h
+    kv_heads = optional.get("kv_heads") or values["heads"]
     family = "llama" if gated else model_type
     targets = target_modules or _DEFAULT_TARGETS.get(family)
     if targets is None:
@@ -247,8 +270,8 @@ def model_shape(config: Mapping[str, Any], *, target_modules: tuple[str, ...] | 
         heads=values["heads"],
         kv_heads=int(kv_heads),
         vocab=values["vocab"],
-        positions=int(_get(config, ("max_position_embeddings", "n_positions")) or 0),
-        type_vocab=int(config.get("type_vocab_size", 0) or 0),
+        positions=optional.get("positions", 0),
+        type_vocab=optional.get("type_vocab", 0),
         gated_mlp=gated,
         target_modules=tuple(targets),
     )

@@ -390,3 +390,24 @@ def test_a_full_disk_while_appending_a_report_names_the_log(tmp_path, monkeypatc
     log.close()
     assert str(caught.value) == f"cannot append to {tmp_path / 'reports.jsonl'}: No space left on device"
     assert caught.value.errno == errno.ENOSPC
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("intermediate_size", "x"), ("num_key_value_heads", []), ("max_position_embeddings", 2.5),
+     ("type_vocab_size", -1), ("num_attention_heads", 2**40), ("num_hidden_layers", 2**31), ("vocab_size", 10**30)],
+)  # fmt: skip
+def test_an_analytic_config_names_every_bad_size(key, value):
+    """A config.json's optional sizes are checked like the required ones, and sizes have upper bounds (2**31
+    layers once ran out of memory building per-layer costs): invalid input naming the key, never a crash."""
+    from hierfedlora.planner.analytic_costs import model_shape
+
+    # Arrange
+    config = {"model_type": "bert", "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
+              "vocab_size": 30522, "intermediate_size": 1536, key: value}  # fmt: skip
+    # Act
+    with pytest.raises(InvalidInputError) as info:
+        model_shape(config)
+    # Assert
+    assert [issue.path for issue in info.value.issues] == [key]
+    assert info.value.source == "config.json"
