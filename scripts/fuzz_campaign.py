@@ -155,8 +155,15 @@ def build_inputs(work: Path, with_experiment: bool) -> dict[str, Path]:
     write_json(base / "faults.json", FaultOptions(dropout=0.2, straggler_frac=0.1, poison_frac=0.1))
     (base / "mix.json").write_text(json.dumps({"laptop": 1, "phone-flagship": 2}))
     (base / "study.json").write_text(
-        json.dumps({"fleet_sizes": [6], "tier_mixes": ["paper"], "num_classes": 3, "samples_per_device": 8,
-                    "problem": {"num_groups": 2, "solver": {"grouping_method": "flow"}}})  # fmt: skip
+        json.dumps(
+            {
+                "fleet_sizes": [6],
+                "tier_mixes": ["paper"],
+                "num_classes": 3,
+                "samples_per_device": 8,
+                "problem": {"num_groups": 2, "solver": {"grouping_method": "flow"}},
+            }
+        )
     )
     inputs = {name: base / name for name in ("data.csv", "data.jsonl", "fleet.json", "fleet.npz", "cost.json",
               "plan.json", "problem.json", "convergence.json", "faults.json", "mix.json", "study.json")}  # fmt: skip
@@ -167,7 +174,7 @@ def build_inputs(work: Path, with_experiment: bool) -> dict[str, Path]:
         preset = dataclasses.replace(
             PRESETS["quick"], name="fuzz", fleet_sizes=(4,), num_groups=2, methods=("fedlora",), max_rounds=1,
             eval_samples=8, max_seq_len=8, batch_size=4, samples_per_device=8, alphas=(1.0,), seeds=(0,),
-            data=str(base / "data.csv"), replan_every=None,
+            data=str(base / "data.csv"),
         )  # fmt: skip
         write_json(base / "preset.json", preset)
         write_json(base / "cost6.json", dataclasses.replace(make_cost_model(6), batch_size=4, seq_len=8))
@@ -184,21 +191,26 @@ def commands(inputs: dict[str, Path], damaged: dict[str, Path], out: Path) -> li
     f = {**inputs, **damaged}
     s = {k: str(v) for k, v in f.items()}
     o = str(out)
-    run = ["run", s["plan.json"], "--fleet", s["fleet.json"], "--cost-model", s["cost.json"], "--rounds", "1",
-           "--out", o + "/run", "--faults", s["faults.json"], "--allow-cost-mismatch", "--replan-every", "0"]  # fmt: skip
+    run = ["run", s["plan.json"], "--fleet", s["fleet.json"], "--cost-model", s["cost.json"], "--rounds", "1"]
+    run += ["--out", o + "/run", "--faults", s["faults.json"], "--allow-cost-mismatch", "--replan-every", "0"]
+
+    def plan(fleet: str, *extra: str) -> list[str]:
+        return ["plan", fleet, "--cost-model", s["cost.json"], *extra, "--out", o + "/p.json"]
+
+    whatif_mix = ["whatif", "--devices", "6", "--classes", "3", "--samples-per-device", "8", "--tiers", s["mix.json"]]
     calls = {
-        "fleet.json": [["plan", s["fleet.json"], "--cost-model", s["cost.json"], "--groups", "2", "--out", o + "/p.json"], run],
-        "fleet.npz": [["plan", s["fleet.npz"], "--cost-model", s["cost.json"], "--groups", "2", "--out", o + "/p.json"]],
-        "cost.json": [["plan", s["fleet.json"], "--cost-model", s["cost.json"], "--groups", "2", "--out", o + "/p.json"], run],
-        "problem.json": [["plan", s["fleet.json"], "--cost-model", s["cost.json"], "--problem", s["problem.json"], "--out", o + "/p.json"]],
-        "convergence.json": [["plan", s["fleet.json"], "--cost-model", s["cost.json"], "--groups", "2", "--convergence", s["convergence.json"], "--out", o + "/p.json"]],
+        "fleet.json": [plan(s["fleet.json"], "--groups", "2"), run],
+        "fleet.npz": [plan(s["fleet.npz"], "--groups", "2")],
+        "cost.json": [plan(s["fleet.json"], "--groups", "2"), run],
+        "problem.json": [plan(s["fleet.json"], "--problem", s["problem.json"])],
+        "convergence.json": [plan(s["fleet.json"], "--groups", "2", "--convergence", s["convergence.json"])],
         "plan.json": [run],
         "faults.json": [run],
         "data.csv": [["fleet", "--data", s["data.csv"], "--devices", "3", "--out", o + "/f.json"]],
         "data.jsonl": [["fleet", "--data", s["data.jsonl"], "--devices", "3", "--out", o + "/f.json"]],
-        "mix.json": [["whatif", "--devices", "6", "--classes", "3", "--samples-per-device", "8", "--tiers", s["mix.json"], "--out", o + "/w"]],
+        "mix.json": [[*whatif_mix, "--out", o + "/w"]],
         "study.json": [["whatif", "--study", s["study.json"], "--out", o + "/w"]],
-    }  # fmt: skip
+    }
     if "experiment" in f:
         calls["experiment"] = [["calibrate", s["experiment"], "--out", o + "/cal.json"]]
     return calls
@@ -272,7 +284,7 @@ def main() -> int:
                     code = cli.main(argv)
             except SystemExit as exc:  # argparse
                 code = exc.code if isinstance(exc.code, int) else 2
-            except BaseException:  # noqa: BLE001 - the finding itself
+            except BaseException:  # the finding itself
                 code = "escaped"
                 err.write(traceback.format_exc())
             counts[argv[0]] += 1

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-WALL = {"wall_time_s", "measured_step_s", "solve_time_s"}
+WALL = {"wall_time_s", "wall_s", "measured_step_s", "solve_time_s"}
 
 
 def _drop_wall(value):
@@ -56,8 +56,9 @@ def _adapters(folder: Path) -> dict[str, str]:
 
 
 def _csv_rows(path: Path, drop: set[str]) -> list[dict]:
+    """The CSV's rows without the wall-clock columns (``wall_time_s``, ``wall_time_s_mean``, ...)."""
     rows = list(csv.DictReader(io.StringIO(path.read_text())))
-    return [{k: v for k, v in row.items() if k not in drop} for row in rows]
+    return [{k: v for k, v in row.items() if not any(k.startswith(name) for name in drop)} for row in rows]
 
 
 def compare(command: str, whole: Path, cut: Path) -> list[str]:
