@@ -126,7 +126,7 @@ def mutate_lines(text: str, rng: random.Random) -> str:
 def build_inputs(work: Path, with_experiment: bool) -> dict[str, Path]:
     """Small valid inputs, each made by the package itself."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from hierfedlora.planner.datasets import read_csv
+    from hierfedlora.planner.fleets.datasets import read_csv
     from hierfedlora.planner.fleet import make_fleet, save_fleet
     from hierfedlora.planner.io import sha256_of, write_json
     from hierfedlora.planner.types import ConvergenceParams
