@@ -13,7 +13,8 @@ lock in the same process) that asks for the folder fails at once with an
 
 The kernel drops a ``flock`` when its holder exits, however it exits (SIGKILL included), so a
 lock file left by a dead process does not block the next run or a resume: its stale process id
-is simply overwritten. The lock file itself stays in the folder; deleting it while another
+is simply overwritten, and the temporary files of writes it never finished (``.NAME.XXXX.tmp``) are
+deleted. The lock file itself stays in the folder; deleting it while another
 process waits on it would let two writers in.
 
 What a folder holds
@@ -103,6 +104,7 @@ def lock_folder(folder: str | os.PathLike[str], *, field: str = "out") -> Iterat
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except OSError as exc:
             raise StorageError.from_os_error(exc, lock_path, "write") from None
+        _remove_torn_writes(path)
         try:
             yield path
         except BaseException:
@@ -111,6 +113,17 @@ def lock_folder(folder: str | os.PathLike[str], *, field: str = "out") -> Iterat
             raise
     finally:
         os.close(fd)  # releases the flock
+
+
+def _remove_torn_writes(path: Path) -> None:
+    """Delete the temporary files of atomic writes a killed holder left (``.NAME.XXXX.tmp``, in the folder and
+    its ``plans/``): they were never renamed into place, and no one else can be writing them now."""
+    for stale in [*path.glob(".*.tmp"), *path.glob("plans/.*.tmp")]:
+        try:
+            stale.unlink()
+            log.info("removed %s, a write a killed run left unfinished", stale)
+        except OSError:
+            pass
 
 
 def _remove_if_only_the_lock(path: Path) -> None:

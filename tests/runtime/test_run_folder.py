@@ -304,3 +304,24 @@ def test_experiment_crash_between_checkpoint_and_report_loses_no_round(tmp_path,
     assert _same(read_json(RunResult, cut / "result.json")) == _same(expected)
     assert _same(redone) == _same(expected)
     assert [r.global_round for r in read_reports(log)] == [1, 2, 3]
+
+
+def test_taking_a_folder_removes_the_torn_writes_of_a_killed_holder(tmp_path):
+    """A holder SIGKILLed inside an atomic write leaves `.NAME.XXXX.tmp` behind (never renamed into place); the
+    next holder deletes those, in the folder and in plans/, and nothing else."""
+    # Arrange
+    folder = tmp_path / "run"
+    (folder / "plans").mkdir(parents=True)
+    torn = [
+        folder / ".checkpoint.json.ab12cd.tmp",
+        folder / ".accuracy_vs_time.png.x.tmp",
+        folder / "plans" / ".p.json.y.tmp",
+    ]
+    kept = [folder / "reports.jsonl", folder / "plans" / "p.json", folder / "notes.tmp"]
+    for path in torn + kept:
+        path.write_text("x")
+    # Act
+    with lock_folder(folder):
+        left = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    # Assert
+    assert left == sorted([LOCK_NAME, "notes.tmp", "plans/p.json", "reports.jsonl"])
