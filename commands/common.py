@@ -69,5 +69,8 @@ def problem_options(base: dict[str, Any], convergence: Path | None, settings: li
 
     options = dict(base)
     if convergence is not None:
-        options["convergence"] = {**(options.get("convergence") or {}), **read_json_object(convergence)}
+        given = options.get("convergence") or {}
+        if not isinstance(given, dict):  # the --convergence file's fields go into it: it must be an object
+            raise InvalidInputError([Issue("convergence", "an object of ConvergenceParams fields", given)], "problem")
+        options["convergence"] = {**given, **read_json_object(convergence)}
     return with_settings(options, settings)

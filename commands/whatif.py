@@ -124,6 +124,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
 
 def build_study(args: argparse.Namespace) -> Any:
     """The :class:`~hierfedlora.planner.whatif.Study` of ``--study`` and the flags (flags win)."""
+    from hierfedlora.planner.errors import InvalidInputError, Issue
     from hierfedlora.planner.io import from_dict
     from hierfedlora.planner.whatif import Study
 
@@ -132,8 +133,12 @@ def build_study(args: argparse.Namespace) -> Any:
         value = getattr(args, dest)
         if value is not None:
             data[field] = list(value) if isinstance(value, tuple) else value
-    data["problem"] = problem_options(dict(data.get("problem", {}) or {}), args.convergence, args.settings)
-    return from_dict(Study, data, source=str(args.study.name) if args.study else "command line")
+    source = str(args.study.name) if args.study else "command line"
+    problem = data.get("problem", {}) or {}
+    if not isinstance(problem, dict):
+        raise InvalidInputError([Issue("problem", "an object of PlanningProblem fields", problem)], source)
+    data["problem"] = problem_options(problem, args.convergence, args.settings)
+    return from_dict(Study, data, source=source)
 
 
 def _csv(rows: list[Any]) -> str:

@@ -411,3 +411,43 @@ def test_an_analytic_config_names_every_bad_size(key, value):
     # Assert
     assert [issue.path for issue in info.value.issues] == [key]
     assert info.value.source == "config.json"
+
+
+def test_an_npz_fleet_of_an_unknown_zip_version_is_invalid_input(tmp_path):
+    """A byte flipped in a zip header can claim a zip version Python cannot read (NotImplementedError, once
+    exit 70): invalid input naming the file."""
+    # Arrange
+    (tmp_path / "data.csv").write_text("\n".join(CSV_ROWS) + "\n")
+    save_fleet(tmp_path / "f.npz", make_fleet(read_csv(tmp_path / "data.csv"), num_devices=3, seed=0))
+    raw = bytearray((tmp_path / "f.npz").read_bytes())
+    at = raw.index(b"PK\x01\x02")  # the first central directory entry; +6 is "version needed to extract"
+    raw[at + 6 : at + 8] = (107).to_bytes(2, "little")
+    (tmp_path / "f.npz").write_bytes(bytes(raw))
+    # Act
+    with pytest.raises(InvalidInputError) as info:
+        load_fleet(tmp_path / "f.npz")
+    # Assert
+    assert info.value.source == "f.npz" and "a fleet .npz file" in str(info.value)
+
+
+def test_a_problem_or_convergence_that_is_not_an_object_is_named(tmp_path, capsys):
+    """A study whose `problem` is a number, and a problem whose `convergence` is a list while --convergence adds
+    fields to it, were TypeErrors (exit 70): exit 2 naming the field, nothing written."""
+    # Arrange
+    study, problem, convergence = tmp_path / "study.json", tmp_path / "problem.json", tmp_path / "c.json"
+    study.write_text('{"problem": 7}')
+    problem.write_text('{"convergence": [1]}')
+    convergence.write_text('{"depth_exponent": 0.2}')
+    (tmp_path / "data.csv").write_text("\n".join(CSV_ROWS) + "\n")
+    save_fleet(tmp_path / "fleet.json", make_fleet(read_csv(tmp_path / "data.csv"), num_devices=3, seed=0))
+    write_json(tmp_path / "cost.json", make_cost_model(2))
+    # Act
+    studied = cli.main(["whatif", "--study", str(study), "--out", str(tmp_path / "w")])
+    study_err = capsys.readouterr().err
+    inputs = [str(tmp_path / "fleet.json"), "--cost-model", str(tmp_path / "cost.json"), "--problem", str(problem)]
+    planned = cli.main(["plan", *inputs, "--convergence", str(convergence), "--out", str(tmp_path / "p.json")])
+    plan_err = capsys.readouterr().err
+    # Assert
+    assert studied == 2 and "study.json: problem must be an object of PlanningProblem fields; got 7" in study_err
+    assert planned == 2 and "problem: convergence must be an object of ConvergenceParams fields; got [1]" in plan_err
+    assert not (tmp_path / "w").exists() and not (tmp_path / "p.json").exists()

@@ -32,7 +32,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +109,9 @@ def read_fleet_npz(path: str | os.PathLike[str]) -> Fleet:
             arrays = {name: archive[name] for name in archive.files}
     except FileNotFoundError:
         raise InvalidInputError([Issue("path", "an existing file", str(file))], file.name) from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError, zlib.error,
+            KeyError, UnicodeDecodeError, MemoryError, OverflowError, struct.error) as exc:  # fmt: skip
+        # a damaged zip or .npy header surfaces as any of these (an unknown zip version is NotImplementedError)
         raise InvalidInputError(
             [Issue("path", "a fleet .npz file (numpy arrays, no pickles)", str(exc))], file.name
         ) from None
