@@ -7,6 +7,9 @@ One global round ``r`` (1-based, like Flower's ``server_round``):
    truncated to that rank (``models.adapters.truncate_rank``, HetLoRA), and its zeros stay zero;
 2. ``intra_rounds`` times: each device trains ``local_steps`` AdamW steps from the group state
    (``local_training.train_device``), then the group takes the sample-weighted FedAvg;
+   with ``RunOptions.evaluate_intra_rounds``, after each level but the last an observer evaluates
+   the merge of the groups' current states (``runtime.intra_evaluation``; not charged to the clock,
+   no effect on training), recorded in the report's ``intra_evals``;
 3. the server merges the groups layer by layer with the run's rule (``RunOptions.aggregation``,
    ``runtime.aggregation_rules``; default ``aggregation.merge_across_groups``'s FedAvg); a rule that
    changes the base weights (FedEx-LoRA, FLoRA) adds its delta to the run's base delta, which devices
