@@ -126,8 +126,8 @@ def mutate_lines(text: str, rng: random.Random) -> str:
 def build_inputs(work: Path, with_experiment: bool) -> dict[str, Path]:
     """Small valid inputs, each made by the package itself."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from hierfedlora.planner.fleets.datasets import read_csv
     from hierfedlora.planner.fleet import make_fleet, save_fleet
+    from hierfedlora.planner.fleets.datasets import read_csv
     from hierfedlora.planner.io import sha256_of, write_json
     from hierfedlora.planner.types import ConvergenceParams
     from hierfedlora.runtime.faults import FaultOptions
@@ -267,6 +267,7 @@ def main() -> int:
     counts: Counter[str] = Counter()
     exits: Counter[str] = Counter()
     findings = []
+    solver_failures: list[dict] = []
     names = sorted(inputs)
     for case in range(args.cases):
         name = names[case % len(names)]
@@ -291,6 +292,8 @@ def main() -> int:
             exits[f"{argv[0]} {code}"] += 1
             leftovers = [str(p) for p in folder.rglob("*.tmp")]
             bad = code not in GOOD_EXITS or leftovers or "Traceback" in err.getvalue()
+            if code == 4:  # a solver failure from damaged input is legal but worth a look: its message is kept
+                solver_failures.append({"case": case, "input": name, "damage": how, "stderr": err.getvalue()[-400:]})
             if bad:
                 keep = args.work / "findings" / f"case{case}"
                 shutil.copytree(folder, keep, dirs_exist_ok=True)
@@ -302,9 +305,15 @@ def main() -> int:
         shutil.rmtree(folder, ignore_errors=True)
         if (case + 1) % 100 == 0:
             print(f"{case + 1} cases, {len(findings)} findings", flush=True)
-    summary = {"cases": args.cases, "calls": dict(counts), "exits": dict(sorted(exits.items())), "findings": findings}
+    summary = {
+        "cases": args.cases,
+        "calls": dict(counts),
+        "exits": dict(sorted(exits.items())),
+        "findings": findings,
+        "solver_failures": solver_failures,
+    }
     (args.work / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    print(json.dumps({k: v for k, v in summary.items() if k != "findings"}, indent=1))
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("findings", "solver_failures")}, indent=1))
     print(f"{len(findings)} findings")
     return 1 if findings else 0
 
