@@ -179,7 +179,7 @@ def build_replanner(args: argparse.Namespace, plan: Any) -> Any:
             if value is not None:
                 log.warning("%s is only used with --replan-every or --self-calibrate; ignored", flag)
         return None
-    from hierfedlora.commands.common import read_json_object
+    from hierfedlora.commands.common import problem_options, read_json_object
     from hierfedlora.commands.plan import build_problem
     from hierfedlora.planner.errors import InvalidInputError, Issue
     from hierfedlora.planner.feedback import Replanner
@@ -196,8 +196,7 @@ def build_replanner(args: argparse.Namespace, plan: Any) -> Any:
     steps = {group.local_steps for group in plan.groups}
     if len(steps) == 1:
         fields.setdefault("local_steps", steps.pop())
-    if args.convergence is not None:
-        fields["convergence"] = {**fields.get("convergence", {}), **read_json_object(args.convergence)}
+    fields = problem_options(fields, args.convergence, [])  # --convergence's fields into the problem's
     problem = build_problem(args.fleet, args.cost_model, fields)
     if args.self_calibrate:
         from hierfedlora.validation.selfcal import self_calibrating_replanner

@@ -120,3 +120,16 @@ def test_cli_refuses_a_bad_probe_round_before_training(tmp_path, small_fleet, mi
     # Assert
     assert done.returncode == 2 and "--probe-after" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_cli_refuses_a_problem_convergence_that_is_not_an_object(tmp_path, small_fleet, minilm_slice_dir):
+    """`--problem` with `"convergence": 3` beside `--convergence` exits 2 naming convergence; no run folder."""
+    # Arrange
+    problem_path = tmp_path / "problem.json"
+    problem_path.write_text('{"convergence": 3}')
+    command = _cli(tmp_path, small_fleet, minilm_slice_dir, "--problem", str(problem_path))
+    # Act
+    done = subprocess.run(command, capture_output=True, text=True)
+    # Assert
+    assert done.returncode == 2 and "convergence" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()
