@@ -41,6 +41,7 @@ __all__ = ["TOURNAMENT_MAX_GROUPS", "ExchangeSearch", "circle_matching"]
 TOURNAMENT_MAX_GROUPS = 128  # up to this many groups, sweeps walk a round-robin tournament
 _CHUNK_CANDIDATES = 1 << 20  # bundle pairs evaluated at once (8 MB a scratch array)
 _CALL_WORK = 20_000  # a numpy evaluation's fixed cost, in candidate floats
+_ONE_SHOT_FLOATS = 1 << 16  # up to this many candidate floats, all classes in one evaluation (cache-sized)
 _BIG = np.iinfo(np.int64).max
 
 
@@ -205,18 +206,26 @@ class ExchangeSearch:
         exc_a = self.excess[dev_a].sum(axis=2)  # (P, B, C)
         exc_b = self.excess[dev_b].sum(axis=2)
         res_a, res_b = self.residual[a], self.residual[b]
-        # delta[p, x, y] = E_Y - E_X; cost of the exchange, one class at a time (small temporaries)
-        cost = np.zeros((len(pairs), len(table), len(table)))
-        scratch = np.empty_like(cost)
-        for c in range(self.excess.shape[1]):
-            np.subtract(exc_b[:, None, :, c], exc_a[:, :, None, c], out=scratch)
-            scratch += res_a[:, c, None, None]
-            np.abs(scratch, out=scratch)
-            cost += scratch
-            np.subtract(exc_a[:, :, None, c], exc_b[:, None, :, c], out=scratch)
-            scratch += res_b[:, c, None, None]
-            np.abs(scratch, out=scratch)
-            cost += scratch
+        # delta[p, x, y] = E_Y - E_X; every term is an integer held exactly in float64, so the order of the
+        # sums cannot change a cost, and both ways below give the same numbers bit for bit
+        if len(pairs) * len(table) ** 2 * self.excess.shape[1] <= _ONE_SHOT_FLOATS:  # small: all classes at once
+            to_b, to_a = exc_b.transpose(2, 0, 1), exc_a.transpose(2, 0, 1)  # (C, P, B): classes outermost
+            delta = to_b[:, :, None, :] - to_a[:, :, :, None]  # (C, P, B, B)
+            cost = np.abs(delta + res_a.T[:, :, None, None]).sum(axis=0)
+            delta -= res_b.T[:, :, None, None]
+            cost += np.abs(delta).sum(axis=0)
+        else:  # one class at a time (small temporaries)
+            cost = np.zeros((len(pairs), len(table), len(table)))
+            scratch = np.empty_like(cost)
+            for c in range(self.excess.shape[1]):
+                np.subtract(exc_b[:, None, :, c], exc_a[:, :, None, c], out=scratch)
+                scratch += res_a[:, c, None, None]
+                np.abs(scratch, out=scratch)
+                cost += scratch
+                np.subtract(exc_a[:, :, None, c], exc_b[:, None, :, c], out=scratch)
+                scratch += res_b[:, c, None, None]
+                np.abs(scratch, out=scratch)
+                cost += scratch
         cost -= (np.abs(res_a).sum(axis=1) + np.abs(res_b).sum(axis=1))[:, None, None]
         count_a = (dev_a < none).sum(axis=2)  # (P, B) real devices in the bundle
         count_b = (dev_b < none).sum(axis=2)
