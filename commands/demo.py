@@ -111,7 +111,7 @@ def handle(args: argparse.Namespace) -> int:
         devices=fleet.devices,
         cost_model=cost_model,
         num_groups=args.groups,
-        solver=SolverOptions(seed=args.seed, time_limit_s=5.0),
+        solver=SolverOptions(seed=args.seed),
     )
     plans = {method: make_method_plan(method, problem) for method in METHODS}
     for method, plan in plans.items():

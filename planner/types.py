@@ -381,7 +381,7 @@ class SolverOptions:
     separately); a plan it stopped says so (``Limit.TIME``) and may differ from run to run.
     """
 
-    time_limit_s: float = 30.0
+    time_limit_s: float = 600.0
     relative_gap_tolerance: float = 1e-4
     threads: int = 1
     seed: int = 0

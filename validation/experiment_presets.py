@@ -239,7 +239,7 @@ class ExperimentPreset:
     single_seed_alphas: tuple[float | None, ...] = ()
     speed_error_sigma: float = 0.3
     replan_every: int = 3
-    plan_time_limit_s: float = 10.0
+    plan_time_limit_s: float = 600.0
     baseline: BaselineSettings = dataclasses.field(default_factory=BaselineSettings)
     convergence: ConvergenceParams = dataclasses.field(default_factory=ConvergenceParams)
     tuning_notes: tuple[str, ...] = ()
@@ -384,7 +384,6 @@ PRESETS: dict[str, ExperimentPreset] = {
         max_rounds=6,
         target_accuracy=0.2,
         replan_every=1,
-        plan_time_limit_s=2.0,
     ),
     "paper": ExperimentPreset(
         name="paper",

@@ -44,7 +44,7 @@ __all__ = ["FlowerRun", "discovered_fleet", "make_server_app", "run_options", "r
 
 log = logging.getLogger(__name__)
 
-PLAN_TIME_LIMIT_S = 10.0
+PLAN_TIME_LIMIT_S = 600.0
 
 Planner = Callable[[PlanningProblem], Plan]
 ReplannerFactory = Callable[[PlanningProblem, int], Replanner]
