@@ -352,6 +352,9 @@ class CostModel:
         _raise_if(issues)
 
 
+SOLVER_LIMITS = {"seed": 2**31 - 1, "threads": 1024, "time_limit_s": 1e7, "cpsat_deterministic_time_s": 1e7}
+"""Upper bounds of solver options: CP-SAT and HiGHS take a 32-bit seed (a larger one was a solver failure)."""
+
 SOLVER_RULES: dict[str, Rule] = {
     "time_limit_s": FINITE_POSITIVE,
     "relative_gap_tolerance": FRACTION,
@@ -390,7 +393,7 @@ class SolverOptions:
     cpsat_deterministic_time_s: float = 10.0
 
     def __post_init__(self) -> None:
-        _raise_if(check_fields(self, SOLVER_RULES))
+        _raise_if(check_fields(self, SOLVER_RULES) or check_limits(self, SOLVER_LIMITS, SOLVER_RULES))
 
 
 REFERENCE_LOSS_GAP = 0.1

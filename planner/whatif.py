@@ -121,6 +121,14 @@ _FIXED_RULES: dict[str, Rule] = {
 }
 
 
+MAX_STUDY_DEVICES = 10_000_000
+"""Largest synthetic fleet a study may ask for (the largest study in the README has 1,000,000 devices)."""
+_STUDY_LIMITS = {"num_classes": 100_000, "samples_per_device": 10**9, "seq_len": 2**20, "lora_rank": 2**16,
+                 "seed": 2**31 - 1}  # fmt: skip
+"""Upper bounds of a study's fixed numbers: past them a value is a mistake that would overflow numpy's draws
+(a 10**30 samples_per_device was an OverflowError) or the solvers' 32-bit seed."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Study:
     """A capacity study: a list of values per axis (their cross-product) and the fixed parts.
@@ -194,6 +202,14 @@ class Study:
         for name, rule in _FIXED_RULES.items():
             if not rule.accepts(getattr(self, name)):
                 issues.append(Issue(name, rule.expected, getattr(self, name)))
+            elif name in _STUDY_LIMITS and getattr(self, name) > _STUDY_LIMITS[name]:
+                issues.append(Issue(name, f"{rule.expected}, at most {_STUDY_LIMITS[name]:g}", getattr(self, name)))
+        fleet_sizes = self.fleet_sizes if isinstance(self.fleet_sizes, tuple) else ()
+        issues.extend(
+            Issue(f"fleet_sizes[{idx}]", f"{_AXIS_RULES['fleet_sizes'].expected}, at most {MAX_STUDY_DEVICES:g}", v)
+            for idx, v in enumerate(fleet_sizes)
+            if _AXIS_RULES["fleet_sizes"].accepts(v) and v > MAX_STUDY_DEVICES
+        )
         if self.fleet_file is not None and (len(self.fleet_sizes) > 1 or len(self.tier_mixes) > 1):
             issues.append(Issue("fleet_file", "no fleet_sizes or tier_mixes axis beside a fleet file", self.fleet_file))
         if not isinstance(self.problem, Mapping):

@@ -451,3 +451,20 @@ def test_a_problem_or_convergence_that_is_not_an_object_is_named(tmp_path, capsy
     assert studied == 2 and "study.json: problem must be an object of PlanningProblem fields; got 7" in study_err
     assert planned == 2 and "problem: convergence must be an object of ConvergenceParams fields; got [1]" in plan_err
     assert not (tmp_path / "w").exists() and not (tmp_path / "p.json").exists()
+
+
+def test_solver_seeds_and_study_sizes_have_upper_bounds():
+    """A 2**63 solver seed reached CP-SAT and came back as a solver failure (exit 4), and a study's 10**30
+    samples per device overflowed numpy's multinomial (exit 70): both are invalid input naming the field."""
+    from hierfedlora.planner.types import SolverOptions
+    from hierfedlora.planner.whatif import Study
+
+    # Act
+    with pytest.raises(InvalidInputError) as seed:
+        SolverOptions(seed=2**63)
+    with pytest.raises(InvalidInputError) as study:
+        Study(fleet_sizes=(10**8,), samples_per_device=10**30)
+    # Assert
+    assert [i.path for i in seed.value.issues] == ["seed"] and "at most" in str(seed.value)
+    assert sorted(i.path for i in study.value.issues) == ["fleet_sizes[0]", "samples_per_device"]
+    assert SolverOptions(seed=2**31 - 1).seed == 2**31 - 1
