@@ -170,6 +170,7 @@ def handle(args: argparse.Namespace) -> int:
         run_point,
         study_points,
     )
+    from hierfedlora.runtime.run_folder import lock_folder
     from hierfedlora.validation.whatif_plots import plot_study
 
     study = build_study(args)
@@ -178,44 +179,45 @@ def handle(args: argparse.Namespace) -> int:
         logging.getLogger("hierfedlora.planner").setLevel(logging.WARNING)
     out: Path = args.out or Path("runs") / f"whatif-{study.name}"
     points = list(study_points(study))
-    cache = GroupingCache()
-    rows: list[StudyRow] = []
-    reused = 0
-    with tqdm(total=len(points), desc=f"whatif {study.name}", unit="setting", file=sys.stderr) as bar:
-        for point in points:
-            path = row_path(out, point.key)
-            if path.exists():
-                rows.append(read_json(StudyRow, path))
-                reused += 1
+    with lock_folder(out):  # a second study into the same --out exits 2 naming the process holding it
+        cache = GroupingCache()
+        rows: list[StudyRow] = []
+        reused = 0
+        with tqdm(total=len(points), desc=f"whatif {study.name}", unit="setting", file=sys.stderr) as bar:
+            for point in points:
+                path = row_path(out, point.key)
+                if path.exists():
+                    rows.append(read_json(StudyRow, path))
+                    reused += 1
+                else:
+                    bar.set_postfix_str(", ".join(f"{k}={v}" for k, v in point.settings().items() if k in study.swept))
+                    row = run_point(point, cache)
+                    write_json(path, row)
+                    rows.append(row)
+                    _crash_if_asked(len(rows) - reused)
+                bar.update()
+        atomic_write_text(out / "results.csv", _csv(rows))
+        atomic_write_text(
+            out / "results.json",
+            json.dumps({"study": json.loads(to_json(study)), "rows": [json.loads(to_json(r)) for r in rows]}, indent=2)
+            + "\n",
+        )
+        swept = study.swept or ("fleet_size",)
+        plots = plot_study(rows, swept[0], swept[1:], out)
+        planned = sum(r.time_to_target_s is not None for r in rows)
+        sys.stdout.write(
+            f"{len(rows)} settings ({reused} reused from an earlier run), {planned} planned, {len(rows) - planned} "
+            f"without a plan; {out / 'results.csv'}, {out / 'results.json'}, " + ", ".join(str(p) for p in plots) + "\n"
+        )
+        header = ("time to target", "round", "rounds", "groups", "depths", "status")
+        sys.stdout.write("  ".join(("setting", *header)) + "\n")
+        for row in rows:
+            label = ", ".join(f"{k}={getattr(row, k)}" for k in swept)
+            if row.time_to_target_s is None:
+                sys.stdout.write(f"{label}  {row.status}: {row.reason}\n")
             else:
-                bar.set_postfix_str(", ".join(f"{k}={v}" for k, v in point.settings().items() if k in study.swept))
-                row = run_point(point, cache)
-                write_json(path, row)
-                rows.append(row)
-                _crash_if_asked(len(rows) - reused)
-            bar.update()
-    atomic_write_text(out / "results.csv", _csv(rows))
-    atomic_write_text(
-        out / "results.json",
-        json.dumps({"study": json.loads(to_json(study)), "rows": [json.loads(to_json(r)) for r in rows]}, indent=2)
-        + "\n",
-    )
-    swept = study.swept or ("fleet_size",)
-    plots = plot_study(rows, swept[0], swept[1:], out)
-    planned = sum(r.time_to_target_s is not None for r in rows)
-    sys.stdout.write(
-        f"{len(rows)} settings ({reused} reused from an earlier run), {planned} planned, {len(rows) - planned} "
-        f"without a plan; {out / 'results.csv'}, {out / 'results.json'}, " + ", ".join(str(p) for p in plots) + "\n"
-    )
-    header = ("time to target", "round", "rounds", "groups", "depths", "status")
-    sys.stdout.write("  ".join(("setting", *header)) + "\n")
-    for row in rows:
-        label = ", ".join(f"{k}={getattr(row, k)}" for k in swept)
-        if row.time_to_target_s is None:
-            sys.stdout.write(f"{label}  {row.status}: {row.reason}\n")
-        else:
-            sys.stdout.write(
-                f"{label}  {row.time_to_target_s / 60:.1f} min  {row.round_time_s:.1f} s  {row.rounds_to_target:.1f}  "
-                f"{row.groups}  {row.depths}  {row.status} (gap {row.gap:.2%})\n"
-            )
-    return 0
+                sys.stdout.write(
+                    f"{label}  {row.time_to_target_s / 60:.1f} min  {row.round_time_s:.1f} s  "
+                    f"{row.rounds_to_target:.1f}  {row.groups}  {row.depths}  {row.status} (gap {row.gap:.2%})\n"
+                )
+        return 0

@@ -108,3 +108,21 @@ def test_a_study_killed_with_sigkill_resumes_to_the_same_results(tmp_path):
 
     assert rows(cut) == rows(whole) and len(rows(cut)) == 6
     assert not [p for p in cut.rglob("*.tmp")]
+
+
+def test_a_second_study_into_a_folder_in_use_exits_2_naming_the_holder(tmp_path):
+    """This process holds --out (as a running study would); the CLI, another process, refuses it and writes nothing."""
+    import os
+
+    from hierfedlora.runtime.run_folder import lock_folder
+
+    # Arrange
+    out = tmp_path / "study"
+    with lock_folder(out):
+        # Act
+        result = _cli("whatif", "--devices", "20", *SMALL, "--out", str(out))
+        written = sorted(p.name for p in out.iterdir())
+    # Assert
+    assert result.returncode == 2
+    assert f"is in use by process {os.getpid()}" in result.stderr
+    assert written == [".lock"]  # no row, result or plot of the refused study
