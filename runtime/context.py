@@ -81,6 +81,19 @@ class RunContext:
             return self.forward_source.forward_for(depth)
         return self.forward_source  # type: ignore[no-any-return]
 
+    def for_rule(self, aggregation: str) -> RunContext:
+        """This context, or a copy without the frozen-prefix cache when ``aggregation`` changes the base.
+
+        FedEx-LoRA and FLoRA write base deltas into the frozen layers, so states cached from the
+        pristine base would be stale below a group's depth. A context prepared for another rule (shared
+        by an experiment's runs, or a test's) holds such a cache; the copy shares the model and rows and
+        runs the plain forward, which is what :func:`prepare_run` builds for these rules.
+        """
+        if not get_rule(aggregation).changes_base or not isinstance(self.forward_source, PrefixCache):
+            return self
+        plain = PlainForward(self.model, self.data)
+        return dataclasses.replace(self, forward_source=plain, plain_forward=plain)
+
     def _plain_forward(self) -> Forward:
         if self.plain_forward is None:
             self.plain_forward = PlainForward(self.model, self.data)

@@ -156,7 +156,9 @@ def run_plan(
     resume : bool
         Continue from ``run_dir``'s last committed round (a fresh start if it has none).
     context : RunContext, optional
-        A prepared context to reuse (tests and experiments share one model across runs).
+        A prepared context to reuse (tests and experiments share one model across runs). Under a
+        rule that changes the base (FedEx-LoRA, FLoRA) its frozen-prefix cache is not used
+        (``RunContext.for_rule``): its states would be stale once the frozen layers change.
     replanner : Replanner, optional
         The closed loop: after each committed round it may return a new plan (same devices or
         a subset), which runs from the next round on. Adapters carry over: every group starts
@@ -190,6 +192,7 @@ def run_plan(
     folder.mkdir(parents=True, exist_ok=True)
     if context is None:
         context = prepare_run(plan, fleet, options, device_ids=None if executor is None else ())
+    context = context.for_rule(options.aggregation)  # a shared context's prefix cache goes stale under base deltas
     owned = executor is None
     executor = executor or InProcessExecutor(context, device_batching(options, cost_model))
     try:
