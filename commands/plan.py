@@ -22,6 +22,7 @@ METHOD_CHOICES = (
     "legend",
     "hetlora",
     "fedra",
+    "fedgsp",
 )
 """``--method`` values: ``validation.baselines.METHODS`` (a test keeps the two equal; listed here so that
 ``--help`` does not import the solvers)."""

@@ -110,6 +110,7 @@ Examples
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -260,13 +261,20 @@ def intra_round_time_s(
     latency_s: float,
     num_bytes: int | None = None,
     download_bytes: int | None = None,
+    sequential: bool = False,
 ) -> float:
-    """(C5) One intra-group round: the slowest member's local steps plus its exchange of ``num_bytes``."""
-    return max(
+    """(C5) One intra-group round: the slowest member's local steps plus its exchange of ``num_bytes``.
+
+    A ``sequential`` group (FedGSP: each device trains from its predecessor's state) takes the *sum*
+    of its members' local steps and exchanges instead of the maximum: the state passes from device
+    to device, each receiving and sending it once.
+    """
+    times = [
         local_steps * step_time_s(cost, compute_scale=d.compute_scale, depth=depth, batch_size=batch_size)
         + exchange_time_s(cost, d, depth=depth, latency_s=latency_s, num_bytes=num_bytes, download_bytes=download_bytes)
         for d in devices
-    )
+    ]
+    return math.fsum(times) if sequential else max(times)
 
 
 def global_aggregation_s(

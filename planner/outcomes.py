@@ -160,6 +160,7 @@ GROUP_RULES: dict[str, Rule] = {
         OPTIONAL_POSITIVE_INT.accepts,
         OPTIONAL_POSITIVE_INT.bad_values,
     ),
+    "sequential": Rule("true or false", lambda v: isinstance(v, bool), (1, "yes", None)),
 }
 
 
@@ -190,6 +191,11 @@ class Group:
       backward reaches the lowest trained layer; ``planner.plan_checks`` checks it against a model.
     - ``lora_rank``: the group trains only the first ``lora_rank`` LoRA rank components (HetLoRA);
       ``None`` is the run's full rank.
+
+    ``sequential`` (FedGSP, ``validation.fedgsp``): within each intra-group round the devices train one
+    after another, device ``i`` starting from device ``i - 1``'s state, and the group's state is the
+    last one's; its intra round then lasts the *sum* of its devices' times (``costs`` (C5)). ``False``
+    (the default) is the parallel group every other method runs.
     """
 
     group_id: int
@@ -203,6 +209,7 @@ class Group:
     predicted_peak_memory_bytes: int = 0
     layers: tuple[int, ...] | None = None
     lora_rank: int | None = None
+    sequential: bool = False
 
     def __post_init__(self) -> None:
         _raise_if(check_fields(self, GROUP_RULES) + check_limits(self, GROUP_LIMITS, GROUP_RULES))
@@ -216,7 +223,7 @@ class Group:
 def _group_content(group: Group) -> list[object]:
     """A group's part of the plan id; the optional fields only when set, so older ids stay the same."""
     content: list[object] = [group.device_ids, group.depth, group.intra_rounds, group.local_steps]
-    extra = {"layers": group.layers, "lora_rank": group.lora_rank}
+    extra = {"layers": group.layers, "lora_rank": group.lora_rank, "sequential": group.sequential or None}
     if any(value is not None for value in extra.values()):
         content.append({name: value for name, value in extra.items() if value is not None})
     return content

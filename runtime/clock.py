@@ -35,6 +35,10 @@ closes at ``D_{k,r} = quantile_q(t_{k,r,i} over its online devices i)``, devices
 
     Noise factors are drawn as in (K2), over the online devices only.
 
+(K5) A ``sequential`` group (FedGSP) passes its state from device to device: its intra round lasts
+the sum of its devices' times, ``t_{k,r} = sum_i (...)``, in (K1), (K2) and (K4) alike; a deadline
+does not cut a chain (nobody misses it).
+
     Under an aggregation rule other than FedAvg, ``costs.rule_bytes`` (C9) gives one exchange's upload
     and download apart (FFA-LoRA halves both, FedEx-LoRA adds the dense residual to the download,
     FLoRA's download stacks the group's ``|k|`` devices; at (C6) the server stacks ``K`` groups).
@@ -326,7 +330,8 @@ def _group_timing(
         factors = rng.lognormal(mean=-(noise**2) / 2, sigma=noise, size=size)  # mean one per step
         device_s = step_s * factors.sum(axis=2) + exchange_s  # [intra round, device]
         mean_step_s = step_s * factors.mean(axis=(0, 2))
-        intra = tuple(float(t) for t in device_s.max(axis=1))
+        per_round = [math.fsum(row) for row in device_s] if group.sequential else device_s.max(axis=1)
+        intra = tuple(float(t) for t in per_round)
         group_s = math.fsum(intra)
     else:
         t_k = costs.intra_round_time_s(
@@ -338,6 +343,7 @@ def _group_timing(
             latency_s=latency_s,
             num_bytes=num_bytes,
             download_bytes=download,
+            sequential=group.sequential,
         )
         intra, group_s = (t_k,) * group.intra_rounds, t_k * group.intra_rounds
     exchanges = group.intra_rounds * len(members)
@@ -463,6 +469,11 @@ def _faulty_group(
         mean_step_s = step_s
     intra, missed, uploads = [], [], 0
     for times in device_s:
+        if group.sequential:  # a chain: every online device in turn, no deadline (it would cut the chain)
+            intra.append(math.fsum(times))
+            missed.append(())
+            uploads += len(online) * num_bytes
+            continue
         deadline = float(np.quantile(times, deadline_quantile)) if deadline_quantile is not None else math.inf
         late = tuple(d.device_id for d, t in zip(online, times, strict=True) if t > deadline)
         intra.append(min(float(times.max()), deadline))

@@ -9,6 +9,11 @@ offline devices and those that missed the level's deadline from the task, poison
 poisoned devices, and screening rejects updates before they reach the average. A device's seed
 depends on its position in the group, not on who else takes part, so a device computes the same
 update whether or not others drop out.
+
+A ``sequential`` group (FedGSP) is a chain instead: in each of its intra rounds its devices train one
+after another, device ``i`` from device ``i - 1``'s state (a task of one device per link, through the
+same executor, beside the other groups' tasks), and the group's state is the last accepted link's; no
+rule aggregates inside it. A refused link (screening) passes its predecessor's state on.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from hierfedlora.runtime.aggregation_rules import AggregationRule, BaseDelta, ge
 from hierfedlora.runtime.context import RunContext
 from hierfedlora.runtime.executors.base import Executor, TrainTask
 from hierfedlora.runtime.faults import FaultOptions, RoundFaults, poison_state, screen_updates
-from hierfedlora.runtime.local_training import derive_seed
+from hierfedlora.runtime.local_training import DeviceUpdate, derive_seed
 from hierfedlora.runtime.options import RunOptions
 
 __all__ = ["GroupsOutcome", "LevelObserver", "group_start_state", "train_groups"]
@@ -101,44 +106,72 @@ def train_groups(
     step_s: dict[str, float] = {}
     rejected: dict[str, str] = {}
     offline = round_faults.offline if round_faults else frozenset()
+
+    def screened(task: TrainTask, updates: list[DeviceUpdate]) -> tuple[list[AdapterState], list[int]]:
+        """The states the task's devices send (poisoned where drawn) and the positions screening keeps."""
+        if len(updates) != len(task.device_ids):
+            raise RuntimeError(f"executor returned {len(updates)} updates for {len(task.device_ids)} devices")
+        for device_id, update in zip(task.device_ids, updates, strict=True):
+            step_s[device_id] = update.mean_step_s
+        sent = [u.state for u in updates]
+        if round_faults is not None and faults is not None:
+            sent = [
+                poison_state(task.start_state, s, round_faults.poisoned[d], faults.poison_scale)
+                if d in round_faults.poisoned
+                else s
+                for d, s in zip(task.device_ids, sent, strict=True)
+            ]
+        refused = screen_updates(task.start_state, sent, norm_bound_ratio=faults.norm_bound_ratio) if faults else {}
+        rejected.update({task.device_ids[p]: reason for p, reason in refused.items()})
+        return sent, [p for p in range(len(sent)) if p not in refused]
+
     num_levels = max(group.intra_rounds for group in plan.groups)
     for intra in range(num_levels):
-        tasks = []
+        parallel, chains = [], {}
         for k, group in enumerate(plan.groups):
             if intra >= group.intra_rounds:
                 continue
             late = set(missed[k][intra]) if missed else set()
             taking_part = [(p, d) for p, d in enumerate(group.device_ids) if d not in offline and d not in late]
-            if taking_part:
+            if taking_part and group.sequential:
+                chains[k] = taking_part
+            elif taking_part:
                 task = _task(plan, k, intra, taking_part, states[k], options, global_round)
-                tasks.append(
+                parallel.append(
                     dataclasses.replace(
                         task, base_delta=add_deltas(base_delta or {}, pending[k]), train_lora_a=rule.trains_lora_a
                     )
                 )
-        for task, updates in zip(tasks, executor.train(tasks) if tasks else [], strict=True):
-            if len(updates) != len(task.device_ids):
-                raise RuntimeError(f"executor returned {len(updates)} updates for {len(task.device_ids)} devices")
-            for device_id, update in zip(task.device_ids, updates, strict=True):
-                step_s[device_id] = update.mean_step_s
-            sent = [u.state for u in updates]
-            if round_faults is not None and faults is not None:
-                sent = [
-                    poison_state(task.start_state, s, round_faults.poisoned[d], faults.poison_scale)
-                    if d in round_faults.poisoned
-                    else s
-                    for d, s in zip(task.device_ids, sent, strict=True)
-                ]
-            refused = screen_updates(task.start_state, sent, norm_bound_ratio=faults.norm_bound_ratio) if faults else {}
-            rejected.update({task.device_ids[p]: reason for p, reason in refused.items()})
-            kept = [p for p in range(len(sent)) if p not in refused]
-            if not kept:
-                continue
-            weights = [float(samples_of[task.device_ids[p]]) for p in kept]
-            k = task.group_index
-            merged = rule.aggregate(states[k], [sent[p] for p in kept], weights, [pending[k]] * len(kept))
-            states[k], pending[k] = merged.state, merged.base_delta
-            losses[task.group_index].append(float(np.average([updates[p].mean_loss for p in kept], weights=weights)))
+        chain_losses: dict[int, list[tuple[float, float]]] = {k: [] for k in chains}
+        # a chain's link i trains from link i - 1's state; the parallel groups train beside the first links
+        for link in range(max((len(chain) for chain in chains.values()), default=1)):
+            tasks = parallel if link == 0 else []
+            tasks = tasks + [
+                dataclasses.replace(
+                    _task(plan, k, intra, [chain[link]], states[k], options, global_round),
+                    base_delta=dict(base_delta or {}),
+                    train_lora_a=rule.trains_lora_a,
+                )
+                for k, chain in chains.items()
+                if link < len(chain)
+            ]
+            for task, updates in zip(tasks, executor.train(tasks) if tasks else [], strict=True):
+                sent, kept = screened(task, updates)
+                k = task.group_index
+                if plan.groups[k].sequential:
+                    if kept:  # a refused link leaves the chain's state where it was
+                        states[k] = sent[0]
+                        chain_losses[k].append((updates[0].mean_loss, float(samples_of[task.device_ids[0]])))
+                    continue
+                if not kept:
+                    continue
+                weights = [float(samples_of[task.device_ids[p]]) for p in kept]
+                merged = rule.aggregate(states[k], [sent[p] for p in kept], weights, [pending[k]] * len(kept))
+                states[k], pending[k] = merged.state, merged.base_delta
+                losses[k].append(float(np.average([updates[p].mean_loss for p in kept], weights=weights)))
+        for k, pairs in chain_losses.items():
+            if pairs:
+                losses[k].append(float(np.average([x for x, _ in pairs], weights=[w for _, w in pairs])))
         if after_level is not None and intra + 1 < num_levels:
             after_level(intra + 1, tuple(states), tuple(pending), tuple(bool(group_losses) for group_losses in losses))
     return GroupsOutcome(

@@ -19,6 +19,7 @@ grouping_depth     near-IID                          optimised per group uniform
 legend             devices of equal depth            per device, by speed 1
 hetlora            capability classes                full, rank/class    1
 fedra              one per device                    random, every round 1
+fedgsp             near-IID, 1, 2, ... groups        full                1, devices in sequence
 hierfedlora        near-IID                          optimised jointly with intra_rounds
 =================  ================================  ==================  ======================
 
@@ -30,8 +31,10 @@ plus the adapter exchange, (C5) for the device alone), each device takes the dee
 holds whose local round fits in ``T*`` (the shallowest choice if none does). *hetlora* and *fedra*
 (heterogeneous LoRA ranks, random layer allocation) live in ``validation.heterogeneous``, which
 states what they simplify; fedra re-draws its layers every round through :func:`method_replanner`.
+*fedgsp* (FedGSP, arXiv 2201.12976: near-IID groups trained device after device, one more group every
+round) lives in ``validation.fedgsp``; its replanner grows the groups.
 
-Outcomes. A *fixed construction* (fedlora, hierfavg, grouping_only, legend, hetlora, fedra) has nothing to
+Outcomes. A *fixed construction* (fedlora, hierfavg, grouping_only, legend, hetlora, fedra, fedgsp) has nothing to
 optimise: its depths and intra_rounds are priced, not solved, so its ``dual_bound`` equals
 its ``objective_value``. It ignores ``round_budget_s`` and ``traffic_budget_bytes`` (the
 methods know no budget) and its ``reason`` says when it breaks one. The ablations
@@ -81,6 +84,7 @@ from hierfedlora.planner.outcomes import Grouping, Plan, SolveStatus
 from hierfedlora.planner.plan import build_plan, make_plan
 from hierfedlora.planner.rules import FRACTION, POSITIVE_INT, check_fields
 from hierfedlora.planner.types import PlanningProblem
+from hierfedlora.validation.fedgsp import FedgspReplanner, fedgsp_plan
 from hierfedlora.validation.heterogeneous import FedraReplanner, fedra_plan, full_depth, hetlora_plan
 
 if TYPE_CHECKING:  # the runtime imports torch; the baselines stay pure planning
@@ -99,6 +103,7 @@ METHODS: tuple[str, ...] = (
     "legend",
     "hetlora",
     "fedra",
+    "fedgsp",
     "hierfedlora",
 )
 """Every method the experiment compares, baselines first."""
@@ -114,6 +119,8 @@ _DESCRIPTIONS = {
     "no self-pruning or sparsity-weighted aggregation",
     "fedra": "FedRA-like: random layers per device re-drawn every round, count by capability class, flat "
     "aggregation; independent draws per device",
+    "fedgsp": "FedGSP-like: near-IID groups trained device after device (sequential), one more group every round "
+    "(sequential to parallel), full depth",
     "hierfedlora": "HierFedLoRA: near-IID groups, depth and intra_rounds optimised jointly",
 }
 
@@ -203,6 +210,8 @@ def make_method_plan(method: str, problem: PlanningProblem, *, settings: Baselin
     if method == "fedra":
         plan = fedra_plan(problem, global_round=1, seed=problem.solver.seed, depth=depth, note=depth_note)
         return _logged(method, plan)
+    if method == "fedgsp":
+        return _logged(method, fedgsp_plan(problem, global_round=1, depth=depth, note=depth_note))
     tau = settings.uniform_intra_rounds
     if method == "legend":
         grouping, depths, reason = _legend(problem, settings.legend_deadline_quantile)
@@ -240,9 +249,10 @@ def method_replanner(
 ) -> Replanner | None:
     """The replanner ``method`` runs with (``runtime.engine.run_plan(..., replanner=...)``), or ``None``.
 
-    Only fedra has one: :class:`~hierfedlora.validation.heterogeneous.FedraReplanner`, which re-draws
-    every device's layers after each round from ``(seed, next round)``. :func:`make_method_plan`
-    draws round 1 from ``problem.solver.seed``; pass the same ``seed`` for one seeded sequence.
+    fedra has one: :class:`~hierfedlora.validation.heterogeneous.FedraReplanner`, which re-draws
+    every device's layers after each round from ``(seed, next round)``; and fedgsp:
+    :class:`~hierfedlora.validation.fedgsp.FedgspReplanner`, which adds a group after each round.
+    :func:`make_method_plan` draws round 1 from ``problem.solver.seed``; pass the same ``seed`` for one seeded sequence.
     ``settings`` is accepted for symmetry with :func:`make_method_plan` (no method reads it yet).
 
     Raises
@@ -252,6 +262,8 @@ def method_replanner(
     """
     _check_method(method)
     del settings
+    if method == "fedgsp":
+        return FedgspReplanner(problem)
     return FedraReplanner(problem, seed) if method == "fedra" else None
 
 

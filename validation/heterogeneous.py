@@ -68,7 +68,7 @@ from hierfedlora.planner.outcomes import Group, Plan, RoundReport, SolveStatus
 from hierfedlora.planner.plan import devices_sha256
 from hierfedlora.planner.types import PlanningProblem
 
-__all__ = ["FedraReplanner", "capability_classes", "fedra_plan", "full_depth", "hetlora_plan"]
+__all__ = ["FedraReplanner", "capability_classes", "constructed_plan", "fedra_plan", "full_depth", "hetlora_plan"]
 
 NUM_CLASSES = 3
 """Capability classes (fastest first); class ``c`` gets ``1 / 2**c`` of the rank or of the layers."""
@@ -113,7 +113,7 @@ def hetlora_plan(problem: PlanningProblem, *, depth: int | None = None, note: st
         f"HetLoRA-like: {len(classes)} capability classes (terciles of full-depth local rounds), ranks {shown} "
         f"fastest first, depth {depth}, intra_rounds 1; no self-pruning, sample-weighted zero-padding merge{note}"
     )
-    return _plan(problem, classes, groups, method="hetlora", reason=reason, started=started)
+    return constructed_plan(problem, classes, groups, method="hetlora", reason=reason, started=started)
 
 
 def fedra_plan(
@@ -142,7 +142,7 @@ def fedra_plan(
         f"FedRA-like: random layers per device for global round {global_round} (seed {seed}) from the top {depth}, "
         f"{depth}/{_share(depth, 1)}/{_share(depth, 2)} layers by capability class, intra_rounds 1{note}"
     )
-    plan = _plan(problem, tuple(members), groups, method="fedra", reason=reason, started=started)
+    plan = constructed_plan(problem, tuple(members), groups, method="fedra", reason=reason, started=started)
     return dataclasses.replace(plan, parent_plan_id=parent_plan_id, seed=seed)
 
 
@@ -200,7 +200,7 @@ def _group(
     return dataclasses.replace(group, predicted_intra_round_s=intra_s)
 
 
-def _plan(
+def constructed_plan(
     problem: PlanningProblem,
     members: tuple[tuple[int, ...], ...],
     groups: Sequence[Group],
