@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from hierfedlora.planner.costs import AGGREGATION_RULES
 from hierfedlora.planner.errors import InvalidInputError, Issue
 from hierfedlora.planner.fleets.tiers import PRESETS as TIER_MIXES
 from hierfedlora.planner.io import read_json
@@ -39,16 +40,38 @@ __all__ = [
     "PILOT_CALIBRATED",
     "SELFCAL_METHOD",
     "PRESETS",
+    "RULE_SEPARATOR",
     "ExperimentPreset",
     "RunResult",
     "Setting",
     "alpha_name",
     "read_preset",
+    "split_method",
 ]
 
 LOOP_METHOD = "hierfedlora_loop"
 SELFCAL_METHOD = "hierfedlora_selfcal"
 ALL_METHODS: tuple[str, ...] = (*METHODS, LOOP_METHOD, SELFCAL_METHOD)
+RULE_SEPARATOR = "@"
+"""``method@rule`` runs ``method`` under aggregation rule ``rule`` (``runtime.aggregation_rules``)."""
+
+
+def split_method(method: str) -> tuple[str, str]:
+    """The method and its aggregation rule: ``hierfedlora@fedex`` -> ``("hierfedlora", "fedex")``; a bare
+    name runs FedAvg.
+
+    Examples
+    --------
+    >>> split_method("hierfedlora@flora"), split_method("fedlora")
+    (('hierfedlora', 'flora'), ('fedlora', 'fedavg'))
+    """
+    name, _, rule = method.partition(RULE_SEPARATOR)
+    return name, rule or "fedavg"
+
+
+def _known_method(method: str) -> bool:
+    name, rule = split_method(method)
+    return name in ALL_METHODS and rule in AGGREGATION_RULES and not method.endswith(RULE_SEPARATOR)
 
 
 def alpha_name(alpha: float | None) -> str:
@@ -251,9 +274,10 @@ class ExperimentPreset:
         issues = check_fields(self, PRESET_RULES)
         if not PRESET_RULES["methods"].accepts(self.methods):
             raise InvalidInputError(issues, "preset")  # the checks below need a list of names
-        unknown = [m for m in self.methods if m not in ALL_METHODS]
+        unknown = [m for m in self.methods if not _known_method(m)]
         if unknown:
-            issues.append(Issue("methods", f"names from {list(ALL_METHODS)}", unknown))
+            expected = f"names from {list(ALL_METHODS)}, each optionally with @ and a rule of {list(AGGREGATION_RULES)}"
+            issues.append(Issue("methods", expected, unknown))
         if "fedlora" not in self.methods:
             issues.append(
                 Issue("methods", "a list including 'fedlora' (the reference of every speed-up)", self.methods)
@@ -364,6 +388,12 @@ LONG_DESCRIPTION = (
     "16 rounds the budget allows, plus about 5% for the intra-round evaluations)"
 )
 
+
+def _rule_grid(methods: tuple[str, ...]) -> tuple[str, ...]:
+    """Every method under every aggregation rule: ``m`` (FedAvg) then ``m@rule`` for the others."""
+    return tuple(m if rule == "fedavg" else f"{m}{RULE_SEPARATOR}{rule}" for m in methods for rule in AGGREGATION_RULES)
+
+
 PRESETS: dict[str, ExperimentPreset] = {
     "quick": ExperimentPreset(
         name="quick",
@@ -447,6 +477,16 @@ PRESETS: dict[str, ExperimentPreset] = {
         alphas=(0.5, 0.1),
         seeds=(0,),
         methods=("fedlora", "legend", "hetlora", "fedra", "hierfedlora"),
+        **_PAPER_SCALE,  # type: ignore[arg-type]
+    ),
+    "aggregation": ExperimentPreset(
+        name="aggregation",
+        description="every aggregation rule with HierFedLoRA's plan and with FedLoRA's, and every baseline "
+        "(HierFAVG, LEGEND-like, HetLoRA-like, FedRA-like, FedGSP-like) under every rule, on the paper preset's "
+        "fleet at alpha = 0.5 and 0.1: whichever rule wins for HierFedLoRA, each baseline ran under it too",
+        alphas=(0.5, 0.1),
+        seeds=(0,),
+        methods=_rule_grid(("fedlora", "hierfedlora", "hierfavg", "legend", "hetlora", "fedra", "fedgsp")),
         **_PAPER_SCALE,  # type: ignore[arg-type]
     ),
 }

@@ -28,6 +28,7 @@ from hierfedlora.validation.experiment_presets import (
     ExperimentPreset,
     RunResult,
     Setting,
+    split_method,
 )
 from hierfedlora.validation.targets import (
     describe_target,
@@ -278,6 +279,9 @@ _LOOP_TEXT = "HierFedLoRA with the closed loop: refits convergence constants and
 
 
 def _method_text(method: str, preset: ExperimentPreset) -> str:
+    name, rule = split_method(method)
+    if name != method:  # "hierfedlora@fedex": the method's text and its rule
+        return f"{_method_text(name, preset)}; aggregation rule `{rule}`"
     if method == LOOP_METHOD:
         return _LOOP_TEXT
     if method == SELFCAL_METHOD:

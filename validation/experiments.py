@@ -65,6 +65,7 @@ from hierfedlora.validation.experiment_presets import (
     Setting,
     alpha_name,
     read_preset,
+    split_method,
 )
 from hierfedlora.validation.experiment_report import markdown_table, summarize, write_outputs
 from hierfedlora.validation.selfcal import FITTED_NAME, self_calibrating_replanner, write_fitted_constants
@@ -137,6 +138,7 @@ def _run_one(
     from hierfedlora.runtime.options import RunOptions
     from hierfedlora.runtime.run_folder import lock_folder
 
+    name, rule = split_method(method)  # "hierfedlora@fedex": HierFedLoRA's plan under FedEx-LoRA
     done = folder / RESULT_NAME
     if done.exists():  # older result files lack the fleet axes: the setting supplies them
         return dataclasses.replace(
@@ -146,7 +148,7 @@ def _run_one(
     if plan_path.exists():
         plan = read_json(Plan, plan_path)
     else:
-        planned_as = "hierfedlora" if method in (LOOP_METHOD, SELFCAL_METHOD) else method
+        planned_as = "hierfedlora" if name in (LOOP_METHOD, SELFCAL_METHOD) else name
         plan = make_method_plan(planned_as, problem, settings=preset.baseline)
         folder.mkdir(parents=True, exist_ok=True)
         write_json(plan_path, plan)
@@ -163,8 +165,9 @@ def _run_one(
         intra_latency_s=problem.intra_latency_s,
         global_latency_s=problem.global_latency_s,
         seed=setting.seed,
+        aggregation=rule,
     )
-    replanner = _replanner(preset, method, problem, plan, setting.seed)
+    replanner = _replanner(preset, name, problem, plan, setting.seed)
     run_dir = folder / "run"
     started = time.perf_counter()
     with lock_folder(run_dir):
