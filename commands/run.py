@@ -66,6 +66,13 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="aggregation rule inside and across groups: fedavg (default), ffa, fedex, flora, lora-fair, hetlora",
     )
     parser.add_argument(
+        "--hetlora-prune-gamma",
+        type=float,
+        default=0.99,
+        help="under --aggregation hetlora, a group drops its last LoRA rank component after a round when it carries "
+        "under 1 - gamma of the norm (default 0.99; 0 prunes one every round)",
+    )
+    parser.add_argument(
         "--replan-every",
         type=int,
         default=None,
@@ -319,6 +326,7 @@ def handle(args: argparse.Namespace) -> int:
         clock_noise=args.clock_noise,
         seed=args.seed,
         aggregation=args.aggregation,
+        hetlora_prune_gamma=args.hetlora_prune_gamma,
     )
     mismatch = cost_mismatches(options, plan.batch_size, cost_model)
     if mismatch is not None and not args.allow_cost_mismatch:

@@ -43,7 +43,8 @@ delta. ``w_k`` are the sample weights ``n_k`` renormalised over ``K(key)`` (HetL
     ``w_k ∝ ||B_k A_k||_F`` over ``K(m)`` (sample weights when every norm is zero; the paper weighs whole
     clients, we weigh per module, a choice), zero-padded factors averaged with those weights (our states
     already hold lower ranks as zero components); head keys use sample weights. Not exact.
-    Rank self-pruning is :func:`hetlora_prune_rank`.
+    Rank self-pruning is :func:`hetlora_prune_rank`, which the runtime applies to every group after each
+    round under this rule (``runtime.rank_pruning``).
 
 "Exact" means: for every module ``m`` some input holds, ``B @ A + D == sum_{k in K(m)} w_k P_k`` up to
 rounding (float64 sums, see ``tests/runtime/test_aggregation_rules.py``). With mixed depths this holds per

@@ -14,7 +14,8 @@ One global round ``r`` (1-based, like Flower's ``server_round``):
    ``runtime.aggregation_rules``; default ``aggregation.merge_across_groups``'s FedAvg); a rule that
    changes the base weights (FedEx-LoRA, FLoRA) adds its delta to the run's base delta, which devices
    and evaluation apply to the one shared model (``models.base_delta``) and every checkpoint saves
-   (``base.<module>``);
+   (``base.<module>``); under ``hetlora`` each group then prunes its rank (``runtime.rank_pruning``),
+   run state checkpointed as ``rank.<group_id>``;
 4. the merged global model and each group's model are evaluated on a fixed, seeded subset of the
    fleet's held-out test split (the global model at the deepest group's depth, or with LoRA on every
    layer when a group lists ``layers``: FedRA's server model holds them all); a plan of one group on
@@ -71,6 +72,7 @@ from hierfedlora.runtime.intra_evaluation import intra_level_time_s, observe_lev
 from hierfedlora.runtime.local_training import derive_seed, evaluate
 from hierfedlora.runtime.options import RunOptions
 from hierfedlora.runtime.prefix_cache import Forward
+from hierfedlora.runtime.rank_pruning import prune_ranks, rank_tensors, ranked_plan, ranks_from_tensors
 
 __all__ = [
     "PLANS_FOLDER",
@@ -224,7 +226,9 @@ def _run_rounds(
     plans = {plan.plan_id: plan}
     rule = get_rule(options.aggregation)
     dense_bytes = dense_bytes_per_layer(context.model.peft_model) if rule.name == "fedex" else None
-    state, global_state, base_delta, clock, rng, plan = _start(folder, plan, context, options, resume, plans)
+    state, global_state, base_delta, ranks, clock, rng, plan = _start(folder, plan, context, options, resume, plans)
+    prunes = rule.name == "hetlora"  # HetLoRA's rank self-pruning: per-group ranks are run state
+    ranks_of = plan.plan_id
     _save_plan(folder, plan)
     with ReportLog.open(folder / REPORTS_NAME, resume_state=state) as report_log, _sigint_deferred() as stop:
         reports = read_reports(folder / REPORTS_NAME) if state else []  # repaired to rounds 1..c by open
@@ -232,6 +236,9 @@ def _run_rounds(
             plan = _consult(replanner, plan, reports, plans, fleet, context, folder, samples_of)
         for global_round in range(state.global_round + 1 if state else 1, options.rounds + 1):
             started = time.perf_counter()
+            if plan.plan_id != ranks_of:  # a re-plan starts from its own ranks
+                ranks, ranks_of = {}, plan.plan_id
+            run = ranked_plan(plan, ranks)  # the plan with each group's pruned rank (itself without pruning)
             round_faults = (
                 draw_round_faults(faults, fleet_ids, seed=options.seed, global_round=global_round)
                 if faults is not None
@@ -239,7 +246,7 @@ def _run_rounds(
             )
             # The clock first: the deadline (K4) decides who is aggregated. Nothing else draws from rng.
             timing = global_round_time_s(
-                plan,
+                run,
                 cost_model,
                 devices_by_id,
                 backhaul_mbps=options.backhaul_mbps,
@@ -269,7 +276,7 @@ def _run_rounds(
             outcome = train_groups(
                 executor,
                 context,
-                plan,
+                run,
                 global_state,
                 options,
                 global_round,
@@ -303,6 +310,11 @@ def _run_rounds(
             if kept_states:
                 merged = rule.aggregate(global_state, kept_states, weights, kept_deltas)
                 global_state, base_delta = merged.state, add_deltas(base_delta, merged.base_delta)
+            if prunes:
+                full_rank = context.model.spec.lora_rank
+                ranks = prune_ranks(
+                    run, outcome.states, outcome.contributed, ranks, full_rank, gamma=options.hetlora_prune_gamma
+                )
             with applied_base_delta(context.model.peft_model, base_delta):
                 eval_loss, eval_accuracy = evaluate(
                     _load(context, eval_depth, global_state),
@@ -352,6 +364,7 @@ def _run_rounds(
             )
             tensors = {GLOBAL_PREFIX + key: value for key, value in global_state.items()}
             tensors.update({BASE_PREFIX + module: value.contiguous() for module, value in base_delta.items()})
+            tensors.update(rank_tensors(ranks))
             save_checkpoint(folder, run_state, tensors)
             report_log.append(report)
             reports.append(report)
@@ -459,7 +472,7 @@ def _load(context: RunContext, depth: int, state: AdapterState, layers: Sequence
 
 def _start(
     folder: Path, plan: Plan, context: RunContext, options: RunOptions, resume: bool, plans: dict[str, Plan]
-) -> tuple[RunState | None, AdapterState, BaseDelta, SimClock, np.random.Generator, Plan]:
+) -> tuple[RunState | None, AdapterState, BaseDelta, dict[int, int], SimClock, np.random.Generator, Plan]:
     if resume and (folder / MANIFEST_NAME).exists():
         current = _plan_in_force(folder, plan, plans)
         state, tensors = load_checkpoint(
@@ -473,11 +486,11 @@ def _start(
         base_delta = {k.removeprefix(BASE_PREFIX): v for k, v in tensors.items() if k.startswith(BASE_PREFIX)}
         log.info("resuming %s after global round %d", folder, state.global_round)
         rng = restore_numpy_rng(state.numpy_rng_state)
-        return state, global_state, base_delta, SimClock(state.sim_time_s), rng, current
+        return state, global_state, base_delta, ranks_from_tensors(tensors), SimClock(state.sim_time_s), rng, current
     if (folder / MANIFEST_NAME).exists():
         raise InvalidInputError([Issue("run_dir", "an empty folder for a new run (or pass resume)", str(folder))])
     rng = np.random.default_rng(derive_seed(options.seed, 11))
-    return None, _initial_state(context, options.seed), {}, SimClock(0.0), rng, plan
+    return None, _initial_state(context, options.seed), {}, {}, SimClock(0.0), rng, plan
 
 
 def _plan_in_force(folder: Path, plan: Plan, plans: dict[str, Plan]) -> Plan:

@@ -53,6 +53,11 @@ RUN_OPTION_RULES: dict[str, Rule] = {
     "global_latency_s": FINITE_NON_NEGATIVE,
     "seed": NON_NEGATIVE_INT,
     "aggregation": Rule(f"one of {', '.join(RULE_NAMES)}", lambda v: v in RULE_NAMES, ("fedprox", "")),
+    "hetlora_prune_gamma": Rule(
+        "a number in [0, 1)",
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1,
+        (1.0, -0.1, float("nan"), "x"),
+    ),
     "schema_version": SCHEMA_RULE,
 }
 
@@ -110,6 +115,10 @@ class RunOptions:
         The aggregation rule inside groups and across them (``runtime.aggregation_rules``): ``fedavg``,
         ``ffa``, ``fedex``, ``flora``, ``lora-fair`` or ``hetlora``. Rules that change the base weights
         (``fedex``, ``flora``) train without the frozen-prefix cache (its cached states would go stale).
+    hetlora_prune_gamma : float
+        Under ``hetlora``, a group drops its last rank component after a round when that component
+        carries less than ``1 - gamma`` of its modules' norm (``runtime.rank_pruning``); 0 prunes
+        one component every round.
     """
 
     rounds: int
@@ -134,6 +143,7 @@ class RunOptions:
     global_latency_s: float = 1.0
     seed: int = 0
     aggregation: str = "fedavg"
+    hetlora_prune_gamma: float = 0.99
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

@@ -116,7 +116,7 @@ _DESCRIPTIONS = {
     "grouping_depth": "ablation: near-IID groups, depth optimised per group, uniform intra_rounds",
     "legend": "LEGEND-like: per-device depth by speed and memory, flat aggregation",
     "hetlora": "HetLoRA-like: LoRA rank by capability class (full/half/quarter), zero-padding merge, full depth; "
-    "no self-pruning or sparsity-weighted aggregation",
+    "no self-pruning or sparsity-weighted aggregation (both come with the hetlora rule: hetlora@hetlora)",
     "fedra": "FedRA-like: random layers per device re-drawn every round, count by capability class, flat "
     "aggregation; independent draws per device",
     "fedgsp": "FedGSP-like: near-IID groups trained device after device (sequential), one more group every round "

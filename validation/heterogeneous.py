@@ -16,7 +16,8 @@ truncated to its rank and trains inside the full-rank tensors (``models.adapters
 the zero-padded states then merge key by key with sample weights, HetLoRA's zero-padding
 aggregation. Left out: HetLoRA's rank self-pruning (a device shrinking its own rank when the
 trailing components' norm is small) and its sparsity-weighted aggregation (weights by the norm of
-each device's update); plain sample weights are used.
+each device's update); plain sample weights are used. Both come with the run's ``hetlora``
+aggregation rule (``runtime.aggregation_rules``, ``runtime.rank_pruning``; ``hetlora@hetlora`` in a preset).
 
 *FedRA* (Su et al., 2023). One group per device, ``intra_rounds = 1``. Every global round each
 device gets a fresh random set of layers drawn from the top ``D`` layers (``D`` the deepest depth

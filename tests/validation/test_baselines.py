@@ -51,20 +51,22 @@ def _sent_bytes(cost, group) -> int:
 
 
 def _independent_round_time_s(plan: Plan, problem: PlanningProblem) -> float:
-    """(C7) from the scalar cost formulas (C1), (C3), (C6), device by device; bytes as (C2) by hand."""
+    """(C7) from the scalar cost formulas (C1), (C3), (C6), device by device (summed along a sequential group's
+    chain); bytes as (C2) by hand."""
     cost, by_id = problem.cost_model, {d.device_id: d for d in problem.devices}
     slowest_part_s = 0.0
     for group in plan.groups:
         members = [by_id[device_id] for device_id in group.device_ids]
         bits = 8.0 * _sent_bytes(cost, group)
-        intra_s = max(
+        each_s = [
             problem.local_steps
             * costs.step_time_s(cost, compute_scale=d.compute_scale, depth=group.depth, batch_size=plan.batch_size)
             + bits / (1e6 * d.uplink_mbps)
             + bits / (1e6 * d.downlink_mbps)
             + problem.intra_latency_s
             for d in members
-        )
+        ]
+        intra_s = sum(each_s) if group.sequential else max(each_s)  # a chain (FedGSP) takes every device in turn
         slowest_part_s = max(slowest_part_s, group.intra_rounds * intra_s)
     largest_bytes = max(_sent_bytes(cost, g) for g in plan.groups)
     return slowest_part_s + 2 * 8.0 * largest_bytes / (1e6 * problem.backhaul_mbps) + problem.global_latency_s
