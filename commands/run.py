@@ -47,10 +47,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument(
         "--batched-devices",
         type=int,
-        default=1,
+        default=None,
         metavar="N",
-        help="train up to N devices of a group as one batched computation (same math, other rounding; default 1: "
-        "one after another)",
+        help="train up to N devices of a group as one batched computation, fewer where the activation memory "
+        "budget says so (same math, other rounding; default: RunOptions' 64; 1: one after another, the "
+        "sequential path the Ray and Flower executors run)",
     )
     parser.add_argument(
         "--allow-cost-mismatch",
@@ -322,7 +323,7 @@ def handle(args: argparse.Namespace) -> int:
         eval_batch_size=args.eval_batch_size,
         use_prefix_cache=not args.no_prefix_cache,
         evaluate_groups=not args.no_group_eval,
-        batched_devices=args.batched_devices,
+        **({} if args.batched_devices is None else {"batched_devices": args.batched_devices}),
         clock_noise=args.clock_noise,
         seed=args.seed,
         aggregation=args.aggregation,

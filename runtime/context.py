@@ -52,7 +52,11 @@ def check_plan_for_run(plan: Plan, fleet: Fleet, num_layers: int, lora_rank: int
 
 @dataclasses.dataclass(slots=True)
 class RunContext:
-    """Everything a run holds in memory: the one model, the tokenized rows, the forward source."""
+    """Everything a run holds in memory: the one model, the tokenized rows, the forward source.
+
+    ``eval_rows`` (the fixed evaluation subset) are ordered by token count, shortest first, so that
+    evaluation batches drop little but padding (``runtime.padding``).
+    """
 
     model: AdaptedModel
     data: TokenizedData
@@ -144,6 +148,8 @@ def prepare_run(
     )
     device_rows = {d: torch.tensor([row_position[r] for r in rows_of], dtype=torch.long) for d, rows_of in used.items()}
     eval_rows = torch.tensor([row_position[int(r)] for r in eval_source], dtype=torch.long)
+    # shortest first: an evaluation batch then holds rows of similar length and drops their common padding
+    eval_rows = eval_rows[torch.argsort(data.attention_mask[eval_rows].sum(dim=1), stable=True)]
     source: Any = (
         PrefixCache(model, data, max_bytes=options.prefix_cache_max_mib * 2**20)
         if options.use_prefix_cache and not get_rule(options.aggregation).changes_base  # base deltas: stale cache

@@ -90,8 +90,11 @@ class RunOptions:
         in use). Beyond it, least recently used depths are evicted, then rows are recomputed
         each time they are used: exact either way, only slower.
     batched_devices : int
-        Devices of a group that train at once as one batched computation
-        (``runtime.batched_training``: the same math, other rounding); 1 trains them one after another.
+        Devices of a group that train at once as one batched computation (``runtime.batched_training``),
+        at most; ``batch_memory_mib`` caps it further. The same math as one device after another, other
+        rounding: states agree to 1e-5, not bit for bit, and a run is exact to itself (a resumed run
+        equals the uninterrupted one bit for bit). 1 trains one device after another (the sequential
+        reference path, which the Ray and Flower executors run).
     batch_memory_mib : int
         Activation memory a batched chunk may keep (with the cost model's activation bytes, it caps
         the devices per chunk).
@@ -132,7 +135,7 @@ class RunOptions:
     eval_batch_size: int = 256
     use_prefix_cache: bool = True
     prefix_cache_max_mib: int = 512
-    batched_devices: int = 1
+    batched_devices: int = 64
     batch_memory_mib: int = 256
     evaluate_groups: bool = True
     evaluate_intra_rounds: bool = False

@@ -10,6 +10,9 @@ front plus layers ``0..b-1``. The training semantics of the whole runtime, defin
 (S2) Layers ``b..L-1`` and all after them (pooler, head, its dropout) run in **train mode** in
      :meth:`Forward.loss`; :meth:`Forward.logits` runs the whole model in eval mode.
 (S3) Module modes are restored when a call returns: a call changes no state but the RNG (dropout).
+(S4) :meth:`Forward.logits` (evaluation) drops the batch's trailing padding columns where the model
+     ignores them (``runtime.padding``): the same logits to rounding, from about half the tokens on
+     WordNet. Training keeps every column (its dropout masks are drawn over the padded shape).
 
 So ``h_b(x)``, the input to layer ``b``, depends on sample ``x`` alone, never on adapters, step or RNG.
 :class:`PrefixCache` computes it once per (sample, ``b``) and trains from it, exactly:
@@ -48,6 +51,7 @@ from hierfedlora.models.lora import AdaptedModel, check_depth
 from hierfedlora.planner.errors import InvalidInputError, Issue
 from hierfedlora.planner.rules import POSITIVE_INT, is_int
 from hierfedlora.runtime.data import TokenizedData
+from hierfedlora.runtime.padding import EvalWidth
 
 __all__ = ["Forward", "PlainForward", "PrefixCache"]
 
@@ -83,9 +87,26 @@ class _PassThrough(nn.Module):
         return hidden_states
 
 
-def _batch(data: TokenizedData, indices: torch.Tensor, *, labels: bool) -> dict[str, torch.Tensor]:
-    batch = {"input_ids": data.input_ids[indices], "attention_mask": data.attention_mask[indices]}
+def _batch(
+    data: TokenizedData, indices: torch.Tensor, *, labels: bool, width: int | None = None
+) -> dict[str, torch.Tensor]:
+    """The rows ``indices``; with ``width``, only their first ``width`` columns (``runtime.padding``)."""
+    if width is None:
+        batch = {"input_ids": data.input_ids[indices], "attention_mask": data.attention_mask[indices]}
+    else:
+        batch = {"input_ids": data.input_ids[indices, :width], "attention_mask": data.attention_mask[indices, :width]}
     return {**batch, "labels": data.labels[indices]} if labels else batch
+
+
+def _eval_width(model: AdaptedModel, data: TokenizedData, modes: _Modes) -> EvalWidth:
+    """(S4) The columns an evaluation batch of ``data`` needs on ``model``, probed with the plain forward."""
+
+    def logits_of(rows: torch.Tensor, width: int | None) -> torch.Tensor:
+        with modes(train=False):
+            logits: torch.Tensor = model(**_batch(data, rows, labels=False, width=width)).logits
+        return logits
+
+    return EvalWidth(data.attention_mask, logits_of)
 
 
 def _front_modules(model: AdaptedModel, data: TokenizedData, modes: _Modes) -> tuple[nn.Module, ...]:
@@ -166,6 +187,7 @@ class PlainForward:
         self._model = model
         self._data = data
         self._modes = _Modes(model, data)
+        self._eval_width = _eval_width(model, data, self._modes)
 
     def loss(self, indices: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of samples ``indices``; the prefix in eval mode, the rest in train mode."""
@@ -180,9 +202,10 @@ class PlainForward:
         return logits
 
     def logits(self, indices: torch.Tensor) -> torch.Tensor:
-        """``[batch, num_labels]`` logits of samples ``indices``, the whole model in eval mode."""
+        """``[batch, num_labels]`` logits of samples ``indices``, the whole model in eval mode (S4)."""
+        width = self._eval_width(indices)
         with self._modes(train=False):
-            logits: torch.Tensor = self._model(**_batch(self._data, indices, labels=False)).logits
+            logits: torch.Tensor = self._model(**_batch(self._data, indices, labels=False, width=width)).logits
         return logits
 
 
@@ -246,6 +269,7 @@ class PrefixCache:
         self._model, self._data, self._layers = model, data, find_layers(model)[1]
         self._dtype, self._max_bytes, self._chunk_size = dtype, max_bytes, chunk_size
         self._modes = _Modes(model, data)
+        self._eval_width = _eval_width(model, data, self._modes)
         self._boundaries: dict[int, _Boundary] = {}  # least recently used first
         self._hidden_dtype, self._hidden_shape = torch.float32, torch.Size()
 
@@ -389,9 +413,12 @@ class PrefixCache:
         boundary = self._boundary(depth)
         with torch.inference_mode(False):  # kept states and indexes must be usable by training later
             states = self._states(boundary, indices)
+        width = None if train else self._eval_width(indices)  # (S4): evaluation only
+        if width is not None:
+            states = states[:, :width].contiguous()
         # layers below the boundary are swapped out; their flags are set as in the plain path all the same
         with self._from_states(boundary, states), self._modes(train=train, boundary=boundary):
-            return self._model(**_batch(self._data, indices, labels=train if labels is None else labels))
+            return self._model(**_batch(self._data, indices, labels=train if labels is None else labels, width=width))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -60,17 +60,25 @@ def test_run_commits_and_reports_every_round(tmp_path, small_fleet, minilm_slice
     assert all(0.0 <= r.eval_accuracy <= 1.0 for r in reports)
 
 
-def test_resume_after_a_stop_matches_an_uninterrupted_run(tmp_path, small_fleet, minilm_slice_dir):
-    """Stopping after round 1 and resuming gives the same adapters, bit for bit, and the same report lines."""
+@pytest.mark.parametrize("batched_devices", [64, 1])
+def test_resume_after_a_stop_matches_an_uninterrupted_run(tmp_path, small_fleet, minilm_slice_dir, batched_devices):
+    """Stopping after round 1 and resuming gives the same adapters, bit for bit, and the same report lines,
+    with devices trained as one batch (the default) and one after another."""
     # Arrange
     fleet, _ = small_fleet
     plan, cost = _plan(fleet), make_cost_model(2)
     context = prepare_run(plan, fleet, _options(minilm_slice_dir, 3))
+
+    def options(rounds: int) -> RunOptions:
+        return _options(minilm_slice_dir, rounds, batched_devices=batched_devices)
+
     # Act
-    list(run_plan(plan, fleet, cost, _options(minilm_slice_dir, 3), tmp_path / "whole", context=context))
-    list(run_plan(plan, fleet, cost, _options(minilm_slice_dir, 1), tmp_path / "split", context=context))
-    list(run_plan(plan, fleet, cost, _options(minilm_slice_dir, 3), tmp_path / "split", resume=True, context=context))
+    reports = list(run_plan(plan, fleet, cost, options(3), tmp_path / "whole", context=context))
+    list(run_plan(plan, fleet, cost, options(1), tmp_path / "split", context=context))
+    list(run_plan(plan, fleet, cost, options(3), tmp_path / "split", resume=True, context=context))
     # Assert
+    step_seconds = {reports[0].measured_step_s[d] for d in plan.groups[0].device_ids}
+    assert len(step_seconds) == (1 if batched_devices > 1 else len(plan.groups[0].device_ids))  # one batch or not
     whole, split = _final_adapters(tmp_path / "whole"), _final_adapters(tmp_path / "split")
     assert whole.keys() == split.keys()
     assert all(torch.equal(whole[k], split[k]) for k in whole)
@@ -147,7 +155,8 @@ def _cli_run(plan_path, fleet_path, cost_path, model_dir, out, rounds, resume=Fa
 
 
 def test_sigkill_mid_run_then_resume_matches(tmp_path, small_fleet, minilm_slice_dir):
-    """A run killed with SIGKILL mid-way and resumed ends with rounds 1..N once and the uninterrupted adapters."""
+    """A run killed with SIGKILL mid-way and resumed ends with rounds 1..N once and the uninterrupted adapters
+    (each group's devices trained as one batch, the default, in three processes)."""
     # Arrange
     fleet, fleet_path = small_fleet
     plan_path, cost_path = tmp_path / "plan.json", tmp_path / "cost.json"

@@ -17,7 +17,10 @@ from tests.factories import make_cost_model, make_two_group_plan
 
 
 def _options(model_dir, rounds: int) -> RunOptions:
-    return RunOptions(rounds=rounds, model=str(model_dir), eval_samples=16, eval_batch_size=16, seed=3)
+    # batched_devices=1: other executors train device by device, the in-process reference must too (bit for bit)
+    return RunOptions(
+        rounds=rounds, model=str(model_dir), eval_samples=16, eval_batch_size=16, seed=3, batched_devices=1
+    )
 
 
 def _final_adapters(run_dir) -> dict[str, torch.Tensor]:

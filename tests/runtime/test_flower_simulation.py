@@ -60,7 +60,8 @@ def simulated(tmp_path_factory, six_device_fleet, minilm_slice_dir):
         "batch-size": plan.batch_size,
         "timeout-s": 120.0,
     }
-    options = RunOptions(rounds=ROUNDS, model=str(minilm_slice_dir), eval_samples=16, seed=SEED)
+    # batched_devices=1: Flower nodes train device by device, the in-process reference must too (bit for bit)
+    options = RunOptions(rounds=ROUNDS, model=str(minilm_slice_dir), eval_samples=16, seed=SEED, batched_devices=1)
     reference = list(run_plan(plan, fleet, cost, options, folder / "inprocess"))
     model, _ = load_adapted_model(ModelSpec(path=str(minilm_slice_dir), num_labels=3), seed=SEED)
     initial = ArrayRecord.from_torch_state_dict(initial_adapter_state(model.peft_model, model.max_depth, SEED))
