@@ -18,6 +18,7 @@ from hierfedlora.runtime.checkpoint import MANIFEST_NAME, REPORTS_NAME, load_che
 from hierfedlora.runtime.engine import prepare_run, run_plan
 from hierfedlora.runtime.local_training import evaluate, train_device
 from hierfedlora.runtime.options import RunOptions
+from hierfedlora.runtime.padding import PROBE_ROWS
 from hierfedlora.runtime.prefix_cache import PlainForward, PrefixCache
 from tests.factories import make_cost_model, make_two_group_plan
 
@@ -71,13 +72,13 @@ def test_the_cache_bound_comes_from_the_run_options(small_fleet, minilm_slice_di
 
 
 def _count_eval_forwards(context) -> tuple[list[int], object]:
-    """A hook counting eval-mode forwards of the classifier head (one per evaluated batch)."""
+    """A hook recording the rows of each eval-mode forward of the classifier head (one per evaluated batch)."""
     calls: list[int] = []
     head = context.model.peft_model.base_model.model.classifier
 
-    def hook(module, _args, _output):
+    def hook(module, args, _output):
         if not module.training:
-            calls.append(1)
+            calls.append(int(args[0].shape[0]))
 
     return calls, head.register_forward_hook(hook)
 
@@ -108,7 +109,8 @@ def test_a_one_group_plan_evaluates_once_a_round(tmp_path, small_fleet, minilm_s
     # Act
     loss, accuracy = evaluate(forward, context.data.labels, context.eval_rows, batch_size=5)
     # Assert
-    assert len(calls) == 1  # 16 evaluation rows in one batch of 16, once
+    # 16 evaluation rows in one batch of 16, once; the rest is the padding probe's two forwards of a few rows
+    assert calls.count(16) == 1 and len(calls) == 3 and max(calls[:2]) <= PROBE_ROWS
     assert accuracy == report.groups[0].accuracy == report.eval_accuracy
     assert loss == pytest.approx(report.eval_loss, rel=1e-6)
 
