@@ -166,6 +166,8 @@ def test_states_are_computed_once_per_sample_and_boundary(setups, depth):
     first, second = torch.tensor([0, 1, 2, 3]), torch.tensor([2, 3, 4, 5, 6])
     _, layers = find_layers(model)
     frozen = layers[0] if depth == 1 else model.peft_model.base_model.model.bert.embeddings
+    with torch.no_grad():  # the first evaluation probes whether padding can be dropped (runtime.padding): not counted
+        forward.logits(torch.tensor([7]))
     rows: list[int] = []
     handle = _count_rows(frozen, rows)
 
@@ -184,7 +186,7 @@ def test_states_are_computed_once_per_sample_and_boundary(setups, depth):
     forwards = 0 if depth == 1 else 2 * (2 * first.numel() + 2 * second.numel())
     assert sum(rows) == distinct + forwards
     seq, hidden = data.seq_len, model.peft_model.config.hidden_size
-    assert cache.cached_bytes == distinct * seq * hidden * 4
+    assert cache.cached_bytes == (distinct + 1) * seq * hidden * 4  # and sample 7's, from the probing evaluation
 
 
 def test_switching_depth_between_calls_stays_exact(setups):
