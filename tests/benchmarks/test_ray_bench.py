@@ -87,7 +87,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
         intra_rounds_choices=(1, 2),
         solver=SolverOptions(time_limit_s=5.0, seed=SEED),
     )
-    options = RunOptions(rounds=ROUNDS, max_seq_len=32, eval_samples=128, evaluate_groups=False, seed=SEED)
+    # batched_devices=1: actors train device by device, so the in-process case does too (the same computation,
+    # compared bit for bit)
+    options = RunOptions(
+        rounds=ROUNDS, max_seq_len=32, eval_samples=128, evaluate_groups=False, seed=SEED, batched_devices=1
+    )
     temp_dir = tempfile.mkdtemp(prefix="hfl-ray-")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RAY_USAGE_STATS_ENABLED", "0")
