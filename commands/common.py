@@ -45,7 +45,9 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
-def add_problem_settings(parser: argparse.ArgumentParser, *, example: str) -> None:
+def add_problem_settings(
+    parser: argparse.ArgumentParser, *, example: str, fields: str = "any PlanningProblem field"
+) -> None:
     """Add ``--set FIELD=VALUE`` (repeatable) and ``--convergence FILE``, shared by ``plan`` and ``whatif``."""
     parser.add_argument(
         "--set",
@@ -54,17 +56,23 @@ def add_problem_settings(parser: argparse.ArgumentParser, *, example: str) -> No
         action="append",
         default=[],
         metavar="FIELD=VALUE",
-        help=f"any PlanningProblem field, a JSON value; dots reach inside (e.g. {example}); wins over the flags "
-        "and --convergence",
+        help=f"{fields}, a JSON value; dots reach inside (e.g. {example}); wins over the flags and --convergence",
     )
     parser.add_argument(
         "--convergence", type=Path, default=None, help="ConvergenceParams JSON (e.g. from 'hierfedlora calibrate')"
     )
 
 
-def problem_options(base: dict[str, Any], convergence: Path | None, settings: list[tuple[str, Any]]) -> dict[str, Any]:
-    """PlanningProblem JSON data: ``base`` (a ``--problem`` file's), then the ``--convergence`` file's fields,
-    then ``settings`` (flags, then ``--set``; later ones win)."""
+def problem_options(
+    base: dict[str, Any],
+    convergence: Path | None,
+    settings: list[tuple[str, Any]],
+    *,
+    convergence_skip: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """PlanningProblem JSON data: ``base`` (a ``--problem`` file's), then the ``--convergence`` file's fields
+    but ``convergence_skip`` (``whatif``: the target is an axis of the study), then ``settings`` (flags, then
+    ``--set``; later ones win)."""
     from hierfedlora.planner.io import with_settings
 
     options = dict(base)
@@ -72,5 +80,6 @@ def problem_options(base: dict[str, Any], convergence: Path | None, settings: li
         given = options.get("convergence") or {}
         if not isinstance(given, dict):  # the --convergence file's fields go into it: it must be an object
             raise InvalidInputError([Issue("convergence", "an object of ConvergenceParams fields", given)], "problem")
-        options["convergence"] = {**given, **read_json_object(convergence)}
+        read = {k: v for k, v in read_json_object(convergence).items() if k not in convergence_skip}
+        options["convergence"] = {**given, **read}
     return with_settings(options, settings)

@@ -117,7 +117,11 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--lora-rank", type=int, default=None, help="LoRA rank of analytic cost models")
     parser.add_argument("--seed", type=int, default=None, help="seed of fleets and solver (default 0)")
     parser.add_argument("--name", type=str, default=None, help="study name (default whatif)")
-    add_problem_settings(parser, example="local_steps=2, solver.time_limit_s=5")
+    add_problem_settings(
+        parser,
+        example="local_steps=2, solver.time_limit_s=5",
+        fields="any PlanningProblem field but the axes' (their flags set them), the devices and the cost model",
+    )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/whatif-NAME)")
     parser.set_defaults(handler=handle)
 
@@ -137,7 +141,8 @@ def build_study(args: argparse.Namespace) -> Any:
     problem = data.get("problem", {}) or {}
     if not isinstance(problem, dict):
         raise InvalidInputError([Issue("problem", "an object of PlanningProblem fields", problem)], source)
-    data["problem"] = problem_options(problem, args.convergence, args.settings)
+    # a --convergence file's target_loss_gap (calibrate writes one) would meet the study's target_loss_gaps axis
+    data["problem"] = problem_options(problem, args.convergence, args.settings, convergence_skip=("target_loss_gap",))
     return from_dict(Study, data, source=source)
 
 

@@ -357,14 +357,16 @@ def check_study_inputs(study: Study) -> None:
     """Refuse a study whose files or named values cannot work, before any point runs or anything is written.
 
     A point's planner outcome (infeasible, no solution, a problem field that contradicts a setting)
-    stays a row; but a tier mix that is neither a preset nor a readable mix file, or a cost model or
-    fleet file that cannot be read, fails every point it touches for the same reason: that is the
-    user's input, reported once, naming the field and the file.
+    stays a row; but a tier mix that is neither a preset nor a readable mix file, a cost model or
+    fleet file that cannot be read, or a ``problem`` field that is unknown, breaks its rule or is one
+    the study sets itself (an axis, the devices, the cost model), fails every point it touches for
+    the same reason: that is the user's input, reported once, naming the field (and the file).
 
     Raises
     ------
     InvalidInputError
-        Every bad ``tier_mixes[i]``, ``cost_models[i]`` and the ``fleet_file``, at once.
+        Every bad ``tier_mixes[i]``, ``cost_models[i]``, the ``fleet_file`` and every bad
+        ``problem.<field>``, at once.
     """
     from hierfedlora.planner.fleet import load_fleet
     from hierfedlora.planner.fleets.tiers import resolve_tier_mix
@@ -388,19 +390,52 @@ def check_study_inputs(study: Study) -> None:
             except InvalidInputError as err:
                 refused(f"tier_mixes[{idx}]", err)
     batch_size = study.problem.get("batch_size")
+    costs: list[CostModel] = []
     for idx, name in enumerate(study.cost_models):
         try:
-            load_cost_model(
-                name,
-                num_classes=num_classes,
-                batch_size=batch_size if is_int(batch_size) and batch_size > 0 else 16,
-                seq_len=study.seq_len,
-                lora_rank=study.lora_rank,
+            costs.append(
+                load_cost_model(
+                    name,
+                    num_classes=num_classes,
+                    batch_size=batch_size if is_int(batch_size) and batch_size > 0 else 16,
+                    seq_len=study.seq_len,
+                    lora_rank=study.lora_rank,
+                )
             )
         except InvalidInputError as err:
             refused(f"cost_models[{idx}]", err)
+    if costs:  # the problem fields are checked with a loaded cost model standing in for each point's
+        issues.extend(_problem_field_issues(study.problem, costs[0]))
     if issues:
         raise InvalidInputError(issues)
+
+
+_STUDY_SET = {path: f"left to the study's {field} axis, which sets it (a list of values)"
+              for _, field, path, _ in _AXIS_TABLE if path is not None}  # fmt: skip
+_STUDY_SET |= {"devices": "left to the study's fleet (fleet_sizes and tier_mixes, or fleet_file)",
+               "cost_model": "left to the study's cost_models axis"}  # fmt: skip
+"""Problem fields a study sets itself, point by point: given in ``problem`` they would be overwritten unseen."""
+
+_STAND_IN_DEVICE = {"device_id": "stand-in", "label_counts": [1], "compute_scale": 1.0, "memory_bytes": 1,
+                    "uplink_mbps": 1.0, "downlink_mbps": 1.0}  # fmt: skip
+"""A device that passes every field rule, standing in for the fleet while a study's problem fields are checked."""
+
+
+def _problem_field_issues(problem: Mapping[str, Any], cost: CostModel) -> list[Issue]:
+    """Issues of a study's ``problem`` fields on their own: unknown names, values their rules refuse, fields the study
+    sets. A field that is well-formed stays: whether it fits a point (its fleet, its budgets) is that point's row."""
+    issues = []
+    for path, expected in _STUDY_SET.items():
+        head, _, rest = path.partition(".")
+        inner, key = (problem.get(head), rest) if rest else (problem, head)
+        if isinstance(inner, Mapping) and key in inner:
+            issues.append(Issue(f"problem.{path}", expected, inner[key]))
+    data = with_settings(problem, [("devices", [_STAND_IN_DEVICE]), ("cost_model", to_dict(cost))])
+    try:
+        from_dict(PlanningProblem, data)
+    except InvalidInputError as err:  # a field the study sets is reported once, above
+        issues.extend(issue.with_prefix("problem") for issue in err.issues if issue.path not in _STUDY_SET)
+    return issues
 
 
 class GroupingCache:

@@ -7,6 +7,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+from hierfedlora import cli
+
 SMALL = ("--classes", "4", "--samples-per-device", "16", "--set", 'solver.grouping_method="flow"')
 
 
@@ -126,3 +130,51 @@ def test_a_second_study_into_a_folder_in_use_exits_2_naming_the_holder(tmp_path)
     assert result.returncode == 2
     assert f"is in use by process {os.getpid()}" in result.stderr
     assert written == [".lock"]  # no row, result or plot of the refused study
+
+
+@pytest.mark.parametrize(
+    ("setting", "line"),
+    [
+        ("lcoal_steps=2", "problem.lcoal_steps must be a known field of PlanningProblem; got 'lcoal_steps' "
+                          "(did you mean 'local_steps'?)"),  # fmt: skip
+        ("local_steps=-1", "problem.local_steps must be an integer >= 1; got -1"),
+        ("solver.sed=3", "problem.solver.sed must be a known field of SolverOptions; got 'sed' (did you mean 'seed'?)"),
+        ("depth_choices=[0]", "problem.depth_choices must be a non-empty list of integers >= 1, or null; got (0,)"),
+        ("backhaul_mbps=5", "problem.backhaul_mbps must be left to the study's backhaul_mbps axis, which sets it "
+                            "(a list of values); got 5"),  # fmt: skip
+        ("convergence.target_loss_gap=2", "problem.convergence.target_loss_gap must be left to the study's "
+                                          "target_loss_gaps axis, which sets it (a list of values); got 2"),  # fmt: skip
+    ],
+)
+def test_a_bad_set_exits_2_with_one_line_naming_it_before_anything_is_planned(tmp_path, capsys, setting, line):
+    """A misspelt field, a value its rule refuses, or a field an axis sets (it would be overwritten unseen) was an
+    INVALID row per setting (or ignored) and exit 0: now exit 2, one line with field, expected and got; no --out."""
+    # Arrange
+    out = tmp_path / "out"
+    # Act
+    code = cli.main(["whatif", "--devices", "20", *SMALL, "--set", setting, "--out", str(out)])
+    # Assert
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == f"error: {line}"
+    assert not out.exists()
+
+
+def test_a_well_formed_but_infeasible_set_is_a_row_and_a_calibrated_convergence_file_is_taken(tmp_path, capsys):
+    """min_group_size 100 on 20 devices is well-formed: an INFEASIBLE row, exit 0. A --convergence file as calibrate
+    writes it (with the reference target_loss_gap) is taken, its target left to the --target-loss-gap axis."""
+    # Arrange
+    from hierfedlora.planner.io import write_json
+    from hierfedlora.planner.types import ConvergenceParams
+
+    convergence = tmp_path / "convergence.json"
+    write_json(convergence, ConvergenceParams(reference_rounds=100.0))
+    out = tmp_path / "out"
+    # Act
+    code = cli.main(["whatif", "--devices", "20", *SMALL, "--set", "min_group_size=100", "--convergence",
+                     str(convergence), "--target-loss-gap", "0.05", "--out", str(out)])  # fmt: skip
+    # Assert
+    assert code == 0, capsys.readouterr().err
+    [row] = json.loads((out / "results.json").read_text())["rows"]
+    assert row["status"] == "INFEASIBLE" and "at least 100 devices" in row["reason"]
+    assert row["target_loss_gap"] == 0.05
