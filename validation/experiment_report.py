@@ -30,6 +30,8 @@ from hierfedlora.validation.experiment_presets import (
     Setting,
     split_method,
 )
+from hierfedlora.validation.method_rules import is_best
+from hierfedlora.validation.rule_report import rule_lines
 from hierfedlora.validation.targets import (
     describe_target,
     evaluations,
@@ -280,6 +282,8 @@ _LOOP_TEXT = "HierFedLoRA with the closed loop: refits convergence constants and
 
 def _method_text(method: str, preset: ExperimentPreset) -> str:
     name, rule = split_method(method)
+    if is_best(method):  # "hierfavg@best": resolved per setting by the harness
+        return f"{_method_text(name, preset)}; under HierFedLoRA's best aggregation rule in each setting (`@best`)"
     if name != method:  # "hierfedlora@fedex": the method's text and its rule
         return f"{_method_text(name, preset)}; aggregation rule `{rule}`"
     if method == LOOP_METHOD:
@@ -408,6 +412,7 @@ def render_report(
         "",
         *headline(results, targets or resolve_targets(preset, results)),
         "",
+        *rule_lines(results),
         "## Accuracy against simulated time",
         "",
         *[f"![{p}]({p})" for p in plots],

@@ -12,7 +12,9 @@ hyperparameters, the simulated-time budget and the target accuracy) run by :func
    (``speed_error_sigma``), the same truth for every method;
 3. for every method build its plan (``validation.baselines``) from the profiles and run it with the
    same runtime until the simulated clock passes the budget; ``hierfedlora_loop`` adds the closed
-   loop (``planner.feedback.Replanner``), which sees the true step times in the reports;
+   loop (``planner.feedback.Replanner``), which sees the true step times in the reports; a method
+   under an explicit rule runs before any ``NAME@best`` method, which runs under the rule resolved
+   from the setting's finished HierFedLoRA runs (:mod:`hierfedlora.validation.method_rules`);
 4. write ``results.json`` / ``results.csv`` (one row per run), ``summary.csv`` (mean and spread
    over seeds), ``accuracy_<setting>.png`` (accuracy against simulated time, one line per method)
    and ``report.md`` (every assumption, the tables, the plots), by
@@ -68,6 +70,7 @@ from hierfedlora.validation.experiment_presets import (
     split_method,
 )
 from hierfedlora.validation.experiment_report import markdown_table, summarize, write_outputs
+from hierfedlora.validation.method_rules import is_best, resolve_best_rule, stage_order
 from hierfedlora.validation.selfcal import FITTED_NAME, self_calibrating_replanner, write_fitted_constants
 
 __all__ = [
@@ -134,16 +137,22 @@ def _run_one(
     budget_s: float,
     folder: Path,
     context: object,
+    resolved_rule: str | None = None,
 ) -> RunResult:
+    """Run (or resume, or read back) ``method`` on ``setting``; ``resolved_rule`` is the rule a
+    ``NAME@best`` method runs under here (``method_rules.resolve_best_rule``)."""
     from hierfedlora.runtime.options import RunOptions
     from hierfedlora.runtime.run_folder import lock_folder
 
     name, rule = split_method(method)  # "hierfedlora@fedex": HierFedLoRA's plan under FedEx-LoRA
+    rule = resolved_rule or rule
     done = folder / RESULT_NAME
     if done.exists():  # older result files lack the fleet axes: the setting supplies them
-        return dataclasses.replace(
-            read_json(RunResult, done), num_devices=setting.num_devices, tier_mix=setting.tier_mix
-        )
+        result = read_json(RunResult, done)
+        if result.resolved_rule != resolved_rule:  # stage 1's results changed under a finished stage-2 run
+            expected = f"a result of {method} under {resolved_rule}, HierFedLoRA's best rule here"
+            raise InvalidInputError([Issue("out", expected, f"{done} under {result.resolved_rule}")])
+        return dataclasses.replace(result, num_devices=setting.num_devices, tier_mix=setting.tier_mix)
     plan_path = folder / "initial_plan.json"
     if plan_path.exists():
         plan = read_json(Plan, plan_path)
@@ -192,6 +201,7 @@ def _run_one(
         sim_time_s=tuple(r.sim_time_s for r in reports),
         accuracy=tuple(r.eval_accuracy for r in reports),
         **_observed(reports, preset.evaluate_intra_rounds),
+        resolved_rule=resolved_rule,
     )
     write_json(done, result)
     return result
@@ -390,25 +400,30 @@ def _run_settings(
         reference = make_method_plan("fedlora", problem, settings=preset.baseline)
         budget_s = preset.budget_fedlora_rounds * reference.predicted_round_time_s
         context = None
-        for method in preset.methods:
+        done: dict[str, RunResult] = {}
+        for method in stage_order(preset.methods):  # explicit rules first: `@best` resolves from their results
             if progress:
-                progress(f"{len(results) + 1}/{total} {setting.label} seed {seed} {method}")
+                progress(f"{len(results) + len(done) + 1}/{total} {setting.label} seed {seed} {method}")
             if context is None and not (setting_dir / method / RESULT_NAME).exists():
                 options = RunOptions(
                     rounds=1, max_seq_len=preset.max_seq_len, eval_samples=preset.eval_samples, seed=seed
                 )
                 context = prepare_run(reference, fleet, options)
-            result = _run_one(preset, method, setting, problem, fleet, truth, budget_s, setting_dir / method, context)
+            resolved = resolve_best_rule(list(done.values())) if is_best(method) else None
+            result = _run_one(
+                preset, method, setting, problem, fleet, truth, budget_s, setting_dir / method, context, resolved
+            )
             log.info(
                 "%s %s seed %d: final accuracy %.3f, time to target %s, %.0f s wall",
                 setting.label,
-                method,
+                method if resolved is None else f"{method} ({resolved})",
                 seed,
                 result.final_accuracy,
                 "-" if result.time_to_target_s is None else f"{result.time_to_target_s:.0f} s",
                 result.wall_time_s,
             )
-            results.append(result)
+            done[method] = result
+        results.extend(done[method] for method in preset.methods)
     return results, cost_model
 
 
