@@ -26,6 +26,9 @@ One global round ``r`` (1-based, like Flower's ``server_round``):
 Ctrl-C (SIGINT) during a round lets the round finish and commit, then raises
 ``RunInterruptedError``; ``resume=True`` continues from the last committed round, refusing a
 checkpoint of another plan, fleet or model (``ResumeMismatchError``).
+
+Where the loop starts (fresh, or from the last commit) and what a checkpoint's tensors hold is
+``runtime.run_start``; consulting a replanner and the run's ``plans/`` folder is ``runtime.replanning``.
 """
 
 from __future__ import annotations
@@ -37,29 +40,21 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
-
-from hierfedlora.models.adapters import AdapterState, initial_adapter_state
+from hierfedlora.models.adapters import AdapterState
 from hierfedlora.models.base_delta import add_deltas, applied_base_delta, dense_bytes_per_layer
-from hierfedlora.planner.errors import InvalidInputError, Issue, RunInterruptedError
+from hierfedlora.planner.errors import RunInterruptedError
 from hierfedlora.planner.intra_evals import IntraRoundEval
-from hierfedlora.planner.io import read_json, write_json
 from hierfedlora.planner.outcomes import GroupRoundResult, Plan, RoundReport
 from hierfedlora.planner.types import CostModel, DeviceProfile, Fleet
 from hierfedlora.runtime.aggregation_rules import BaseDelta, get_rule
 from hierfedlora.runtime.batched_training import device_batching
 from hierfedlora.runtime.checkpoint import (
-    MANIFEST_NAME,
     REPORTS_NAME,
     ReportLog,
     RunState,
-    load_checkpoint,
     numpy_rng_state,
-    read_checkpoint_plan_id,
     read_reports,
-    restore_numpy_rng,
     save_checkpoint,
 )
 from hierfedlora.runtime.clock import RoundTiming, SimClock, global_round_time_s
@@ -69,10 +64,12 @@ from hierfedlora.runtime.executors.inprocess import InProcessExecutor
 from hierfedlora.runtime.faults import FaultOptions, RoundFaults, draw_round_faults
 from hierfedlora.runtime.group_training import LevelObserver, train_groups
 from hierfedlora.runtime.intra_evaluation import intra_level_time_s, observe_level
-from hierfedlora.runtime.local_training import derive_seed, evaluate
+from hierfedlora.runtime.local_training import evaluate
 from hierfedlora.runtime.options import RunOptions
 from hierfedlora.runtime.prefix_cache import Forward
-from hierfedlora.runtime.rank_pruning import prune_ranks, rank_tensors, ranked_plan, ranks_from_tensors
+from hierfedlora.runtime.rank_pruning import prune_ranks, ranked_plan
+from hierfedlora.runtime.replanning import PLANS_FOLDER, Replanner, consult_replanner, save_plan
+from hierfedlora.runtime.run_start import checkpoint_tensors, start_run
 
 __all__ = [
     "PLANS_FOLDER",
@@ -85,9 +82,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-GLOBAL_PREFIX = "global."
-BASE_PREFIX = "base."
 
 
 @contextlib.contextmanager
@@ -110,26 +104,6 @@ def _sigint_deferred() -> Iterator[threading.Event]:
         yield flag
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def _initial_state(context: RunContext, seed: int) -> AdapterState:
-    # Seeded, not read from the model: a shared context's model holds the last run's adapters.
-    return initial_adapter_state(context.model.peft_model, context.model.max_depth, seed)
-
-
-class Replanner(Protocol):
-    """Consulted after every committed round; returns a new plan to switch to, or ``None``.
-
-    ``reports`` are all committed reports of the run in order (each names its plan);
-    ``plans`` maps every plan id the run has used to its plan. It must be deterministic in
-    its inputs: a resumed run consults it again for the last committed round.
-    ``planner.feedback.Replanner`` is the implementation.
-    """
-
-    def __call__(self, plan: Plan, reports: Sequence[RoundReport], plans: Mapping[str, Plan]) -> Plan | None: ...
-
-
-PLANS_FOLDER = "plans"
 
 
 def run_plan(
@@ -226,14 +200,16 @@ def _run_rounds(
     plans = {plan.plan_id: plan}
     rule = get_rule(options.aggregation)
     dense_bytes = dense_bytes_per_layer(context.model.peft_model) if rule.name == "fedex" else None
-    state, global_state, base_delta, ranks, clock, rng, plan = _start(folder, plan, context, options, resume, plans)
+    begun = start_run(folder, plan, context, options, resume, plans)
+    state, global_state, base_delta, ranks = begun.state, begun.global_state, begun.base_delta, begun.ranks
+    clock, rng, plan = begun.clock, begun.rng, begun.plan
     prunes = rule.name == "hetlora"  # HetLoRA's rank self-pruning: per-group ranks are run state
     ranks_of = plan.plan_id
-    _save_plan(folder, plan)
+    save_plan(folder, plan)
     with ReportLog.open(folder / REPORTS_NAME, resume_state=state) as report_log, _sigint_deferred() as stop:
         reports = read_reports(folder / REPORTS_NAME) if state else []  # repaired to rounds 1..c by open
         if state and replanner is not None:  # the decision after the last commit may not have been acted on
-            plan = _consult(replanner, plan, reports, plans, fleet, context, folder, samples_of)
+            plan = consult_replanner(replanner, plan, reports, plans, fleet, context, folder, samples_of)
         for global_round in range(state.global_round + 1 if state else 1, options.rounds + 1):
             started = time.perf_counter()
             if plan.plan_id != ranks_of:  # a re-plan starts from its own ranks
@@ -362,17 +338,14 @@ def _run_rounds(
                 last_report=report,
                 aggregation=rule.name,
             )
-            tensors = {GLOBAL_PREFIX + key: value for key, value in global_state.items()}
-            tensors.update({BASE_PREFIX + module: value.contiguous() for module, value in base_delta.items()})
-            tensors.update(rank_tensors(ranks))
-            save_checkpoint(folder, run_state, tensors)
+            save_checkpoint(folder, run_state, checkpoint_tensors(global_state, base_delta, ranks))
             report_log.append(report)
             reports.append(report)
             yield report
             if stop.is_set() and global_round < options.rounds:
                 raise RunInterruptedError(global_round, str(folder))
             if replanner is not None and global_round < options.rounds:
-                plan = _consult(replanner, plan, reports, plans, fleet, context, folder, samples_of)
+                plan = consult_replanner(replanner, plan, reports, plans, fleet, context, folder, samples_of)
 
 
 def _intra_observer(
@@ -421,14 +394,6 @@ def _group_model_is_global(plan: Plan) -> bool:
     return len(plan.groups) == 1 and plan.groups[0].layers is None
 
 
-def _save_plan(folder: Path, plan: Plan) -> None:
-    (folder / PLANS_FOLDER).mkdir(exist_ok=True)
-    path = folder / PLANS_FOLDER / f"{plan.plan_id}.json"
-    if not path.exists():
-        write_json(path, plan)
-    write_json(folder / "plan.json", plan)
-
-
 def device_sample_counts(fleet: Fleet) -> dict[str, int]:
     """Training samples per device id: the lengths of the fleet's sample indices (else its counts)."""
     if fleet.sample_indices:
@@ -436,86 +401,7 @@ def device_sample_counts(fleet: Fleet) -> dict[str, int]:
     return {d.device_id: d.num_samples for d in fleet.devices}
 
 
-def _consult(
-    replanner: Replanner,
-    plan: Plan,
-    reports: Sequence[RoundReport],
-    plans: dict[str, Plan],
-    fleet: Fleet,
-    context: RunContext,
-    folder: Path,
-    samples_of: Mapping[str, int],
-) -> Plan:
-    """Ask the replanner; check, record and return the plan in force for the next round."""
-    new_plan = replanner(plan, reports, plans)
-    if new_plan is None or new_plan.plan_id == plan.plan_id:
-        return plan
-    issues = check_plan_for_run(new_plan, fleet, context.model.num_layers, context.model.spec.lora_rank)
-    issues += [
-        Issue("plan.device_ids", "devices the run has data for", d)
-        for d in new_plan.device_ids
-        if not samples_of.get(d)
-    ]
-    if issues:
-        raise InvalidInputError(issues, "re-plan")
-    log.info("switching plan %s -> %s: %s", plan.plan_id, new_plan.plan_id, new_plan.reason)
-    plans[new_plan.plan_id] = new_plan
-    _save_plan(folder, new_plan)
-    return new_plan
-
-
 def _load(context: RunContext, depth: int, state: AdapterState, layers: Sequence[int] | None = None) -> Forward:
     forward = context.forward_for(depth, layers)
     context.model.set_adapter_state({key: state[key] for key in context.model.adapter_keys()})
     return forward
-
-
-def _start(
-    folder: Path, plan: Plan, context: RunContext, options: RunOptions, resume: bool, plans: dict[str, Plan]
-) -> tuple[RunState | None, AdapterState, BaseDelta, dict[int, int], SimClock, np.random.Generator, Plan]:
-    if resume and (folder / MANIFEST_NAME).exists():
-        current = _plan_in_force(folder, plan, plans)
-        state, tensors = load_checkpoint(
-            folder,
-            expected_plan_id=current.plan_id,
-            expected_fleet_sha256=context.fleet_sha256,
-            expected_model_sha256=context.model_sha256,
-            expected_aggregation=options.aggregation,
-        )
-        global_state = {k.removeprefix(GLOBAL_PREFIX): v for k, v in tensors.items() if k.startswith(GLOBAL_PREFIX)}
-        base_delta = {k.removeprefix(BASE_PREFIX): v for k, v in tensors.items() if k.startswith(BASE_PREFIX)}
-        log.info("resuming %s after global round %d", folder, state.global_round)
-        rng = restore_numpy_rng(state.numpy_rng_state)
-        return state, global_state, base_delta, ranks_from_tensors(tensors), SimClock(state.sim_time_s), rng, current
-    if (folder / MANIFEST_NAME).exists():
-        raise InvalidInputError([Issue("run_dir", "an empty folder for a new run (or pass resume)", str(folder))])
-    rng = np.random.default_rng(derive_seed(options.seed, 11))
-    return None, _initial_state(context, options.seed), {}, {}, SimClock(0.0), rng, plan
-
-
-def _plan_in_force(folder: Path, plan: Plan, plans: dict[str, Plan]) -> Plan:
-    """The plan of the last committed round: ``plan`` itself, or a re-plan descending from it."""
-    saved = {}
-    for path in sorted((folder / PLANS_FOLDER).glob("*.json")):
-        try:
-            candidate = read_json(Plan, path)
-        except InvalidInputError:
-            continue  # a torn or foreign file cannot be the plan of a committed round
-        saved[candidate.plan_id] = candidate
-    try:
-        committed = read_checkpoint_plan_id(folder)
-    except InvalidInputError:
-        return plan  # load_checkpoint reports what is wrong with the manifest
-    current = saved.get(committed)
-    if committed == plan.plan_id or current is None:
-        return plan  # a foreign plan id: load_checkpoint refuses it by name
-    lineage, cursor = [current], current
-    while cursor.parent_plan_id is not None and cursor.parent_plan_id != plan.plan_id:
-        cursor = saved.get(cursor.parent_plan_id)  # type: ignore[assignment]
-        if cursor is None or len(lineage) > len(saved):
-            return plan
-        lineage.append(cursor)
-    if cursor.parent_plan_id != plan.plan_id:
-        return plan
-    plans.update({p.plan_id: p for p in lineage})
-    return current

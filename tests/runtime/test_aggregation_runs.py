@@ -12,9 +12,10 @@ from hierfedlora.models.adapters import initial_adapter_state
 from hierfedlora.models.base_delta import applied_base_delta, base_layers
 from hierfedlora.planner.errors import InvalidInputError, ResumeMismatchError
 from hierfedlora.runtime.checkpoint import MANIFEST_NAME, REPORTS_NAME, read_reports
-from hierfedlora.runtime.engine import BASE_PREFIX, GLOBAL_PREFIX, prepare_run, run_plan
+from hierfedlora.runtime.engine import prepare_run, run_plan
 from hierfedlora.runtime.local_training import evaluate
 from hierfedlora.runtime.options import RunOptions
+from hierfedlora.runtime.run_start import BASE_PREFIX, GLOBAL_PREFIX
 from tests.factories import make_cost_model, make_two_group_plan
 
 

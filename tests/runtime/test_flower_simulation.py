@@ -17,8 +17,9 @@ import torch
 from safetensors.torch import load_file
 
 from hierfedlora.runtime.checkpoint import MANIFEST_NAME, REPORTS_NAME, read_reports
-from hierfedlora.runtime.engine import GLOBAL_PREFIX, run_plan
+from hierfedlora.runtime.engine import run_plan
 from hierfedlora.runtime.options import RunOptions
+from hierfedlora.runtime.run_start import GLOBAL_PREFIX
 from tests.factories import make_cost_model, make_two_group_plan
 
 pytestmark = pytest.mark.flower

@@ -24,10 +24,11 @@ from safetensors.torch import load_file
 
 from hierfedlora.planner.io import write_json
 from hierfedlora.runtime.checkpoint import CRASH_AFTER_COMMIT_ENV, MANIFEST_NAME, REPORTS_NAME, read_reports
-from hierfedlora.runtime.engine import BASE_PREFIX, prepare_run, run_plan
+from hierfedlora.runtime.engine import prepare_run, run_plan
 from hierfedlora.runtime.options import RunOptions
 from hierfedlora.runtime.prefix_cache import PrefixCache
 from hierfedlora.runtime.rank_pruning import RANK_PREFIX
+from hierfedlora.runtime.run_start import BASE_PREFIX
 from tests.factories import make_cost_model, make_two_group_plan
 from tests.runtime.test_engine import _cli_run
 
