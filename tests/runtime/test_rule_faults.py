@@ -13,9 +13,10 @@ from hierfedlora.models.adapters import initial_adapter_state
 from hierfedlora.planner.costs import AGGREGATION_RULES
 from hierfedlora.runtime.checkpoint import MANIFEST_NAME
 from hierfedlora.runtime.clock import global_round_time_s
-from hierfedlora.runtime.engine import GLOBAL_PREFIX, prepare_run, run_plan
+from hierfedlora.runtime.engine import prepare_run, run_plan
 from hierfedlora.runtime.faults import FaultOptions, draw_round_faults
 from hierfedlora.runtime.options import RunOptions
+from hierfedlora.runtime.run_start import GLOBAL_PREFIX
 from tests.factories import make_cost_model, make_devices, make_two_group_plan
 
 DENSE_BYTES = 50_000  # FedEx-LoRA's dense residual of one layer (any positive size)
