@@ -43,9 +43,9 @@ from hierfedlora.models.adapters import AdapterState
 from hierfedlora.models.lora import AdaptedModel
 from hierfedlora.planner.types import CostModel
 from hierfedlora.runtime.data import device_batches
+from hierfedlora.runtime.forward import Forward
 from hierfedlora.runtime.local_training import DeviceUpdate
 from hierfedlora.runtime.options import RunOptions
-from hierfedlora.runtime.prefix_cache import Forward
 
 __all__ = ["DeviceBatching", "batching_supported", "device_batching", "train_devices_batched"]
 

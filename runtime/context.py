@@ -20,9 +20,10 @@ from hierfedlora.planner.plan_checks import check_plan_groups
 from hierfedlora.planner.types import Fleet
 from hierfedlora.runtime.aggregation_rules import get_rule
 from hierfedlora.runtime.data import TokenizedData, tokenize_texts
+from hierfedlora.runtime.forward import Forward, PlainForward
 from hierfedlora.runtime.local_training import derive_seed
 from hierfedlora.runtime.options import RunOptions
-from hierfedlora.runtime.prefix_cache import Forward, PlainForward, PrefixCache
+from hierfedlora.runtime.prefix_cache import PrefixCache
 
 __all__ = ["RunContext", "check_plan_for_run", "prepare_run"]
 

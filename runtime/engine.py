@@ -62,11 +62,11 @@ from hierfedlora.runtime.context import RunContext, check_plan_for_run, prepare_
 from hierfedlora.runtime.executors.base import Executor
 from hierfedlora.runtime.executors.inprocess import InProcessExecutor
 from hierfedlora.runtime.faults import FaultOptions, RoundFaults, draw_round_faults
+from hierfedlora.runtime.forward import Forward
 from hierfedlora.runtime.group_training import LevelObserver, train_groups
 from hierfedlora.runtime.intra_evaluation import intra_level_time_s, observe_level
 from hierfedlora.runtime.local_training import evaluate
 from hierfedlora.runtime.options import RunOptions
-from hierfedlora.runtime.prefix_cache import Forward
 from hierfedlora.runtime.rank_pruning import prune_ranks, ranked_plan
 from hierfedlora.runtime.replanning import PLANS_FOLDER, Replanner, consult_replanner, save_plan
 from hierfedlora.runtime.run_start import checkpoint_tensors, start_run

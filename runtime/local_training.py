@@ -19,7 +19,7 @@ import torch
 from hierfedlora.models.adapters import AdapterState
 from hierfedlora.models.lora import AdaptedModel
 from hierfedlora.runtime.data import device_batches
-from hierfedlora.runtime.prefix_cache import Forward
+from hierfedlora.runtime.forward import Forward
 
 __all__ = ["DeviceUpdate", "derive_seed", "evaluate", "train_device"]
 

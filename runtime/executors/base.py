@@ -29,8 +29,8 @@ from hierfedlora.models.adapters import AdapterState
 from hierfedlora.models.base_delta import applied_base_delta
 from hierfedlora.runtime.batched_training import DeviceBatching, batching_supported, train_devices_batched
 from hierfedlora.runtime.context import RunContext
+from hierfedlora.runtime.forward import Forward
 from hierfedlora.runtime.local_training import DeviceUpdate, train_device
-from hierfedlora.runtime.prefix_cache import Forward
 
 __all__ = ["Executor", "LocalTrainer", "TrainTask"]
 

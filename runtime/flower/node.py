@@ -49,8 +49,9 @@ from hierfedlora.runtime.flower.protocol import (
     encode_update,
 )
 from hierfedlora.runtime.flower.settings import AppSettings
+from hierfedlora.runtime.forward import PlainForward
 from hierfedlora.runtime.local_training import derive_seed, train_device
-from hierfedlora.runtime.prefix_cache import PlainForward, PrefixCache
+from hierfedlora.runtime.prefix_cache import PrefixCache
 
 __all__ = ["DataFn", "ModelFn", "NodeData", "make_client_app", "partition_node_data", "settings_model_spec"]
 
