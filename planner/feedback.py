@@ -1,6 +1,7 @@
 r"""Feedback: refit the convergence model and device speeds from round reports, and re-plan.
 
-The refits (F1)-(F4) live in :mod:`hierfedlora.planner.refit`; this module re-plans from them.
+The refits (F1)-(F4) live in :mod:`hierfedlora.planner.refit`; this module re-plans from them, pricing and
+re-assigning a kept grouping with :mod:`hierfedlora.planner.kept_plan`.
 
 (F5) Re-planning, on the refit problem. A fleet change (devices removed or added) always
 re-plans with ``make_plan``. Otherwise the grouping is kept and depths and intra_rounds are
@@ -60,18 +61,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 from collections.abc import Mapping, Sequence
 
-import numpy as np
-
-from hierfedlora.planner import costs
-from hierfedlora.planner.assignment import assign_depths_and_rounds, evaluate_assignment
-from hierfedlora.planner.assignment.data import build_assignment_data
 from hierfedlora.planner.errors import InfeasibleError, InvalidInputError, Issue, NoSolutionError
-from hierfedlora.planner.io import sha256_of
-from hierfedlora.planner.outcomes import Grouping, Limit, Plan, RoundReport, SolveStatus
-from hierfedlora.planner.plan import devices_sha256, make_plan, skew_free_bound
+from hierfedlora.planner.kept_plan import broken_constraints, plan_structure, reassigned, time_to_target_s
+from hierfedlora.planner.outcomes import Plan, RoundReport
+from hierfedlora.planner.plan import make_plan
 from hierfedlora.planner.refit import (
     FIT_BOUNDS,
     LOSS_NOISE_NATS,
@@ -128,104 +123,6 @@ class ReplanDecision:
     devices: tuple[DeviceProfile, ...]
 
 
-def _grouping(groups: Sequence[Sequence[str]], problem: PlanningProblem) -> Grouping:
-    """Device ids per group as positions into ``problem.devices``."""
-    position = {d.device_id: idx for idx, d in enumerate(problem.devices)}
-    members = tuple(tuple(sorted(position[d] for d in ids)) for ids in groups)
-    return Grouping(
-        members=members,
-        objective=0.0,
-        bound=0.0,
-        status=SolveStatus.OPTIMAL,
-        limit=None,
-        solve_time_s=0.0,
-        method="kept",
-    )
-
-
-def _time_to_target_s(plan: Plan, problem: PlanningProblem) -> float:
-    """``plan``'s groups on the devices ``problem`` still has, priced by ``evaluate_assignment``."""
-    sub = dataclasses.replace(problem, devices=tuple(d for d in problem.devices if d.device_id in plan.device_ids))
-    known = {d.device_id for d in sub.devices}
-    kept = [(ids, g) for g in plan.groups if (ids := [d for d in g.device_ids if d in known])]
-    if not kept:
-        return math.nan
-    depths, rounds = [g.depth for _, g in kept], [g.intra_rounds for _, g in kept]
-    return float(evaluate_assignment(_grouping([ids for ids, _ in kept], sub), sub, depths, rounds))
-
-
-def _broken(plan: Plan, problem: PlanningProblem) -> list[str]:
-    """Constraint families ``plan`` (on exactly ``problem``'s devices) breaks under ``problem``'s costs."""
-    if any(
-        g.depth not in problem.effective_depth_choices or g.intra_rounds not in problem.intra_rounds_choices
-        for g in plan.groups
-    ):
-        return ["choices"]
-    data = build_assignment_data(_grouping([g.device_ids for g in plan.groups], problem), problem)
-    choices = np.array([data.choice_index(g.depth, g.intra_rounds) for g in plan.groups])
-    result = data.evaluate(choices)
-    broken = [] if data.fits[np.arange(len(choices)), choices].all() else ["memory"]
-    if data.round_limit_s is not None and result.round_time_s > data.round_limit_s:
-        broken.append("round_budget")
-    if data.traffic_limit_bytes is not None and result.traffic_bytes > data.traffic_limit_bytes:
-        broken.append("traffic_budget")
-    return broken
-
-
-def _reassigned(plan: Plan, problem: PlanningProblem) -> Plan:
-    """(F5) ``plan``'s grouping kept, depth and intra_rounds re-assigned under ``problem``."""
-    started = time.perf_counter()
-    kept = _grouping([g.device_ids for g in plan.groups], problem)
-    assignment = assign_depths_and_rounds(kept, problem)
-    status, limit = SolveStatus.OPTIMAL, None
-    if assignment.status is not SolveStatus.OPTIMAL:
-        status, limit = SolveStatus.FEASIBLE, assignment.limit or Limit.TIME
-    elif plan.grouping_relative_gap > problem.solver.relative_gap_tolerance:  # the kept grouping is unproven
-        status, limit = SolveStatus.FEASIBLE, plan.limit or Limit.TIME
-    groups = tuple(
-        dataclasses.replace(
-            g,
-            depth=assignment.depths[k],
-            intra_rounds=assignment.intra_rounds[k],
-            local_steps=problem.local_steps,
-            predicted_intra_round_s=assignment.intra_round_time_s[k],
-            predicted_traffic_bytes=costs.group_traffic_bytes(
-                problem.cost_model,
-                num_devices=len(g.device_ids),
-                depth=assignment.depths[k],
-                intra_rounds=assignment.intra_rounds[k],
-            ),
-            predicted_peak_memory_bytes=costs.peak_memory_bytes(
-                problem.cost_model, depth=assignment.depths[k], batch_size=problem.effective_batch_size
-            ),
-        )
-        for k, g in enumerate(plan.groups)
-    )
-    return dataclasses.replace(
-        plan,
-        groups=groups,
-        predicted_traffic_bytes=sum(g.predicted_traffic_bytes for g in groups),
-        predicted_backhaul_bytes=costs.backhaul_traffic_bytes(problem.cost_model, assignment.depths),
-        target=problem.convergence.describe_target(),
-        predicted_round_time_s=assignment.round_time_s,
-        predicted_rounds_to_target=assignment.rounds_to_target,
-        objective_value=assignment.objective_value,
-        dual_bound=skew_free_bound(kept, problem, assignment),
-        status=status,
-        limit=limit,
-        solve_time_s=time.perf_counter() - started,
-        seed=problem.solver.seed,
-        batch_size=problem.effective_batch_size,
-        cost_model_sha256=problem.cost_model.model_sha256 or sha256_of(problem.cost_model),
-        fleet_sha256=devices_sha256(problem.devices),
-        parent_plan_id=plan.plan_id,
-    )
-
-
-def _structure(plan: Plan) -> frozenset[tuple[frozenset[str], int, int, int]]:
-    return frozenset((frozenset(g.device_ids), g.depth, g.intra_rounds, g.local_steps) for g in plan.groups)
-
-
 def replan(
     plan: Plan,
     history: History,
@@ -279,7 +176,7 @@ def replan(
     fit = refit_convergence(history, problem, prior_weight=prior_weight)
     devices = tuple(d for d in refit_devices(problem, history) if d.device_id not in removed)
     refit = dataclasses.replace(problem, devices=devices, convergence=fit.params)
-    old_s = _time_to_target_s(plan, refit)
+    old_s = time_to_target_s(plan, refit)
 
     def decide(new: Plan, reason: str, gain: float = 0.0) -> ReplanDecision:
         changed = new is not plan
@@ -292,23 +189,23 @@ def replan(
         changes = [f"{verb} {', '.join(ids)}" for verb, ids in (("removed", gone), ("added", added)) if ids]
         reason = f"{reason_prefix}fleet changed: {'; '.join(changes)}"
         new = make_plan(refit, parent_plan_id=plan.plan_id, reason=reason)
-        return decide(new, reason, (old_s - _time_to_target_s(new, refit)) / old_s)
+        return decide(new, reason, (old_s - time_to_target_s(new, refit)) / old_s)
     profiled = {d.device_id: d.compute_scale for d in problem.devices}
     rescaled = [d.device_id for d in devices if d.compute_scale != profiled[d.device_id]]
     try:
         if rescaled and (problem.speed_spread_weight > 0 or problem.max_speed_ratio is not None):
             candidate = make_plan(refit, parent_plan_id=plan.plan_id)
         else:
-            candidate = _reassigned(plan, refit)
+            candidate = reassigned(plan, refit)
     except (InfeasibleError, NoSolutionError) as err:
         return decide(plan, f"{reason_prefix}no plan meets the constraints under the refit costs, kept ({err})")
-    if _structure(candidate) == _structure(plan):
+    if plan_structure(candidate) == plan_structure(plan):
         return decide(plan, f"{reason_prefix}the refit leaves the best plan unchanged")
-    gain = (old_s - _time_to_target_s(candidate, refit)) / old_s
+    gain = (old_s - time_to_target_s(candidate, refit)) / old_s
     params = fit.params
     fitted = f"beta {params.depth_exponent:.3g}, c {params.skew_sensitivity:.3g}, R0 {params.reference_rounds:.3g}"
     fitted += f"; compute_scale of {', '.join(rescaled)}" if rescaled else ""
-    if broken := _broken(plan, refit):
+    if broken := broken_constraints(plan, refit):
         reason = f"{reason_prefix}the plan breaks {', '.join(broken)} under the refit ({fitted})"
     elif gain >= min_relative_gain:
         reason = f"{reason_prefix}the refit ({fitted}) predicts {gain:.1%} less time to target"
