@@ -132,20 +132,20 @@ def test_a_second_study_into_a_folder_in_use_exits_2_naming_the_holder(tmp_path)
     assert written == [".lock"]  # no row, result or plot of the refused study
 
 
-@pytest.mark.parametrize(
-    ("setting", "line"),
-    [
-        ("lcoal_steps=2", "problem.lcoal_steps must be a known field of PlanningProblem; got 'lcoal_steps' "
-                          "(did you mean 'local_steps'?)"),  # fmt: skip
-        ("local_steps=-1", "problem.local_steps must be an integer >= 1; got -1"),
-        ("solver.sed=3", "problem.solver.sed must be a known field of SolverOptions; got 'sed' (did you mean 'seed'?)"),
-        ("depth_choices=[0]", "problem.depth_choices must be a non-empty list of integers >= 1, or null; got (0,)"),
-        ("backhaul_mbps=5", "problem.backhaul_mbps must be left to the study's backhaul_mbps axis, which sets it "
-                            "(a list of values); got 5"),  # fmt: skip
-        ("convergence.target_loss_gap=2", "problem.convergence.target_loss_gap must be left to the study's "
-                                          "target_loss_gaps axis, which sets it (a list of values); got 2"),  # fmt: skip
-    ],
-)
+AXIS = "axis, which sets it (a list of values)"
+BAD_SETTINGS = {
+    "lcoal_steps=2": "problem.lcoal_steps must be a known field of PlanningProblem; got 'lcoal_steps' "
+    "(did you mean 'local_steps'?)",
+    "local_steps=-1": "problem.local_steps must be an integer >= 1; got -1",
+    "solver.sed=3": "problem.solver.sed must be a known field of SolverOptions; got 'sed' (did you mean 'seed'?)",
+    "depth_choices=[0]": "problem.depth_choices must be a non-empty list of integers >= 1, or null; got (0,)",
+    "backhaul_mbps=5": f"problem.backhaul_mbps must be left to the study's backhaul_mbps {AXIS}; got 5",
+    "convergence.target_loss_gap=2": "problem.convergence.target_loss_gap must be left to the study's "
+    f"target_loss_gaps {AXIS}; got 2",
+}
+
+
+@pytest.mark.parametrize(("setting", "line"), BAD_SETTINGS.items())
 def test_a_bad_set_exits_2_with_one_line_naming_it_before_anything_is_planned(tmp_path, capsys, setting, line):
     """A misspelt field, a value its rule refuses, or a field an axis sets (it would be overwritten unseen) was an
     INVALID row per setting (or ignored) and exit 0: now exit 2, one line with field, expected and got; no --out."""
