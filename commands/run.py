@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hierfedlora.commands.faults import add_fault_arguments, build_faults
+from hierfedlora.commands.method_replan import build_method_replanner
 
 __all__ = ["check_plan_inputs", "execute", "register"]
 
@@ -23,7 +24,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         description="Run PLAN for --rounds global rounds on the fleet's devices; every round is checkpointed and "
         "appended to DIR/reports.jsonl before it is shown. Ctrl-C finishes the round, then stops; --resume "
         "continues. Writes DIR/accuracy_vs_time.png at the end. DIR is locked for the whole run: a second "
-        "process writing there fails at once (exit 2).",
+        "process writing there fails at once (exit 2). A FedGSP-like or FedRA-like plan ('hierfedlora plan --method "
+        "fedgsp|fedra', round 1's plan) follows its method's schedule as 'hierfedlora experiment' does: FedGSP adds "
+        "a group every round up to --problem's num_groups, FedRA re-draws the devices' layers every round.",
     )
     parser.add_argument("plan", type=Path, help="plan JSON (from 'hierfedlora plan')")
     parser.add_argument("--fleet", required=True, type=Path, help="the fleet JSON the plan was made for")
@@ -105,9 +108,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--problem",
         type=Path,
         default=None,
-        help="with --replan-every or --self-calibrate: JSON with the PlanningProblem fields the plan was made with "
-        "(as for "
-        "'hierfedlora plan --problem'); num_groups, local_steps and batch_size default to the plan's",
+        help="with --replan-every or --self-calibrate, or a FedGSP or FedRA plan: JSON with the PlanningProblem "
+        "fields the plan was made with (as for 'hierfedlora plan --problem'); num_groups, local_steps and "
+        "batch_size default to the plan's, except that a FedGSP plan needs num_groups, the most groups it grows to",
     )
     parser.add_argument(
         "--executor",
@@ -335,7 +338,9 @@ def handle(args: argparse.Namespace) -> int:
     if mismatch is not None:
         log.warning("cost-model mismatch allowed: %s", mismatch)
     faults = build_faults(args)
-    replanner = build_replanner(args, plan)
+    replanner = build_method_replanner(args, plan)  # FedGSP's growing groups, FedRA's re-draws: their schedules
+    if replanner is None:
+        replanner = build_replanner(args, plan)
     check_run_folder(args.out, resume=args.resume)
     with lock_folder(args.out):
         check_run_folder(args.out, resume=args.resume)  # again: another process may have written it meanwhile
