@@ -151,7 +151,7 @@ def _run_one(
         result = read_json(RunResult, done)
         if result.resolved_rule != resolved_rule:  # stage 1's results changed under a finished stage-2 run
             expected = f"a result of {method} under {resolved_rule}, HierFedLoRA's best rule here"
-            raise InvalidInputError([Issue("out", expected, f"{done} under {result.resolved_rule}")])
+            raise InvalidInputError([Issue("out", expected, f"one under {result.resolved_rule}: {done}")])
         return dataclasses.replace(result, num_devices=setting.num_devices, tier_mix=setting.tier_mix)
     plan_path = folder / "initial_plan.json"
     if plan_path.exists():

@@ -186,3 +186,25 @@ def test_a_killed_stage_two_run_resumes_under_the_same_resolved_rule(tmp_path):
     assert {r.method: r.final_accuracy for r in results}["hierfedlora"] == accuracy["hierfedlora"]
     assert f"`@best` resolved to `{expected}` (seed 0)" in (out / "report.md").read_text()
     assert "resolved_rule" in (out / "results.csv").read_text().splitlines()[0]
+
+
+def test_a_finished_best_run_under_another_rule_is_refused(tmp_path):
+    """A stage-2 result.json made under another rule than the one resolved now (stage 1 changed): exit-2 error
+    naming `out`, never a result silently mixed in; the same rule reads back as it was."""
+    # Arrange
+    from hierfedlora.planner.io import write_json
+    from hierfedlora.validation.experiment_presets import Setting
+    from hierfedlora.validation.experiments import _run_one
+
+    write_json(tmp_path / "result.json", _result("hierfavg@best", 0.4, resolved="ffa"))
+    setting = Setting(0.5, 6, "paper", 0)
+
+    def read_back(rule):
+        return _run_one(PRESETS["quick"], "hierfavg@best", setting, None, None, (), 1.0, tmp_path, None, rule)
+
+    # Act
+    with pytest.raises(InvalidInputError) as caught:
+        read_back("flora")
+    # Assert
+    assert [issue.path for issue in caught.value.issues] == ["out"] and "under ffa" in str(caught.value)
+    assert read_back("ffa").resolved_rule == "ffa"
