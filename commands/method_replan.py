@@ -30,8 +30,9 @@ def plan_method(plan: Any) -> str | None:
     return solver[len(_PREFIX) :] if solver.startswith(_PREFIX) else None
 
 
-def build_method_replanner(args: argparse.Namespace, plan: Any) -> Any:
-    """The replanner of a FedGSP or FedRA plan (``None`` for any other plan).
+def build_method_replanner(args: argparse.Namespace, plan: Any, aggregation: str | None = None) -> Any:
+    """The replanner of a FedGSP or FedRA plan (``None`` for any other plan), pricing its plans under the run's
+    ``aggregation`` rule (default: the plan's).
 
     Raises
     ------
@@ -63,5 +64,6 @@ def build_method_replanner(args: argparse.Namespace, plan: Any) -> Any:
     steps = {group.local_steps for group in plan.groups}
     if len(steps) == 1:
         fields.setdefault("local_steps", steps.pop())
+    fields["aggregation"] = plan.aggregation if aggregation is None else aggregation  # the rule the run uses
     problem = build_problem(args.fleet, args.cost_model, fields)
     return method_replanner(method, problem, seed=plan.seed)

@@ -48,6 +48,7 @@ FLAG_FIELDS = {
     "intra_latency_s": "intra_latency_s",
     "global_latency_s": "global_latency_s",
     "speed_spread_weight": "speed_spread_weight",
+    "aggregation": "aggregation",
     "target_loss_gap": "convergence.target_loss_gap",
     "solver_time_limit_s": "solver.time_limit_s",
     "solver_seed": "solver.seed",
@@ -89,6 +90,12 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--intra-latency-s", type=float, default=None, help="latency of a group aggregation (0.05)")
     parser.add_argument("--global-latency-s", type=float, default=None, help="latency of a global aggregation (1)")
     parser.add_argument("--speed-spread-weight", type=float, default=None, help="grouping weight on speed spread")
+    parser.add_argument(
+        "--aggregation",
+        default=None,
+        help="the aggregation rule the plan will run under, priced into every exchange: fedavg (default), ffa, "
+        "fedex, flora, lora-fair, hetlora ('hierfedlora run' then uses it)",
+    )
     parser.add_argument(
         "--target-loss-gap", type=float, default=None, help="target: eval loss gap left, a fraction (0.1)"
     )

@@ -11,7 +11,7 @@ from typing import Any
 from hierfedlora.commands.faults import add_fault_arguments, build_faults
 from hierfedlora.commands.method_replan import build_method_replanner
 
-__all__ = ["check_plan_inputs", "execute", "register"]
+__all__ = ["check_plan_inputs", "execute", "register", "run_aggregation"]
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--aggregation",
-        default="fedavg",
-        help="aggregation rule inside and across groups: fedavg (default), ffa, fedex, flora, lora-fair, hetlora",
+        default=None,
+        help="aggregation rule inside and across groups: fedavg, ffa, fedex, flora, lora-fair, hetlora; default the "
+        "rule the plan was priced under ('hierfedlora plan --aggregation'); another rule is refused (exit 2) unless "
+        "the plan was priced under fedavg (as every plan written before plans recorded their rule)",
     )
     parser.add_argument(
         "--hetlora-prune-gamma",
@@ -177,8 +179,43 @@ def execute(
     return reports
 
 
-def build_replanner(args: argparse.Namespace, plan: Any) -> Any:
+def run_aggregation(requested: str | None, plan: Any, plan_path: Path) -> str:
+    """The run's rule: ``--aggregation`` if given, else the one the plan was priced under (``Plan.aggregation``).
+
+    A rule other than the plan's is refused (the plan's times and traffic would not be the clock's), except
+    for a plan priced under FedAvg (every plan file written before plans recorded their rule), which runs
+    under the requested rule with a warning, as ``runtime.engine.run_plan`` allows. An unknown name is
+    left to ``RunOptions`` to refuse.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming ``--aggregation``: a known rule other than the rule a non-FedAvg plan was priced under.
+    """
+    from hierfedlora.planner.errors import InvalidInputError, Issue
+    from hierfedlora.planner.types import AGGREGATION_RULES
+
+    if requested is None or requested == plan.aggregation or requested not in AGGREGATION_RULES:
+        return plan.aggregation if requested is None else requested
+    if plan.aggregation == "fedavg":
+        log.warning(
+            "%s was priced under fedavg and runs under %s: the clock charges %s's traffic, so simulated times "
+            "differ from the plan's predictions (re-plan with 'hierfedlora plan --aggregation %s')",
+            plan_path.name,
+            requested,
+            requested,
+            requested,
+        )
+        return requested
+    expected = f"the rule {plan_path.name} was priced under, {plan.aggregation!r} (or leave it out)"
+    hint = f"re-plan with 'hierfedlora plan --aggregation {requested}'"
+    raise InvalidInputError([Issue("--aggregation", expected, requested, hint)], "command line")
+
+
+def build_replanner(args: argparse.Namespace, plan: Any, aggregation: str = "fedavg") -> Any:
     """The closed loop's :class:`Replanner` for ``--replan-every``, over the plan's problem (``None`` without it).
+
+    Its problem prices the run's ``aggregation`` rule, so re-plans are made for it.
 
     Raises
     ------
@@ -207,6 +244,7 @@ def build_replanner(args: argparse.Namespace, plan: Any) -> Any:
     steps = {group.local_steps for group in plan.groups}
     if len(steps) == 1:
         fields.setdefault("local_steps", steps.pop())
+    fields["aggregation"] = aggregation  # re-plans are priced under the rule the run uses
     fields = problem_options(fields, args.convergence, [])  # --convergence's fields into the problem's
     problem = build_problem(args.fleet, args.cost_model, fields)
     if args.self_calibrate:
@@ -310,6 +348,7 @@ def handle(args: argparse.Namespace) -> int:
     from hierfedlora.runtime.run_folder import check_run_folder, lock_folder
 
     plan = read_json(Plan, args.plan)
+    aggregation = run_aggregation(args.aggregation, plan, args.plan)
     fleet = load_fleet(args.fleet)
     cost_model = read_json(CostModel, args.cost_model)
     check_plan_inputs(
@@ -329,7 +368,7 @@ def handle(args: argparse.Namespace) -> int:
         **({} if args.batched_devices is None else {"batched_devices": args.batched_devices}),
         clock_noise=args.clock_noise,
         seed=args.seed,
-        aggregation=args.aggregation,
+        aggregation=aggregation,
         hetlora_prune_gamma=args.hetlora_prune_gamma,
     )
     mismatch = cost_mismatches(options, plan.batch_size, cost_model)
@@ -338,9 +377,9 @@ def handle(args: argparse.Namespace) -> int:
     if mismatch is not None:
         log.warning("cost-model mismatch allowed: %s", mismatch)
     faults = build_faults(args)
-    replanner = build_method_replanner(args, plan)  # FedGSP's growing groups, FedRA's re-draws: their schedules
+    replanner = build_method_replanner(args, plan, aggregation)  # FedGSP's growing groups, FedRA's re-draws
     if replanner is None:
-        replanner = build_replanner(args, plan)
+        replanner = build_replanner(args, plan, aggregation)
     check_run_folder(args.out, resume=args.resume)
     with lock_folder(args.out):
         check_run_folder(args.out, resume=args.resume)  # again: another process may have written it meanwhile

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from hierfedlora.models.adapters import adapter_parameters, layer_of
+from hierfedlora.models.base_delta import dense_bytes_per_layer
 from hierfedlora.models.catalog import ModelSpec, find_layers, load_base_model, model_sha256
 from hierfedlora.models.lora import AdaptedModel, check_depth, enable_lora_layers
 from hierfedlora.planner.costs import step_time_s
@@ -331,6 +332,7 @@ def measure_cost_model(
         base_model_bytes=base_bytes,
         lora_rank=spec.lora_rank,
         num_labels=spec.num_labels,
+        dense_bytes_per_layer=dense_bytes_per_layer(adapted.peft_model) or None,
     )
     _check_full_step(cost, medians[f"step[{total}]"])
     return cost

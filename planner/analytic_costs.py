@@ -41,7 +41,8 @@ Notation: ``T`` tokens per sample, ``h`` hidden size, ``f`` intermediate size, `
 (A6) Bytes: LoRA ``4 r (in + out)`` per targeted module; the head ``4 (h C + C)`` (BERT) or
      ``4 h C`` (GPT-2 and LLaMA score heads, no bias); optimizer state 3x the adapters (gradient
      and two Adam moments); activations kept for backward ``4 T (6 h + 2 f + 2 n T)`` per sample
-     (``3 f`` for gated MLPs); the frozen model ``4 x`` its parameter count.
+     (``3 f`` for gated MLPs); the frozen model ``4 x`` its parameter count; one layer's dense
+     targets (FedEx-LoRA's residual) ``4 in out`` per targeted module.
 
 The constants of :data:`COMPUTE_TIERS` cite their sources or say ASSUMPTION. How well this
 predicts ``hierfedlora profile``'s measurements on this host, per layer and per depth, is in the
@@ -340,6 +341,7 @@ def analytic_cost_model(
     head = _seconds(tier, b * head_flops, _FP32 * (h * num_labels) * 8, 24)
     optimizer = _seconds(tier, 0.0, 8 * _FP32 * lora_numel, 12 * 2 * len(shape.target_modules))
     head_numel = h * num_labels + (num_labels if shape.model_type == "bert" else 0)  # (A6)
+    dims = shape.module_dims()  # FedEx-LoRA's residual: one layer's dense (out, in) targets
     mlp_saved = 3 * f if shape.gated_mlp else 2 * f
     return CostModel(
         model_name=model_name or f"{shape.model_type}-{shape.num_layers}x{h}",
@@ -360,4 +362,5 @@ def analytic_cost_model(
         base_model_bytes=_FP32 * shape.base_params(),
         lora_rank=lora_rank,
         num_labels=num_labels,
+        dense_bytes_per_layer=_FP32 * sum(dims[m][0] * dims[m][1] for m in shape.target_modules),  # (A6)
     )

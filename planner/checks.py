@@ -149,6 +149,15 @@ def check_problem(problem: PlanningProblem) -> list[Issue]:
                 "or profile with --num-labels",
             )
         )
+    if problem.aggregation == "fedex" and problem.cost_model.dense_bytes_per_layer is None:
+        issues.append(
+            Issue(
+                "cost_model.dense_bytes_per_layer",
+                "the bytes of one layer's dense target matrices when aggregation is fedex (its residual is priced)",
+                None,
+                "profile the model again ('hierfedlora profile' records it)",
+            )
+        )
     num_layers = problem.cost_model.num_layers
     if problem.depth_choices is not None and not all(1 <= d <= num_layers for d in problem.depth_choices):
         expected = f"depths within 1..{num_layers} (the cost model's num_layers)"
@@ -284,14 +293,32 @@ def _memory_conflicts(problem: PlanningProblem) -> list[Conflict]:
     return [Conflict("memory", "; ".join(parts) + more, hint)]
 
 
+def _alone_bytes(problem: PlanningProblem, depth: int) -> tuple[int, int]:
+    """(C9) one exchange's bytes for a single input (a device alone, or one group): the least a rule moves."""
+    return costs.exchange_bytes(problem.cost_model, depth=depth, aggregation=problem.aggregation, num_inputs=1)
+
+
 def device_round_times_s(problem: PlanningProblem) -> NDArray[np.float64]:
-    """(C5) for each device alone: an ``(N, |depths|)`` array of one intra-group round's seconds."""
+    """(C5) for each device alone: an ``(N, |depths|)`` array of one intra-group round's seconds.
+
+    Exchanges move the rule's bytes (``problem.aggregation``, (C9)) for one input, so under FLoRA,
+    whose download grows with the group, this is a lower bound on the device's round in any group.
+    """
     cost, depths = problem.cost_model, problem.effective_depth_choices
     scales = np.array([d.compute_scale for d in problem.devices])
     uplink = np.array([d.uplink_mbps for d in problem.devices])
     downlink = np.array([d.downlink_mbps for d in problem.devices])
     steps = costs.step_time_table_s(cost, scales, depths, problem.effective_batch_size)
-    exchange = costs.exchange_time_table_s(cost, uplink, downlink, depths, problem.intra_latency_s)
+    pairs = [_alone_bytes(problem, d) for d in depths]
+    exchange = costs.exchange_time_table_s(
+        cost,
+        uplink,
+        downlink,
+        depths,
+        problem.intra_latency_s,
+        num_bytes=[up for up, _ in pairs],
+        download_bytes=None if all(up == down for up, down in pairs) else [down for _, down in pairs],
+    )
     round_s: NDArray[np.float64] = problem.local_steps * steps + exchange
     return round_s
 
@@ -310,8 +337,14 @@ def _round_budget_conflicts(problem: PlanningProblem) -> list[Conflict]:
         return []  # no device fits any depth: the memory conflict says so
     slowest_idx = int(np.argmax(np.where(np.isfinite(fastest), fastest, -np.inf)))
     depth = depths[int(np.argmin(alone[slowest_idx]))]
+    up, down = _alone_bytes(problem, depths[0])
     global_s = costs.global_aggregation_s(
-        cost, [depths[0]], backhaul_mbps=problem.backhaul_mbps, latency_s=problem.global_latency_s
+        cost,
+        [depths[0]],
+        backhaul_mbps=problem.backhaul_mbps,
+        latency_s=problem.global_latency_s,
+        num_bytes=[up],
+        download_bytes=None if up == down else [down],
     )
     lower_s = float(fastest[slowest_idx]) + global_s
     if problem.round_budget_s * (1 + BUDGET_TOLERANCE) >= lower_s:
@@ -329,16 +362,25 @@ def _traffic_conflicts(problem: PlanningProblem) -> list[Conflict]:
         return []
     depth, fewest_rounds = min(problem.effective_depth_choices), min(problem.intra_rounds_choices)
     num_devices = len(problem.devices)
+    up, down = _alone_bytes(problem, depth)  # FLoRA stacks at least one input
     least = costs.group_traffic_bytes(
-        problem.cost_model, num_devices=num_devices, depth=depth, intra_rounds=fewest_rounds
+        problem.cost_model,
+        num_devices=num_devices,
+        depth=depth,
+        intra_rounds=fewest_rounds,
+        num_bytes=up,
+        download_bytes=None if up == down else down,
     )
     if problem.traffic_budget_bytes * (1 + BUDGET_TOLERANCE) >= least:
         return []
-    adapter = costs.adapter_bytes(problem.cost_model, depth=depth)
+    if up == down:
+        ways = f"2 ways {_TIMES} {up:,} adapter bytes at depth {depth}"
+    else:
+        ways = f"({up:,} up + {down:,} down) bytes at depth {depth}"
+    rule = "" if problem.aggregation == "fedavg" else f" under {problem.aggregation}"
     reason = (
-        f"traffic_budget_bytes = {problem.traffic_budget_bytes:.6g} is below the least possible traffic per round, "
-        f"{least:,} bytes: {num_devices} devices {_TIMES} intra_rounds {fewest_rounds} {_TIMES} 2 ways "
-        f"{_TIMES} {adapter:,} adapter bytes at depth {depth}"
+        f"traffic_budget_bytes = {problem.traffic_budget_bytes:.6g} is below the least possible traffic per round"
+        f"{rule}, {least:,} bytes: {num_devices} devices {_TIMES} intra_rounds {fewest_rounds} {_TIMES} {ways}"
     )
     return [Conflict("traffic_budget", reason, f"raise traffic_budget_bytes to at least {least:,}")]
 

@@ -91,6 +91,12 @@ bytes of one layer's dense ``(out, in)`` target matrices::
     ``8 * (up + down)`` of the largest sizes; (C6b) and (C8) add ``up + down``. The rule leaves the
     compute (C1) and memory (C4) unchanged.
 
+    :func:`exchange_bytes` is (C2) then (C9) for a depth, :func:`group_exchange_bytes` for a plan's
+    group; the planner (``PlanningProblem.aggregation``: ``n = |k|`` inside group ``k``, ``n = K`` at
+    (C6)) and the simulated clock (``runtime.clock``) both price a rule through them, so a plan's
+    predicted round under a rule is what the clock charges for it. ``D`` defaults to the cost
+    model's ``dense_bytes_per_layer``.
+
 Examples
 --------
 >>> cm = CostModel(model_name="toy", num_layers=2, batch_size=4, seq_len=8,
@@ -117,12 +123,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from hierfedlora.planner.outcomes import Group
-from hierfedlora.planner.types import CostModel, DeviceProfile
+from hierfedlora.planner.types import AGGREGATION_RULES, CostModel, DeviceProfile
 
 __all__ = [
     "AGGREGATION_RULES",
     "adapter_bytes",
     "backhaul_traffic_bytes",
+    "exchange_bytes",
+    "group_exchange_bytes",
     "group_adapter_bytes",
     "exchange_time_s",
     "global_aggregation_s",
@@ -189,10 +197,6 @@ def exchange_time_s(
     return bits / (MEGABIT * device.uplink_mbps) + down_bits / (MEGABIT * device.downlink_mbps) + latency_s
 
 
-AGGREGATION_RULES = ("fedavg", "ffa", "fedex", "flora", "lora-fair", "hetlora")
-"""The aggregation rules (C9) prices (``runtime.aggregation_rules`` implements them)."""
-
-
 def rule_bytes(
     cost: CostModel,
     num_bytes: int,
@@ -239,6 +243,57 @@ def rule_bytes(
             raise InvalidInputError([Issue("dense_bytes_per_layer", "the bytes of one layer's target matrices", None)])
         return num_bytes, num_bytes + num_layers * dense_bytes_per_layer
     raise InvalidInputError([Issue("aggregation", f"one of {', '.join(AGGREGATION_RULES)}", aggregation)])
+
+
+def exchange_bytes(
+    cost: CostModel,
+    *,
+    depth: int,
+    aggregation: str = "fedavg",
+    num_inputs: int = 1,
+    num_trained_layers: int | None = None,
+    lora_rank: int | None = None,
+    dense_bytes_per_layer: int | None = None,
+) -> tuple[int, int]:
+    """(C2) then (C9): upload and download bytes of one exchange at ``depth`` under ``aggregation``.
+
+    ``num_inputs`` is what the aggregate stacks (FLoRA): a group's devices, or at (C6) the groups;
+    ``dense_bytes_per_layer`` defaults to ``cost.dense_bytes_per_layer``.
+
+    Raises
+    ------
+    InvalidInputError
+        As :func:`rule_bytes`: an unknown rule, ``fedex`` without the dense bytes.
+    """
+    layers = depth if num_trained_layers is None else num_trained_layers
+    return rule_bytes(
+        cost,
+        adapter_bytes(cost, depth=depth, num_trained_layers=num_trained_layers, lora_rank=lora_rank),
+        aggregation=aggregation,
+        num_layers=layers,
+        num_inputs=num_inputs,
+        dense_bytes_per_layer=cost.dense_bytes_per_layer if dense_bytes_per_layer is None else dense_bytes_per_layer,
+    )
+
+
+def group_exchange_bytes(
+    cost: CostModel,
+    group: Group,
+    *,
+    aggregation: str = "fedavg",
+    num_inputs: int = 1,
+    dense_bytes_per_layer: int | None = None,
+) -> tuple[int, int]:
+    """:func:`exchange_bytes` of a plan's group: its ``layers`` (or ``depth``) at its ``lora_rank`` (C2)."""
+    return exchange_bytes(
+        cost,
+        depth=group.depth,
+        aggregation=aggregation,
+        num_inputs=num_inputs,
+        num_trained_layers=None if group.layers is None else len(group.layers),
+        lora_rank=group.lora_rank,
+        dense_bytes_per_layer=dense_bytes_per_layer,
+    )
 
 
 def peak_memory_bytes(cost: CostModel, *, depth: int, batch_size: int) -> int:
@@ -304,9 +359,20 @@ def global_aggregation_s(
     return 2 * 8.0 * largest * inverse_rate / MEGABIT + latency_s
 
 
-def backhaul_traffic_bytes(cost: CostModel, depths: Sequence[int], *, num_bytes: Sequence[int] | None = None) -> int:
-    """(C6b) Bytes the group aggregators exchange with the server per global round, up plus down."""
+def backhaul_traffic_bytes(
+    cost: CostModel,
+    depths: Sequence[int],
+    *,
+    num_bytes: Sequence[int] | None = None,
+    download_bytes: Sequence[int] | None = None,
+) -> int:
+    """(C6b) Bytes the group aggregators exchange with the server per global round, up plus down.
+
+    ``num_bytes`` each way, unless ``download_bytes`` gives the downloads apart (C9).
+    """
     sizes = [adapter_bytes(cost, depth=d) for d in depths] if num_bytes is None else num_bytes
+    if download_bytes is not None:
+        return int(sum(sizes) + sum(download_bytes))
     return int(2 * sum(sizes))
 
 
@@ -316,10 +382,19 @@ def round_time_s(intra_round_s: Sequence[float], intra_rounds: Sequence[int], gl
 
 
 def group_traffic_bytes(
-    cost: CostModel, *, num_devices: int, depth: int, intra_rounds: int, num_bytes: int | None = None
+    cost: CostModel,
+    *,
+    num_devices: int,
+    depth: int,
+    intra_rounds: int,
+    num_bytes: int | None = None,
+    download_bytes: int | None = None,
 ) -> int:
-    """(C8) Bytes all devices of a group move per global round, up plus down (``num_bytes`` each way)."""
+    """(C8) Bytes all devices of a group move per global round, up plus down (``num_bytes`` each way,
+    unless ``download_bytes`` gives the download apart (C9))."""
     one_way = adapter_bytes(cost, depth=depth) if num_bytes is None else num_bytes
+    if download_bytes is not None:
+        return intra_rounds * num_devices * (one_way + download_bytes)
     return intra_rounds * num_devices * 2 * one_way
 
 
@@ -337,10 +412,20 @@ def exchange_time_table_s(
     downlink_mbps: NDArray[np.float64],
     depths: Sequence[int],
     latency_s: float,
+    *,
+    num_bytes: Sequence[int] | None = None,
+    download_bytes: Sequence[int] | None = None,
 ) -> NDArray[np.float64]:
-    """(C3) for many devices at once: an ``(N, len(depths))`` array of exchange seconds."""
-    bits = 8.0 * np.array([adapter_bytes(cost, depth=d) for d in depths], dtype=float)
-    inverse_rate = 1.0 / (MEGABIT * np.asarray(uplink_mbps, dtype=float)) + 1.0 / (
-        MEGABIT * np.asarray(downlink_mbps, dtype=float)
-    )
-    return np.outer(inverse_rate, bits) + latency_s
+    """(C3) for many devices at once: an ``(N, len(depths))`` array of exchange seconds.
+
+    ``num_bytes`` (one per depth; default (C2) at each depth) travel each way, unless
+    ``download_bytes`` (one per depth) gives the downloads apart (C9).
+    """
+    sizes = [adapter_bytes(cost, depth=d) for d in depths] if num_bytes is None else num_bytes
+    bits = 8.0 * np.array(sizes, dtype=float)
+    up_rate = 1.0 / (MEGABIT * np.asarray(uplink_mbps, dtype=float))
+    down_rate = 1.0 / (MEGABIT * np.asarray(downlink_mbps, dtype=float))
+    if download_bytes is None:
+        return np.outer(up_rate + down_rate, bits) + latency_s
+    down_bits = 8.0 * np.array(download_bytes, dtype=float)
+    return np.outer(up_rate, bits) + np.outer(down_rate, down_bits) + latency_s

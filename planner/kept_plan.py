@@ -21,7 +21,12 @@ from hierfedlora.planner.assignment import assign_depths_and_rounds, evaluate_as
 from hierfedlora.planner.assignment.data import build_assignment_data
 from hierfedlora.planner.io import sha256_of
 from hierfedlora.planner.outcomes import Grouping, Limit, Plan, SolveStatus
-from hierfedlora.planner.plan import devices_sha256, skew_free_bound
+from hierfedlora.planner.plan import (
+    devices_sha256,
+    predicted_backhaul_bytes,
+    predicted_group_traffic_bytes,
+    skew_free_bound,
+)
 from hierfedlora.planner.types import PlanningProblem
 
 __all__ = ["broken_constraints", "kept_grouping", "plan_structure", "reassigned", "time_to_target_s"]
@@ -88,8 +93,8 @@ def reassigned(plan: Plan, problem: PlanningProblem) -> Plan:
             intra_rounds=assignment.intra_rounds[k],
             local_steps=problem.local_steps,
             predicted_intra_round_s=assignment.intra_round_time_s[k],
-            predicted_traffic_bytes=costs.group_traffic_bytes(
-                problem.cost_model,
+            predicted_traffic_bytes=predicted_group_traffic_bytes(
+                problem,
                 num_devices=len(g.device_ids),
                 depth=assignment.depths[k],
                 intra_rounds=assignment.intra_rounds[k],
@@ -104,7 +109,7 @@ def reassigned(plan: Plan, problem: PlanningProblem) -> Plan:
         plan,
         groups=groups,
         predicted_traffic_bytes=sum(g.predicted_traffic_bytes for g in groups),
-        predicted_backhaul_bytes=costs.backhaul_traffic_bytes(problem.cost_model, assignment.depths),
+        predicted_backhaul_bytes=predicted_backhaul_bytes(problem, assignment.depths),
         target=problem.convergence.describe_target(),
         predicted_round_time_s=assignment.round_time_s,
         predicted_rounds_to_target=assignment.rounds_to_target,
@@ -118,6 +123,7 @@ def reassigned(plan: Plan, problem: PlanningProblem) -> Plan:
         cost_model_sha256=problem.cost_model.model_sha256 or sha256_of(problem.cost_model),
         fleet_sha256=devices_sha256(problem.devices),
         parent_plan_id=plan.plan_id,
+        aggregation=problem.aggregation,
     )
 
 

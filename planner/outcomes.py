@@ -45,7 +45,7 @@ from hierfedlora.planner.rules import (
     is_number,
     optional,
 )
-from hierfedlora.planner.types import SCHEMA_RULE, SCHEMA_VERSION
+from hierfedlora.planner.types import AGGREGATION_RULE, SCHEMA_RULE, SCHEMA_VERSION
 
 __all__ = [
     "GroupRoundResult",
@@ -246,6 +246,7 @@ PLAN_RULES: dict[str, Rule] = {
     "grouping_objective": Rule("a finite number", lambda v: is_number(v) and math.isfinite(v), (math.nan,)),
     "grouping_bound": Rule("a finite number", lambda v: is_number(v) and math.isfinite(v), (math.inf,)),
     "reason": ANY_STRING,
+    "aggregation": AGGREGATION_RULE,
     "schema_version": SCHEMA_RULE,
 }
 
@@ -277,6 +278,8 @@ class Plan:
     server per global round (each sends its merged adapters and receives the global ones).
     ``target`` says what "time to target" means: the loss level the convergence model's
     rounds reach (``ConvergenceParams.describe_target``). All three are empty in older plan files.
+    ``aggregation`` is the rule the predictions are priced under (``PlanningProblem.aggregation``,
+    ``planner.costs`` (C9)); ``"fedavg"`` in older plan files, which were all priced under FedAvg.
     """
 
     groups: tuple[Group, ...]
@@ -300,6 +303,7 @@ class Plan:
     grouping_bound: float = 0.0
     parent_plan_id: str | None = None
     reason: str = ""
+    aggregation: str = "fedavg"
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -351,8 +355,11 @@ class Plan:
 
     @property
     def plan_id(self) -> str:
-        """Content hash (12 hex digits) of groups, provenance and objective; not of timing."""
-        content = {
+        """Content hash (12 hex digits) of groups, provenance, objective and rule; not of timing.
+
+        The rule counts only when it is not FedAvg, so plans written before it existed keep their ids.
+        """
+        content: dict[str, object] = {
             "groups": [_group_content(g) for g in self.groups],
             "model": self.cost_model_sha256,
             "fleet": self.fleet_sha256,
@@ -360,6 +367,8 @@ class Plan:
             "parent": self.parent_plan_id,
             "objective": round(self.objective_value, 6),
         }
+        if self.aggregation != "fedavg":
+            content["aggregation"] = self.aggregation
         digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
         return digest[:12]
 

@@ -74,6 +74,8 @@ __all__ = [
     "devices_sha256",
     "make_plan",
     "plan_groups",
+    "predicted_backhaul_bytes",
+    "predicted_group_traffic_bytes",
     "skew_floor",
     "skew_free_bound",
     "summarize_plan",
@@ -264,7 +266,7 @@ def build_plan(
         predicted_round_time_s=assignment.round_time_s,
         predicted_rounds_to_target=assignment.rounds_to_target,
         predicted_traffic_bytes=sum(g.predicted_traffic_bytes for g in groups),
-        predicted_backhaul_bytes=costs.backhaul_traffic_bytes(cost, assignment.depths),
+        predicted_backhaul_bytes=predicted_backhaul_bytes(problem, assignment.depths),
         target=problem.convergence.describe_target(),
         objective_value=assignment.objective_value,
         dual_bound=assignment.dual_bound if dual_bound is None else dual_bound,
@@ -281,6 +283,36 @@ def build_plan(
         grouping_bound=grouping.bound,
         parent_plan_id=parent_plan_id,
         reason=reason,
+        aggregation=problem.aggregation,
+    )
+
+
+def predicted_group_traffic_bytes(problem: PlanningProblem, *, num_devices: int, depth: int, intra_rounds: int) -> int:
+    """(C8) under ``problem.aggregation`` (C9): what a group of ``num_devices`` moves per global round."""
+    up, down = costs.exchange_bytes(
+        problem.cost_model, depth=depth, aggregation=problem.aggregation, num_inputs=num_devices
+    )
+    return costs.group_traffic_bytes(
+        problem.cost_model,
+        num_devices=num_devices,
+        depth=depth,
+        intra_rounds=intra_rounds,
+        num_bytes=up,
+        download_bytes=None if up == down else down,
+    )
+
+
+def predicted_backhaul_bytes(problem: PlanningProblem, depths: Sequence[int]) -> int:
+    """(C6b) under ``problem.aggregation`` (C9): the server stacks ``K = len(depths)`` groups (FLoRA)."""
+    pairs = [
+        costs.exchange_bytes(problem.cost_model, depth=d, aggregation=problem.aggregation, num_inputs=len(depths))
+        for d in depths
+    ]
+    return costs.backhaul_traffic_bytes(
+        problem.cost_model,
+        depths,
+        num_bytes=[up for up, _ in pairs],
+        download_bytes=[down for _, down in pairs],
     )
 
 
@@ -307,8 +339,8 @@ def plan_groups(problem: PlanningProblem, grouping: Grouping, assignment: Assign
             local_steps=problem.local_steps,
             label_skew=label_skew(counts[list(members)].sum(axis=0), global_counts),
             predicted_intra_round_s=assignment.intra_round_time_s[k],
-            predicted_traffic_bytes=costs.group_traffic_bytes(
-                cost, num_devices=len(members), depth=assignment.depths[k], intra_rounds=assignment.intra_rounds[k]
+            predicted_traffic_bytes=predicted_group_traffic_bytes(
+                problem, num_devices=len(members), depth=assignment.depths[k], intra_rounds=assignment.intra_rounds[k]
             ),
             predicted_peak_memory_bytes=costs.peak_memory_bytes(cost, depth=assignment.depths[k], batch_size=batch),
         )
@@ -333,6 +365,7 @@ def summarize_plan(plan: Plan) -> str:
     ...     solve_time_s=1.5, solver="cpsat+highs", seed=0)
     >>> print(summarize_plan(plan))  # doctest: +NORMALIZE_WHITESPACE +ELLIPSIS
     plan ...   status FEASIBLE (TIME limit)   gap 1.92% (grouping 0.00%)   solver cpsat+highs   seed 0   solve 1.50 s
+    aggregation fedavg
     predicted: 13 s per global round x 40 rounds = 520 s to target (bound 510 s)
     group  devices  skew L1  depth  intra_rounds  intra-round s  group part s
         0        2    0.100      2             4          3.000        12.000
@@ -342,7 +375,8 @@ def summarize_plan(plan: Plan) -> str:
     grouping = f" (grouping {grouping_gap:.2%})" if grouping_gap <= GROUPING_GAP_SHOWN else ""
     lines = [
         f"plan {plan.plan_id}   status {plan.status.name}{limit}   gap {plan.relative_gap:.2%}{grouping}"
-        f"   solver {plan.solver}   seed {plan.seed}   solve {plan.solve_time_s:.2f} s",
+        f"   solver {plan.solver}   seed {plan.seed}   solve {plan.solve_time_s:.2f} s"
+        f"   aggregation {plan.aggregation}",
     ]
     if plan.parent_plan_id is not None or plan.reason:
         lines.append(f"parent: {plan.parent_plan_id or 'none'}   reason: {plan.reason or '-'}")

@@ -50,6 +50,7 @@ from hierfedlora.planner.rules import (
 )
 
 __all__ = [
+    "AGGREGATION_RULES",
     "COST_MODEL_RULES",
     "DEVICE_RULES",
     "SCHEMA_VERSION",
@@ -69,6 +70,13 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 """Version of every JSON file this package writes; readers refuse other versions."""
+
+AGGREGATION_RULES = ("fedavg", "ffa", "fedex", "flora", "lora-fair", "hetlora")
+"""The aggregation rules ``planner.costs`` (C9) prices and ``runtime.aggregation_rules`` implements."""
+
+AGGREGATION_RULE = Rule(
+    f"one of {', '.join(AGGREGATION_RULES)}", lambda v: v in AGGREGATION_RULES, ("FedAvg", "fedprox", "", None)
+)
 
 GroupingMethod = Literal["auto", "cpsat", "flow", "random"]
 
@@ -267,6 +275,7 @@ COST_MODEL_RULES: dict[str, Rule] = {
     "base_model_bytes": POSITIVE_INT,
     "lora_rank": POSITIVE_INT,
     "num_labels": OPTIONAL_POSITIVE_INT,
+    "dense_bytes_per_layer": OPTIONAL_POSITIVE_INT,
     "schema_version": SCHEMA_RULE,
 }
 
@@ -285,6 +294,7 @@ COST_MODEL_LIMITS: dict[str, float] = {
     "optimizer_bytes_per_layer": MAX_BYTES,
     "base_model_bytes": MAX_BYTES,
     "lora_rank": 2**16,
+    "dense_bytes_per_layer": MAX_BYTES,
 }
 """Upper bounds of :data:`COST_MODEL_RULES` fields: a measured per-layer time past ``MAX_STEP_S`` seconds
 per batch is a mistake, and would reach the solver as a coefficient it cannot handle."""
@@ -320,6 +330,10 @@ class CostModel:
         Classes of the head whose ``head_bytes`` these are; a fleet with another class count
         is refused (``checks.check_problem``) until :func:`with_num_labels` re-sizes the head.
         ``None`` in cost models written before it existed (then nothing can be checked).
+    dense_bytes_per_layer : int or None
+        Bytes of one layer's dense LoRA target matrices (the largest layer's): what FedEx-LoRA's
+        residual moves per trained layer (``planner.costs`` (C9)). ``None`` in cost models written
+        before it existed; planning under ``aggregation="fedex"`` needs it.
     """
 
     model_name: str
@@ -340,6 +354,7 @@ class CostModel:
     base_model_bytes: int
     lora_rank: int = 8
     num_labels: int | None = None
+    dense_bytes_per_layer: int | None = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -547,6 +562,7 @@ PROBLEM_RULES: dict[str, Rule] = {
     "intra_latency_s": FINITE_NON_NEGATIVE,
     "global_latency_s": FINITE_NON_NEGATIVE,
     "speed_spread_weight": FINITE_NON_NEGATIVE,
+    "aggregation": AGGREGATION_RULE,
     "schema_version": SCHEMA_RULE,
 }
 
@@ -589,6 +605,11 @@ class PlanningProblem:
         aggregation (WAN round trip and server synchronisation), in seconds.
     speed_spread_weight : float
         Weight of the compute-speed spread term in the grouping objective (0 ignores it).
+    aggregation : str
+        The aggregation rule the plan will run under (one of :data:`AGGREGATION_RULES`): every
+        exchange is priced with its upload and download bytes (``planner.costs`` (C9)), so the
+        depths and intra_rounds are chosen for it; ``"fedex"`` needs
+        ``cost_model.dense_bytes_per_layer``.
     convergence : ConvergenceParams
     solver : SolverOptions
     """
@@ -612,6 +633,7 @@ class PlanningProblem:
     intra_latency_s: float = 0.05
     global_latency_s: float = 1.0
     speed_spread_weight: float = 0.0
+    aggregation: str = "fedavg"
     convergence: ConvergenceParams = dataclasses.field(default_factory=ConvergenceParams)
     solver: SolverOptions = dataclasses.field(default_factory=SolverOptions)
     schema_version: int = SCHEMA_VERSION

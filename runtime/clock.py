@@ -214,7 +214,8 @@ def global_round_time_s(
         group stack ``|k|`` inputs (FLoRA), the server ``K`` groups; in a round with faults (K4),
         the inputs that arrive.
     dense_bytes_per_layer : int or None
-        Bytes of one layer's dense target matrices (FedEx-LoRA's residual; required for ``fedex``).
+        Bytes of one layer's dense target matrices (FedEx-LoRA's residual); ``None`` takes the cost
+        model's ``dense_bytes_per_layer`` (``fedex`` needs one of the two).
 
     Raises
     ------
@@ -286,12 +287,11 @@ def global_round_time_s(
 def _rule_bytes(
     cost_model: CostModel, group: Group, aggregation: str, num_inputs: int, dense_bytes_per_layer: int | None
 ) -> tuple[int, int]:
-    """(C9) for one group: upload and download bytes of one exchange."""
-    return costs.rule_bytes(
+    """(C9) for one group: upload and download bytes of one exchange (as the planner prices it)."""
+    return costs.group_exchange_bytes(
         cost_model,
-        costs.group_adapter_bytes(cost_model, group),
+        group,
         aggregation=aggregation,
-        num_layers=group.depth if group.layers is None else len(group.layers),
         num_inputs=num_inputs,
         dense_bytes_per_layer=dense_bytes_per_layer,
     )

@@ -43,7 +43,7 @@ from pathlib import Path
 
 from hierfedlora.models.adapters import AdapterState
 from hierfedlora.models.base_delta import add_deltas, applied_base_delta, dense_bytes_per_layer
-from hierfedlora.planner.errors import RunInterruptedError
+from hierfedlora.planner.errors import InvalidInputError, Issue, RunInterruptedError
 from hierfedlora.planner.intra_evals import IntraRoundEval
 from hierfedlora.planner.outcomes import GroupRoundResult, Plan, RoundReport
 from hierfedlora.planner.types import CostModel, DeviceProfile, Fleet
@@ -158,12 +158,14 @@ def run_plan(
     ------
     InvalidInputError
         As :func:`prepare_run`; a new run into a folder that already holds a run; a re-plan
-        naming devices outside the fleet.
+        naming devices outside the fleet; ``options.aggregation`` other than the rule a plan not
+        priced under FedAvg was priced under (``Plan.aggregation``).
     ResumeMismatchError
         Resuming a checkpoint of another plan, fleet or model.
     RunInterruptedError
         After Ctrl-C, once the current round is committed.
     """
+    _check_plan_rule(plan, options.aggregation)
     folder = Path(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
     if context is None:
@@ -178,6 +180,17 @@ def run_plan(
     finally:
         if owned:
             executor.close()
+
+
+def _check_plan_rule(plan: Plan, aggregation: str) -> None:
+    """Refuse a plan priced under another rule than the run's: its times and traffic would not be the clock's.
+
+    A plan priced under FedAvg (every plan written before plans recorded a rule) runs under any rule.
+    """
+    if plan.aggregation not in ("fedavg", aggregation):
+        expected = f"the rule the plan was priced under, {plan.aggregation!r} (a FedAvg-priced plan runs under any)"
+        hint = f"re-plan under {aggregation!r} ('hierfedlora plan --aggregation {aggregation}')"
+        raise InvalidInputError([Issue("aggregation", expected, aggregation, hint)])
 
 
 def _run_rounds(

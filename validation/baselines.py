@@ -34,6 +34,11 @@ states what they simplify; fedra re-draws its layers every round through :func:`
 *fedgsp* (FedGSP, arXiv 2201.12976: near-IID groups trained device after device, one more group every
 round) lives in ``validation.fedgsp``; its replanner grows the groups.
 
+Rules. Every method is priced under ``problem.aggregation`` (``planner.costs`` (C9): FFA-LoRA's halved
+exchanges, FedEx-LoRA's residual, FLoRA's download stacking the group), and its plan records that rule.
+HierFedLoRA and the ablations choose their depths and intra_rounds for it; the fixed constructions
+only price and record it. :func:`problem_under_rule` is how the experiment harness plans ``method@rule``.
+
 Outcomes. A *fixed construction* (fedlora, hierfavg, grouping_only, legend, hetlora, fedra, fedgsp) has nothing to
 optimise: its depths and intra_rounds are priced, not solved, so its ``dual_bound`` equals
 its ``objective_value``. It ignores ``round_budget_s`` and ``traffic_budget_bytes`` (the
@@ -90,7 +95,14 @@ from hierfedlora.validation.heterogeneous import FedraReplanner, fedra_plan, ful
 if TYPE_CHECKING:  # the runtime imports torch; the baselines stay pure planning
     from hierfedlora.runtime.engine import Replanner
 
-__all__ = ["METHODS", "BaselineSettings", "describe_method", "make_method_plan", "method_replanner"]
+__all__ = [
+    "METHODS",
+    "BaselineSettings",
+    "describe_method",
+    "make_method_plan",
+    "method_replanner",
+    "problem_under_rule",
+]
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +164,30 @@ class BaselineSettings:
         issues = check_fields(self, SETTINGS_RULES)
         if issues:
             raise InvalidInputError(issues)
+
+
+def problem_under_rule(problem: PlanningProblem, rule: str, context: object | None = None) -> PlanningProblem:
+    """``problem`` priced under aggregation rule ``rule`` (``PlanningProblem.aggregation``).
+
+    FedEx-LoRA's residual is priced with the cost model's ``dense_bytes_per_layer``; a cost model written
+    before it existed takes it from ``context``'s model (a ``runtime.context.RunContext``, as the experiment
+    harness prepares one), measured as the engine's clock measures it. Without one the problem keeps the
+    cost model as it is (and planning under ``fedex`` names the missing field).
+
+    Raises
+    ------
+    InvalidInputError
+        ``rule`` is not one of the rules (field ``aggregation``).
+    """
+    ruled = dataclasses.replace(problem, aggregation=rule)
+    cost = problem.cost_model
+    model = getattr(getattr(context, "model", None), "peft_model", None)
+    if rule == "fedex" and cost.dense_bytes_per_layer is None and model is not None:
+        from hierfedlora.models.base_delta import dense_bytes_per_layer  # torch, only here
+
+        measured = dataclasses.replace(cost, dense_bytes_per_layer=dense_bytes_per_layer(model) or None)
+        ruled = dataclasses.replace(ruled, cost_model=measured)
+    return ruled
 
 
 def describe_method(method: str) -> str:

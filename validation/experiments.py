@@ -56,7 +56,7 @@ from hierfedlora.planner.errors import InvalidInputError, Issue
 from hierfedlora.planner.io import read_json, write_json
 from hierfedlora.planner.outcomes import Plan, RoundReport
 from hierfedlora.planner.types import CostModel, DeviceProfile, Fleet, PlanningProblem, SolverOptions
-from hierfedlora.validation.baselines import make_method_plan, method_replanner
+from hierfedlora.validation.baselines import make_method_plan, method_replanner, problem_under_rule
 from hierfedlora.validation.experiment_presets import (
     ALL_METHODS,
     LOOP_METHOD,
@@ -153,6 +153,7 @@ def _run_one(
             expected = f"a result of {method} under {resolved_rule}, HierFedLoRA's best rule here"
             raise InvalidInputError([Issue("out", expected, f"one under {result.resolved_rule}: {done}")])
         return dataclasses.replace(result, num_devices=setting.num_devices, tier_mix=setting.tier_mix)
+    problem = problem_under_rule(problem, rule, context)  # planned (and re-planned) for the rule it runs under
     plan_path = folder / "initial_plan.json"
     if plan_path.exists():
         plan = read_json(Plan, plan_path)

@@ -60,7 +60,7 @@ from hierfedlora.planner import costs, skew
 from hierfedlora.planner.grouping import group_devices
 from hierfedlora.planner.outcomes import Group, Plan, RoundReport
 from hierfedlora.planner.types import PlanningProblem
-from hierfedlora.validation.heterogeneous import constructed_plan, full_depth
+from hierfedlora.validation.heterogeneous import constructed_plan, full_depth, rule_exchange
 
 __all__ = ["FEDGSP_GROUPS_STEP", "FedgspReplanner", "fedgsp_num_groups", "fedgsp_plan"]
 
@@ -155,7 +155,7 @@ def _chain(problem: PlanningProblem, group_id: int, members: Sequence[int], dept
         local_steps=problem.local_steps,
         batch_size=problem.effective_batch_size,
         latency_s=problem.intra_latency_s,
-        num_bytes=costs.group_adapter_bytes(problem.cost_model, group),
+        **rule_exchange(problem, group),
         sequential=True,
     )
     return dataclasses.replace(group, predicted_intra_round_s=intra_s)

@@ -69,7 +69,15 @@ from hierfedlora.planner.outcomes import Group, Plan, RoundReport, SolveStatus
 from hierfedlora.planner.plan import devices_sha256
 from hierfedlora.planner.types import PlanningProblem
 
-__all__ = ["FedraReplanner", "capability_classes", "constructed_plan", "fedra_plan", "full_depth", "hetlora_plan"]
+__all__ = [
+    "FedraReplanner",
+    "capability_classes",
+    "constructed_plan",
+    "fedra_plan",
+    "full_depth",
+    "hetlora_plan",
+    "rule_exchange",
+]
 
 NUM_CLASSES = 3
 """Capability classes (fastest first); class ``c`` gets ``1 / 2**c`` of the rank or of the layers."""
@@ -196,9 +204,18 @@ def _group(
         local_steps=problem.local_steps,
         batch_size=problem.effective_batch_size,
         latency_s=problem.intra_latency_s,
-        num_bytes=costs.group_adapter_bytes(problem.cost_model, group),
+        **rule_exchange(problem, group),
     )
     return dataclasses.replace(group, predicted_intra_round_s=intra_s)
+
+
+def rule_exchange(problem: PlanningProblem, group: Group) -> dict[str, int | None]:
+    """``num_bytes`` and ``download_bytes`` of one exchange of ``group`` under ``problem.aggregation`` (C9),
+    as ``costs.intra_round_time_s`` takes them (the group's devices are the inputs FLoRA stacks)."""
+    up, down = costs.group_exchange_bytes(
+        problem.cost_model, group, aggregation=problem.aggregation, num_inputs=len(group.device_ids)
+    )
+    return {"num_bytes": up, "download_bytes": None if up == down else down}
 
 
 def constructed_plan(
@@ -212,14 +229,16 @@ def constructed_plan(
 ) -> Plan:
     """Price the groups ((C5)-(C8), (M1)-(M4)) and stamp the plan as ``make_method_plan``'s constructions are."""
     cost, params = problem.cost_model, problem.convergence
-    num_bytes = [costs.group_adapter_bytes(cost, g) for g in groups]
+    rule = problem.aggregation
+    server = [costs.group_exchange_bytes(cost, g, aggregation=rule, num_inputs=len(groups)) for g in groups]
     global_s = costs.global_aggregation_s(
         cost,
         [g.depth for g in groups],
         backhaul_mbps=problem.backhaul_mbps,
         latency_s=problem.global_latency_s,
-        num_bytes=num_bytes,
+        num_bytes=[up for up, _ in server],
         server_ingress_mbps=problem.server_ingress_mbps,
+        download_bytes=None if all(up == down for up, down in server) else [down for _, down in server],
     )
     round_s = costs.round_time_s(
         [g.predicted_intra_round_s for g in groups], [g.intra_rounds for g in groups], global_s
@@ -240,9 +259,9 @@ def constructed_plan(
     rounds = convergence.rounds_to_target(progress, params)
     traffic = sum(
         costs.group_traffic_bytes(
-            cost, num_devices=len(g.device_ids), depth=g.depth, intra_rounds=g.intra_rounds, num_bytes=b
+            cost, num_devices=len(g.device_ids), depth=g.depth, intra_rounds=g.intra_rounds, **rule_exchange(problem, g)
         )
-        for g, b in zip(groups, num_bytes, strict=True)
+        for g in groups
     )
     reason += _broken_budgets(problem, round_s, traffic)
     objective = grouping_objective(problem, members)
@@ -264,6 +283,7 @@ def constructed_plan(
         grouping_objective=objective,
         grouping_bound=objective,
         reason=reason,
+        aggregation=rule,
     )
 
 

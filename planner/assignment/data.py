@@ -212,13 +212,16 @@ def build_assignment_data(
     sizes = np.array([len(group) for group in grouping.members], dtype=np.int64)
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
 
+    # (C9) one exchange's (up, down) bytes per group and depth under the rule (FLoRA stacks |k| inputs)
+    up_bytes, down_bytes = _group_bytes(problem, sizes, depths)
+
     # (C5) t_k(d): the slowest member's local steps plus its exchange, per depth
     scales = np.array([d.compute_scale for d in devices])
-    uplink = np.array([d.uplink_mbps for d in devices])
-    downlink = np.array([d.downlink_mbps for d in devices])
-    device_s = problem.local_steps * costs.step_time_table_s(cost, scales, depths, batch)
-    device_s = device_s + costs.exchange_time_table_s(cost, uplink, downlink, depths, problem.intra_latency_s)
-    intra_round_s = np.maximum.reduceat(device_s[positions], starts, axis=0)
+    uplink = np.array([d.uplink_mbps for d in devices])[positions]
+    downlink = np.array([d.downlink_mbps for d in devices])[positions]
+    device_s = problem.local_steps * costs.step_time_table_s(cost, scales, depths, batch)[positions]
+    device_s = device_s + _exchange_s(problem, uplink, downlink, sizes, up_bytes, down_bytes)
+    intra_round_s = np.maximum.reduceat(device_s, starts, axis=0)
 
     # (C4) memory: the group's smallest member must hold depth d
     memory = np.array([d.memory_bytes for d in devices], dtype=np.int64)
@@ -243,19 +246,8 @@ def build_assignment_data(
     params = problem.convergence
     depth_gain = np.array([convergence.depth_factor(d, cost.num_layers, params.depth_exponent) for d in depths])
     rounds_gain = convergence.intra_rounds_factor(choice_rounds[None, :], skew_tv[:, None], params.skew_sensitivity)
-    global_by_depth = np.array(
-        [
-            costs.global_aggregation_s(
-                cost,
-                [d] * len(sizes),  # (C6) at depth cap d: K aggregators queue on the server link
-                backhaul_mbps=problem.backhaul_mbps,
-                latency_s=problem.global_latency_s,
-                server_ingress_mbps=problem.server_ingress_mbps,
-            )
-            for d in depths
-        ]
-    )
-    adapter = np.array([costs.adapter_bytes(cost, depth=d) for d in depths], dtype=float)
+    global_by_depth = np.array([_global_s(problem, [d] * len(sizes)) for d in depths])  # (C6) at depth cap d
+    exchanged = (up_bytes + down_bytes).astype(float)  # (K, |D|) one exchange, up plus down
     return AssignmentData(
         depths=depths,
         intra_rounds=rounds,
@@ -272,12 +264,81 @@ def build_assignment_data(
         global_by_depth_s=global_by_depth,
         global_s=global_by_depth[choice_depth_idx],
         fits=(group_memory[:, None] >= need[None, :])[:, choice_depth_idx],
-        # (C8) traffic_k = tau * |k| * 2 * bytes(d)
-        traffic_bytes=choice_rounds[None, :] * sizes[:, None] * 2.0 * adapter[choice_depth_idx][None, :],
+        # (C8) traffic_k = tau * |k| * (up + down), 2 * bytes(d) under FedAvg
+        traffic_bytes=choice_rounds[None, :] * sizes[:, None] * exchanged[:, choice_depth_idx],
         progress=share[:, None] * depth_gain[choice_depth_idx][None, :] * rounds_gain,
         round_budget_s=problem.round_budget_s,
         traffic_budget_bytes=problem.traffic_budget_bytes,
         reference_rounds=params.target_rounds,
+    )
+
+
+def _group_bytes(
+    problem: PlanningProblem, sizes: NDArray[np.int64], depths: Sequence[int]
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(C9) ``(up, down)`` bytes of one intra-group exchange, each ``(K, |D|)``: group ``k`` stacks ``|k|`` inputs.
+
+    Priced once per distinct group size (balanced groups have one or two).
+    """
+    distinct, inverse = np.unique(sizes, return_inverse=True)
+    pairs = np.array(
+        [
+            [
+                costs.exchange_bytes(problem.cost_model, depth=d, aggregation=problem.aggregation, num_inputs=int(n))
+                for d in depths
+            ]
+            for n in distinct
+        ],
+        dtype=np.int64,
+    ).reshape(len(distinct), len(depths), 2)
+    return pairs[inverse, :, 0], pairs[inverse, :, 1]
+
+
+def _exchange_s(
+    problem: PlanningProblem,
+    uplink: FloatArray,
+    downlink: FloatArray,
+    sizes: NDArray[np.int64],
+    up_bytes: NDArray[np.int64],
+    down_bytes: NDArray[np.int64],
+) -> FloatArray:
+    """(C3) of every device (rows in group order) at every depth, with its group's (C9) bytes."""
+    cost, depths, latency = problem.cost_model, problem.effective_depth_choices, problem.intra_latency_s
+    member_rows = np.repeat(np.arange(len(sizes)), sizes)  # the group of each row
+    table = np.empty((len(member_rows), len(depths)))
+    pairs = np.stack([up_bytes, down_bytes], axis=2)  # (K, |D|, 2)
+    distinct, inverse = np.unique(pairs.reshape(len(sizes), -1), axis=0, return_inverse=True)
+    inverse = np.asarray(inverse).reshape(-1)
+    for idx, row in enumerate(distinct):  # groups moving the same bytes share one table
+        up, down = row.reshape(len(depths), 2).T
+        rows = inverse[member_rows] == idx
+        table[rows] = costs.exchange_time_table_s(
+            cost,
+            uplink[rows],
+            downlink[rows],
+            depths,
+            latency,
+            num_bytes=up.tolist(),
+            download_bytes=None if np.array_equal(up, down) else down.tolist(),
+        )
+    return table
+
+
+def _global_s(problem: PlanningProblem, depths: Sequence[int]) -> float:
+    """(C6) of groups at ``depths`` under the rule: the server stacks the ``K = len(depths)`` groups (FLoRA)."""
+    by_depth = {
+        d: costs.exchange_bytes(problem.cost_model, depth=d, aggregation=problem.aggregation, num_inputs=len(depths))
+        for d in set(depths)
+    }
+    pairs = [by_depth[d] for d in depths]
+    return costs.global_aggregation_s(
+        problem.cost_model,
+        depths,
+        backhaul_mbps=problem.backhaul_mbps,
+        latency_s=problem.global_latency_s,
+        num_bytes=[up for up, _ in pairs],
+        server_ingress_mbps=problem.server_ingress_mbps,
+        download_bytes=None if all(up == down for up, down in pairs) else [down for _, down in pairs],
     )
 
 
@@ -310,6 +371,7 @@ def evaluate_assignment(
     intra_round_s, total_progress = [], 0.0
     for members, depth, rounds in zip(grouping.members, depths, intra_rounds, strict=True):
         group = [devices[i] for i in members]
+        up, down = costs.exchange_bytes(cost, depth=depth, aggregation=problem.aggregation, num_inputs=len(members))
         intra_round_s.append(
             costs.intra_round_time_s(
                 cost,
@@ -318,6 +380,8 @@ def evaluate_assignment(
                 local_steps=problem.local_steps,
                 batch_size=problem.effective_batch_size,
                 latency_s=problem.intra_latency_s,
+                num_bytes=up,
+                download_bytes=None if up == down else down,
             )
         )
         group_counts = np.sum([d.label_counts for d in group], axis=0)
@@ -329,12 +393,6 @@ def evaluate_assignment(
             skew_tv=skew.total_variation(group_counts, global_counts),
             params=params,
         )
-    global_s = costs.global_aggregation_s(
-        cost,
-        depths,
-        backhaul_mbps=problem.backhaul_mbps,
-        latency_s=problem.global_latency_s,
-        server_ingress_mbps=problem.server_ingress_mbps,
-    )
+    global_s = _global_s(problem, list(depths))
     round_s = costs.round_time_s(intra_round_s, intra_rounds, global_s)
     return float(convergence.rounds_to_target(total_progress, params) * round_s)
