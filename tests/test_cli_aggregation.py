@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -103,3 +104,17 @@ def test_the_engine_refuses_a_plan_priced_under_another_rule(tmp_path):
     with pytest.raises(InvalidInputError, match="aggregation must be the rule the plan was priced under, 'fedex'"):
         next(runs)
     assert not (tmp_path / "run").exists()
+
+
+def test_whatif_prices_the_rule_set_on_its_problem(tmp_path):
+    """`whatif --set aggregation=flora` shares the planner's settings: the same fleet moves FLoRA's stacked bytes."""
+    rows = {}
+    for rule in ("fedavg", "flora"):
+        out = tmp_path / rule
+        args = ["whatif", "--devices", "12", "--network", "4g", "--set", f"aggregation={rule}", "--out", str(out)]
+        assert cli.main(args) == 0
+        data = json.loads((out / "results.json").read_text())
+        assert data["study"]["problem"]["aggregation"] == rule
+        rows[rule] = data["rows"][0]
+    assert rows["flora"]["device_traffic_bytes"] > rows["fedavg"]["device_traffic_bytes"]
+    assert rows["flora"]["round_time_s"] > rows["fedavg"]["round_time_s"]

@@ -9,7 +9,11 @@ Data (``assignment/data.py``, from ``costs.py`` (C1)-(C8) and ``convergence.py``
     a_kc     = tau · t_k(d)                 group k's part of a global round
     g_c      (C6) global aggregation when the deepest group has depth d
     fit_kc   1 if (C4) mem(d) <= the smallest memory in group k, else 0
-    b_kc     (C8) = tau · |k| · 2 · bytes(d)   traffic of group k per global round
+    b_kc     (C8) = tau · |k| · (up + down)   traffic of group k per global round (2 · bytes(d) under FedAvg)
+
+    Every exchange moves the bytes of ``problem.aggregation`` (C9): ``up`` and ``down`` of
+    ``costs.exchange_bytes`` at depth d, with ``|k|`` inputs inside group k and ``K`` at (C6)
+    (FLoRA's stacked download), the same function the simulated clock charges.
     p_kc     (M1) = w_k · (d / L)^beta · tau / (1 + c · delta_k · (tau - 1)), with w_k the
              group's share of samples and delta_k the total variation of its pooled labels
              from the global ones (``skew.total_variation``)
