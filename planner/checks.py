@@ -50,6 +50,7 @@ from numpy.typing import NDArray
 from hierfedlora.planner import costs
 from hierfedlora.planner.errors import HierFedLoraWarning, InfeasibleError, InvalidInputError, Issue
 from hierfedlora.planner.grouping.model import resolve_num_groups
+from hierfedlora.planner.rule_costs import problem_exchange_bytes
 from hierfedlora.planner.rules import MAX_BYTES, MAX_COUNT
 from hierfedlora.planner.types import PlanningProblem
 
@@ -295,7 +296,7 @@ def _memory_conflicts(problem: PlanningProblem) -> list[Conflict]:
 
 def _alone_bytes(problem: PlanningProblem, depth: int) -> tuple[int, int]:
     """(C9) one exchange's bytes for a single input (a device alone, or one group): the least a rule moves."""
-    return costs.exchange_bytes(problem.cost_model, depth=depth, aggregation=problem.aggregation, num_inputs=1)
+    return problem_exchange_bytes(problem, depth=depth, num_inputs=1)
 
 
 def device_round_times_s(problem: PlanningProblem) -> NDArray[np.float64]:

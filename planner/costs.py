@@ -91,11 +91,11 @@ bytes of one layer's dense ``(out, in)`` target matrices::
     ``8 * (up + down)`` of the largest sizes; (C6b) and (C8) add ``up + down``. The rule leaves the
     compute (C1) and memory (C4) unchanged.
 
-    :func:`exchange_bytes` is (C2) then (C9) for a depth, :func:`group_exchange_bytes` for a plan's
-    group; the planner (``PlanningProblem.aggregation``: ``n = |k|`` inside group ``k``, ``n = K`` at
-    (C6)) and the simulated clock (``runtime.clock``) both price a rule through them, so a plan's
-    predicted round under a rule is what the clock charges for it. ``D`` defaults to the cost
-    model's ``dense_bytes_per_layer``.
+    ``planner.rule_costs`` implements (C9): ``rule_bytes``, ``exchange_bytes`` ((C2) then (C9) for a
+    depth) and ``group_exchange_bytes`` (for a plan's group); the planner (``PlanningProblem.aggregation``:
+    ``n = |k|`` inside group ``k``, ``n = K`` at (C6)) and the simulated clock (``runtime.clock``) both
+    price a rule through them, so a plan's predicted round under a rule is what the clock charges for
+    it. ``D`` defaults to the cost model's ``dense_bytes_per_layer``.
 
 Examples
 --------
@@ -129,8 +129,6 @@ __all__ = [
     "AGGREGATION_RULES",
     "adapter_bytes",
     "backhaul_traffic_bytes",
-    "exchange_bytes",
-    "group_exchange_bytes",
     "group_adapter_bytes",
     "exchange_time_s",
     "global_aggregation_s",
@@ -138,7 +136,6 @@ __all__ = [
     "intra_round_time_s",
     "peak_memory_bytes",
     "round_time_s",
-    "rule_bytes",
     "step_time_s",
     "step_time_table_s",
     "exchange_time_table_s",
@@ -195,105 +192,6 @@ def exchange_time_s(
     bits = 8.0 * (adapter_bytes(cost, depth=depth) if num_bytes is None else num_bytes)
     down_bits = bits if download_bytes is None else 8.0 * download_bytes
     return bits / (MEGABIT * device.uplink_mbps) + down_bits / (MEGABIT * device.downlink_mbps) + latency_s
-
-
-def rule_bytes(
-    cost: CostModel,
-    num_bytes: int,
-    *,
-    aggregation: str = "fedavg",
-    num_layers: int = 1,
-    num_inputs: int = 1,
-    dense_bytes_per_layer: int | None = None,
-) -> tuple[int, int]:
-    """(C9) Upload and download bytes of one exchange of ``num_bytes`` (C2) under ``aggregation``.
-
-    ``num_layers`` is ``m`` (the trained layers, for FedEx-LoRA's residual), ``num_inputs`` the ``n``
-    FLoRA stacks, ``dense_bytes_per_layer`` the ``D`` FedEx-LoRA needs.
-
-    Raises
-    ------
-    InvalidInputError
-        An unknown rule; ``fedex`` without ``dense_bytes_per_layer``.
-
-    Examples
-    --------
-    >>> cm = CostModel(model_name="toy", num_layers=2, batch_size=4, seq_len=8,
-    ...     embedding_forward_s=0.0, layer_forward_s=(0.01, 0.01), layer_backward_s=(0.02, 0.02),
-    ...     head_step_s=0.0, layer_optimizer_s=0.0, adapter_bytes_per_layer=1000, head_bytes=10,
-    ...     activation_bytes_per_sample_per_layer=10, optimizer_bytes_per_layer=2000,
-    ...     base_model_bytes=100)
-    >>> rule_bytes(cm, 2010, aggregation="ffa"), rule_bytes(cm, 2010, aggregation="flora", num_inputs=3)
-    ((1010, 1010), (2010, 6010))
-    >>> rule_bytes(cm, 2010, aggregation="fedex", num_layers=2, dense_bytes_per_layer=50_000)
-    (2010, 102010)
-    """
-    from hierfedlora.planner.errors import InvalidInputError, Issue
-
-    lora = num_bytes - cost.head_bytes
-    if aggregation in ("fedavg", "lora-fair", "hetlora"):
-        return num_bytes, num_bytes
-    if aggregation == "ffa":
-        half = round(lora / 2) + cost.head_bytes
-        return half, half
-    if aggregation == "flora":
-        return num_bytes, num_inputs * lora + cost.head_bytes
-    if aggregation == "fedex":
-        if dense_bytes_per_layer is None:
-            raise InvalidInputError([Issue("dense_bytes_per_layer", "the bytes of one layer's target matrices", None)])
-        return num_bytes, num_bytes + num_layers * dense_bytes_per_layer
-    raise InvalidInputError([Issue("aggregation", f"one of {', '.join(AGGREGATION_RULES)}", aggregation)])
-
-
-def exchange_bytes(
-    cost: CostModel,
-    *,
-    depth: int,
-    aggregation: str = "fedavg",
-    num_inputs: int = 1,
-    num_trained_layers: int | None = None,
-    lora_rank: int | None = None,
-    dense_bytes_per_layer: int | None = None,
-) -> tuple[int, int]:
-    """(C2) then (C9): upload and download bytes of one exchange at ``depth`` under ``aggregation``.
-
-    ``num_inputs`` is what the aggregate stacks (FLoRA): a group's devices, or at (C6) the groups;
-    ``dense_bytes_per_layer`` defaults to ``cost.dense_bytes_per_layer``.
-
-    Raises
-    ------
-    InvalidInputError
-        As :func:`rule_bytes`: an unknown rule, ``fedex`` without the dense bytes.
-    """
-    layers = depth if num_trained_layers is None else num_trained_layers
-    return rule_bytes(
-        cost,
-        adapter_bytes(cost, depth=depth, num_trained_layers=num_trained_layers, lora_rank=lora_rank),
-        aggregation=aggregation,
-        num_layers=layers,
-        num_inputs=num_inputs,
-        dense_bytes_per_layer=cost.dense_bytes_per_layer if dense_bytes_per_layer is None else dense_bytes_per_layer,
-    )
-
-
-def group_exchange_bytes(
-    cost: CostModel,
-    group: Group,
-    *,
-    aggregation: str = "fedavg",
-    num_inputs: int = 1,
-    dense_bytes_per_layer: int | None = None,
-) -> tuple[int, int]:
-    """:func:`exchange_bytes` of a plan's group: its ``layers`` (or ``depth``) at its ``lora_rank`` (C2)."""
-    return exchange_bytes(
-        cost,
-        depth=group.depth,
-        aggregation=aggregation,
-        num_inputs=num_inputs,
-        num_trained_layers=None if group.layers is None else len(group.layers),
-        lora_rank=group.lora_rank,
-        dense_bytes_per_layer=dense_bytes_per_layer,
-    )
 
 
 def peak_memory_bytes(cost: CostModel, *, depth: int, batch_size: int) -> int:

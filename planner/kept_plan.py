@@ -21,12 +21,8 @@ from hierfedlora.planner.assignment import assign_depths_and_rounds, evaluate_as
 from hierfedlora.planner.assignment.data import build_assignment_data
 from hierfedlora.planner.io import sha256_of
 from hierfedlora.planner.outcomes import Grouping, Limit, Plan, SolveStatus
-from hierfedlora.planner.plan import (
-    devices_sha256,
-    predicted_backhaul_bytes,
-    predicted_group_traffic_bytes,
-    skew_free_bound,
-)
+from hierfedlora.planner.plan import devices_sha256, skew_free_bound
+from hierfedlora.planner.rule_costs import predicted_backhaul_bytes, predicted_group_traffic_bytes
 from hierfedlora.planner.types import PlanningProblem
 
 __all__ = ["broken_constraints", "kept_grouping", "plan_structure", "reassigned", "time_to_target_s"]

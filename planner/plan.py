@@ -65,6 +65,7 @@ from hierfedlora.planner.grouping import group_devices
 from hierfedlora.planner.grouping.model import grouping_data, l1_lower_bound
 from hierfedlora.planner.io import sha256_of
 from hierfedlora.planner.outcomes import Group, Grouping, Limit, Plan, SolveStatus
+from hierfedlora.planner.rule_costs import predicted_backhaul_bytes, predicted_group_traffic_bytes
 from hierfedlora.planner.skew import label_skew
 from hierfedlora.planner.types import DeviceProfile, PlanningProblem
 
@@ -74,8 +75,6 @@ __all__ = [
     "devices_sha256",
     "make_plan",
     "plan_groups",
-    "predicted_backhaul_bytes",
-    "predicted_group_traffic_bytes",
     "skew_floor",
     "skew_free_bound",
     "summarize_plan",
@@ -284,35 +283,6 @@ def build_plan(
         parent_plan_id=parent_plan_id,
         reason=reason,
         aggregation=problem.aggregation,
-    )
-
-
-def predicted_group_traffic_bytes(problem: PlanningProblem, *, num_devices: int, depth: int, intra_rounds: int) -> int:
-    """(C8) under ``problem.aggregation`` (C9): what a group of ``num_devices`` moves per global round."""
-    up, down = costs.exchange_bytes(
-        problem.cost_model, depth=depth, aggregation=problem.aggregation, num_inputs=num_devices
-    )
-    return costs.group_traffic_bytes(
-        problem.cost_model,
-        num_devices=num_devices,
-        depth=depth,
-        intra_rounds=intra_rounds,
-        num_bytes=up,
-        download_bytes=None if up == down else down,
-    )
-
-
-def predicted_backhaul_bytes(problem: PlanningProblem, depths: Sequence[int]) -> int:
-    """(C6b) under ``problem.aggregation`` (C9): the server stacks ``K = len(depths)`` groups (FLoRA)."""
-    pairs = [
-        costs.exchange_bytes(problem.cost_model, depth=d, aggregation=problem.aggregation, num_inputs=len(depths))
-        for d in depths
-    ]
-    return costs.backhaul_traffic_bytes(
-        problem.cost_model,
-        depths,
-        num_bytes=[up for up, _ in pairs],
-        download_bytes=[down for _, down in pairs],
     )
 
 

@@ -39,7 +39,7 @@ closes at ``D_{k,r} = quantile_q(t_{k,r,i} over its online devices i)``, devices
 the sum of its devices' times, ``t_{k,r} = sum_i (...)``, in (K1), (K2) and (K4) alike; a deadline
 does not cut a chain (nobody misses it).
 
-    Under an aggregation rule other than FedAvg, ``costs.rule_bytes`` (C9) gives one exchange's upload
+    Under an aggregation rule other than FedAvg, ``planner.rule_costs`` (C9) gives one exchange's upload
     and download apart (FFA-LoRA halves both, FedEx-LoRA adds the dense residual to the download,
     FLoRA's download stacks the group's ``|k|`` devices; at (C6) the server stacks ``K`` groups).
 
@@ -66,6 +66,7 @@ from hierfedlora.planner import costs
 from hierfedlora.planner.errors import InvalidInputError, Issue
 from hierfedlora.planner.outcomes import Group, Plan
 from hierfedlora.planner.plan_checks import check_plan_groups
+from hierfedlora.planner.rule_costs import group_exchange_bytes
 from hierfedlora.planner.rules import FINITE_NON_NEGATIVE, FINITE_POSITIVE, POSITIVE_INT
 from hierfedlora.planner.types import CostModel, DeviceProfile
 
@@ -288,7 +289,7 @@ def _rule_bytes(
     cost_model: CostModel, group: Group, aggregation: str, num_inputs: int, dense_bytes_per_layer: int | None
 ) -> tuple[int, int]:
     """(C9) for one group: upload and download bytes of one exchange (as the planner prices it)."""
-    return costs.group_exchange_bytes(
+    return group_exchange_bytes(
         cost_model,
         group,
         aggregation=aggregation,

@@ -67,6 +67,7 @@ from hierfedlora.planner.grouping import grouping_objective
 from hierfedlora.planner.io import sha256_of
 from hierfedlora.planner.outcomes import Group, Plan, RoundReport, SolveStatus
 from hierfedlora.planner.plan import devices_sha256
+from hierfedlora.planner.rule_costs import group_exchange_bytes
 from hierfedlora.planner.types import PlanningProblem
 
 __all__ = [
@@ -212,7 +213,7 @@ def _group(
 def rule_exchange(problem: PlanningProblem, group: Group) -> dict[str, int | None]:
     """``num_bytes`` and ``download_bytes`` of one exchange of ``group`` under ``problem.aggregation`` (C9),
     as ``costs.intra_round_time_s`` takes them (the group's devices are the inputs FLoRA stacks)."""
-    up, down = costs.group_exchange_bytes(
+    up, down = group_exchange_bytes(
         problem.cost_model, group, aggregation=problem.aggregation, num_inputs=len(group.device_ids)
     )
     return {"num_bytes": up, "download_bytes": None if up == down else down}
@@ -230,7 +231,7 @@ def constructed_plan(
     """Price the groups ((C5)-(C8), (M1)-(M4)) and stamp the plan as ``make_method_plan``'s constructions are."""
     cost, params = problem.cost_model, problem.convergence
     rule = problem.aggregation
-    server = [costs.group_exchange_bytes(cost, g, aggregation=rule, num_inputs=len(groups)) for g in groups]
+    server = [group_exchange_bytes(cost, g, aggregation=rule, num_inputs=len(groups)) for g in groups]
     global_s = costs.global_aggregation_s(
         cost,
         [g.depth for g in groups],

@@ -12,7 +12,7 @@ Data (``assignment/data.py``, from ``costs.py`` (C1)-(C8) and ``convergence.py``
     b_kc     (C8) = tau · |k| · (up + down)   traffic of group k per global round (2 · bytes(d) under FedAvg)
 
     Every exchange moves the bytes of ``problem.aggregation`` (C9): ``up`` and ``down`` of
-    ``costs.exchange_bytes`` at depth d, with ``|k|`` inputs inside group k and ``K`` at (C6)
+    ``rule_costs.exchange_bytes`` at depth d, with ``|k|`` inputs inside group k and ``K`` at (C6)
     (FLoRA's stacked download), the same function the simulated clock charges.
     p_kc     (M1) = w_k · (d / L)^beta · tau / (1 + c · delta_k · (tau - 1)), with w_k the
              group's share of samples and delta_k the total variation of its pooled labels

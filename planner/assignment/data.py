@@ -43,7 +43,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from hierfedlora.planner import convergence, costs, skew
+from hierfedlora.planner import convergence, costs, rule_costs, skew
 from hierfedlora.planner.checks import BUDGET_TOLERANCE
 from hierfedlora.planner.errors import InvalidInputError, Issue
 from hierfedlora.planner.outcomes import Grouping
@@ -246,7 +246,8 @@ def build_assignment_data(
     params = problem.convergence
     depth_gain = np.array([convergence.depth_factor(d, cost.num_layers, params.depth_exponent) for d in depths])
     rounds_gain = convergence.intra_rounds_factor(choice_rounds[None, :], skew_tv[:, None], params.skew_sensitivity)
-    global_by_depth = np.array([_global_s(problem, [d] * len(sizes)) for d in depths])  # (C6) at depth cap d
+    # (C6) at depth cap d: K aggregators queue on the server link (FLoRA's server stacks K groups)
+    global_by_depth = np.array([rule_costs.predicted_global_aggregation_s(problem, [d] * len(sizes)) for d in depths])
     exchanged = (up_bytes + down_bytes).astype(float)  # (K, |D|) one exchange, up plus down
     return AssignmentData(
         depths=depths,
@@ -282,13 +283,7 @@ def _group_bytes(
     """
     distinct, inverse = np.unique(sizes, return_inverse=True)
     pairs = np.array(
-        [
-            [
-                costs.exchange_bytes(problem.cost_model, depth=d, aggregation=problem.aggregation, num_inputs=int(n))
-                for d in depths
-            ]
-            for n in distinct
-        ],
+        [[rule_costs.problem_exchange_bytes(problem, depth=d, num_inputs=int(n)) for d in depths] for n in distinct],
         dtype=np.int64,
     ).reshape(len(distinct), len(depths), 2)
     return pairs[inverse, :, 0], pairs[inverse, :, 1]
@@ -324,24 +319,6 @@ def _exchange_s(
     return table
 
 
-def _global_s(problem: PlanningProblem, depths: Sequence[int]) -> float:
-    """(C6) of groups at ``depths`` under the rule: the server stacks the ``K = len(depths)`` groups (FLoRA)."""
-    by_depth = {
-        d: costs.exchange_bytes(problem.cost_model, depth=d, aggregation=problem.aggregation, num_inputs=len(depths))
-        for d in set(depths)
-    }
-    pairs = [by_depth[d] for d in depths]
-    return costs.global_aggregation_s(
-        problem.cost_model,
-        depths,
-        backhaul_mbps=problem.backhaul_mbps,
-        latency_s=problem.global_latency_s,
-        num_bytes=[up for up, _ in pairs],
-        server_ingress_mbps=problem.server_ingress_mbps,
-        download_bytes=None if all(up == down for up, down in pairs) else [down for _, down in pairs],
-    )
-
-
 def evaluate_assignment(
     grouping: Grouping, problem: PlanningProblem, depths: Sequence[int], intra_rounds: Sequence[int]
 ) -> float:
@@ -371,7 +348,7 @@ def evaluate_assignment(
     intra_round_s, total_progress = [], 0.0
     for members, depth, rounds in zip(grouping.members, depths, intra_rounds, strict=True):
         group = [devices[i] for i in members]
-        up, down = costs.exchange_bytes(cost, depth=depth, aggregation=problem.aggregation, num_inputs=len(members))
+        up, down = rule_costs.problem_exchange_bytes(problem, depth=depth, num_inputs=len(members))
         intra_round_s.append(
             costs.intra_round_time_s(
                 cost,
@@ -393,6 +370,6 @@ def evaluate_assignment(
             skew_tv=skew.total_variation(group_counts, global_counts),
             params=params,
         )
-    global_s = _global_s(problem, list(depths))
+    global_s = rule_costs.predicted_global_aggregation_s(problem, list(depths))
     round_s = costs.round_time_s(intra_round_s, intra_rounds, global_s)
     return float(convergence.rounds_to_target(total_progress, params) * round_s)

@@ -6,6 +6,7 @@ import pytest
 
 from hierfedlora.planner import costs
 from hierfedlora.planner.errors import InvalidInputError
+from hierfedlora.planner.rule_costs import rule_bytes
 from hierfedlora.runtime.clock import global_round_time_s
 from tests.runtime.test_clock import LINKS, hand_made_plan
 
@@ -45,9 +46,9 @@ def test_rule_traffic_each_way_follows_c9(cost_model, timed):
 
 def test_fedex_needs_the_dense_size_and_unknown_rules_are_named(cost_model):
     with pytest.raises(InvalidInputError, match="dense_bytes_per_layer"):
-        costs.rule_bytes(cost_model, 100, aggregation="fedex")
+        rule_bytes(cost_model, 100, aggregation="fedex")
     with pytest.raises(InvalidInputError, match="aggregation must be one of"):
-        costs.rule_bytes(cost_model, 100, aggregation="fedprox")
+        rule_bytes(cost_model, 100, aggregation="fedprox")
 
 
 def test_planner_rule_names_match_the_runtime_rules():
