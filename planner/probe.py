@@ -39,6 +39,7 @@ import numpy as np
 from hierfedlora.planner.assignment import assignment_from_choices
 from hierfedlora.planner.assignment.data import build_assignment_data
 from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.kept_plan import kept_grouping
 from hierfedlora.planner.outcomes import Grouping, Plan, RoundReport, SolveStatus
 from hierfedlora.planner.plan import build_plan
 from hierfedlora.planner.types import PlanningProblem
@@ -69,16 +70,7 @@ def _grouping(plan: Plan, problem: PlanningProblem) -> Grouping:
     missing = [d for g in plan.groups for d in g.device_ids if d not in position]
     if missing:
         raise InvalidInputError([Issue("plan.groups", "device ids of the problem's devices", missing[:5])])
-    members = tuple(tuple(sorted(position[d] for d in g.device_ids)) for g in plan.groups)
-    return Grouping(
-        members=members,
-        objective=0.0,
-        bound=0.0,
-        status=SolveStatus.OPTIMAL,
-        limit=None,
-        solve_time_s=0.0,
-        method="kept",
-    )
+    return kept_grouping([g.device_ids for g in plan.groups], problem)
 
 
 def probe_plan(plan: Plan, problem: PlanningProblem, *, num_groups: int = 1, seed: int = 0) -> Probe:
