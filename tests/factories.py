@@ -71,6 +71,12 @@ def make_devices(
 WORDS = ("<unk>", "<eos>", "a", "dog", "is", "an", "animal", "cake", "food", "the", "of", "tree", "plant")
 
 
+def make_texts(count: int) -> list[str]:
+    """Texts of 1..8 words from the decoders' vocabulary, so rows are padded by different amounts."""
+    words = WORDS[2:]
+    return [" ".join(words[(i + k) % len(words)] for k in range(1 + i % 8)) for i in range(count)]
+
+
 def make_round_report(
     plan: Plan, global_round: int, *, eval_loss: float = 1.0, device_step_s: Mapping[str, float] | None = None
 ) -> RoundReport:

@@ -36,10 +36,10 @@ from hierfedlora.planner.errors import HierFedLoraError
 from hierfedlora.planner.fleet import load_fleet, make_fleet, save_fleet
 from hierfedlora.planner.fleets.datasets import read_csv
 from hierfedlora.planner.io import read_json, to_dict, write_json
-from hierfedlora.planner.outcomes import Group, Plan, Skew, SolveStatus
+from hierfedlora.planner.outcomes import Plan
 from hierfedlora.planner.types import CostModel
 from hierfedlora.validation.experiment_presets import PRESETS, read_preset
-from tests.factories import make_cost_model
+from tests.factories import make_cost_model, make_two_group_plan
 
 CASES_PER_READER = 130
 
@@ -163,23 +163,7 @@ def bases() -> dict[str, Any]:
     (folder / "data.csv").write_text("\n".join(CSV_ROWS) + "\n")
     fleet = make_fleet(read_csv(folder / "data.csv"), num_devices=4, partition="iid", seed=0)
     cost = make_cost_model(2)
-    ids = [d.device_id for d in fleet.devices]
-    skew = Skew(kl=0.0, l1=0.0, hellinger=0.0)
-    plan = Plan(
-        groups=(
-            Group(group_id=0, device_ids=tuple(ids[:2]), depth=1, intra_rounds=2, local_steps=2, label_skew=skew),
-            Group(group_id=1, device_ids=tuple(ids[2:]), depth=2, intra_rounds=1, local_steps=2, label_skew=skew),
-        ),
-        predicted_round_time_s=1.0,
-        predicted_rounds_to_target=3.0,
-        objective_value=3.0,
-        dual_bound=3.0,
-        status=SolveStatus.OPTIMAL,
-        solve_time_s=0.0,
-        solver="hand",
-        seed=0,
-        batch_size=4,
-    )
+    plan = make_two_group_plan(fleet)  # its 4 devices in two halves
     return {"fleet": fleet, "cost": cost, "plan": plan, "folder": folder}
 
 

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from hierfedlora.models.adapters import initial_adapter_state
 from hierfedlora.models.base_delta import applied_base_delta, base_layers
@@ -17,17 +16,13 @@ from hierfedlora.runtime.local_training import evaluate
 from hierfedlora.runtime.options import RunOptions
 from hierfedlora.runtime.run_start import BASE_PREFIX, GLOBAL_PREFIX
 from tests.factories import make_cost_model, make_two_group_plan
+from tests.runtime.runs import committed_tensors
 
 
 def _options(model_dir, rounds: int, rule: str, **overrides) -> RunOptions:
     return RunOptions(
         rounds=rounds, model=str(model_dir), eval_samples=16, eval_batch_size=16, seed=3, aggregation=rule, **overrides
     )
-
-
-def _tensors(run_dir) -> dict[str, torch.Tensor]:
-    manifest = json.loads((run_dir / MANIFEST_NAME).read_text())
-    return load_file(run_dir / manifest["tensor_file"])
 
 
 @pytest.mark.parametrize("rule", ["ffa", "fedex", "flora", "lora-fair", "hetlora"])
@@ -40,7 +35,7 @@ def test_every_rule_runs_and_is_recorded(tmp_path, small_fleet, minilm_slice_dir
     assert [r.aggregation for r in reports] == [rule]
     assert [r.aggregation for r in read_reports(tmp_path / "run" / REPORTS_NAME)] == [rule]
     assert json.loads((tmp_path / "run" / MANIFEST_NAME).read_text())["state"]["aggregation"] == rule
-    tensors = _tensors(tmp_path / "run")
+    tensors = committed_tensors(tmp_path / "run")
     base = {k for k in tensors if k.startswith(BASE_PREFIX)}
     if rule in ("fedex", "flora"):
         # layers 0 and 1 of the 2-layer slice were trained (depths 1 and 2): every LoRA module got a delta
@@ -64,7 +59,7 @@ def test_evaluation_uses_the_checkpointed_base_delta(tmp_path, small_fleet, mini
     options = _options(minilm_slice_dir, 1, "flora", evaluate_groups=False)
     context = prepare_run(plan, fleet, options)
     (report,) = run_plan(plan, fleet, make_cost_model(2), options, tmp_path / "run", context=context)
-    tensors = _tensors(tmp_path / "run")
+    tensors = committed_tensors(tmp_path / "run")
     state = {k.removeprefix(GLOBAL_PREFIX): v for k, v in tensors.items() if k.startswith(GLOBAL_PREFIX)}
     delta = {k.removeprefix(BASE_PREFIX): v for k, v in tensors.items() if k.startswith(BASE_PREFIX)}
     model = context.model
@@ -135,6 +130,6 @@ def test_stop_then_resume_restores_the_base_delta(tmp_path, small_fleet, minilm_
         )
     )
     assert [r.eval_loss for r in resumed] == [r.eval_loss for r in whole[1:]]
-    a, b = _tensors(tmp_path / "w"), _tensors(tmp_path / "c")
+    a, b = committed_tensors(tmp_path / "w"), committed_tensors(tmp_path / "c")
     assert a.keys() == b.keys() and any(k.startswith(BASE_PREFIX) for k in a)
     assert all(torch.equal(a[k], b[k]) for k in a)

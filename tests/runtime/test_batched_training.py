@@ -16,17 +16,12 @@ from hierfedlora.runtime.batched_training import DeviceBatching, batching_suppor
 from hierfedlora.runtime.data import tokenize_texts
 from hierfedlora.runtime.local_training import train_device
 from hierfedlora.runtime.prefix_cache import PlainForward, PrefixCache
-from tests.factories import WORDS
+from tests.factories import make_texts
 
 TOLERANCE = {"atol": 1e-5, "rtol": 0.0}
 SEEDS = (11, 12, 13)
 UNEQUAL = (torch.arange(0, 5), torch.arange(5, 12), torch.arange(12, 16))  # batch 3: sizes 3,2 / 3,3,1 / 3,1
 EQUAL = (torch.arange(0, 6), torch.arange(6, 12), torch.arange(12, 18))
-
-
-def _texts(count: int) -> list[str]:
-    words = WORDS[2:]
-    return [" ".join(words[(i + k) % len(words)] for k in range(1 + i % 8)) for i in range(count)]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +39,7 @@ def setups(request: pytest.FixtureRequest):
         generator = torch.Generator().manual_seed(1)
         params = model.trainable_parameters()
         model.set_adapter_state({key: torch.randn(p.shape, generator=generator) * 0.2 for key, p in params.items()})
-        texts = _texts(18)
+        texts = make_texts(18)
         data = tokenize_texts(texts, [i % spec.num_labels for i in range(len(texts))], tokenizer, 10)
         found[kind] = (model, data)
     return found

@@ -7,50 +7,27 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from hierfedlora.planner.errors import InvalidInputError, ResumeMismatchError
 from hierfedlora.planner.io import write_json
-from hierfedlora.planner.outcomes import Plan
-from hierfedlora.runtime.checkpoint import MANIFEST_NAME, REPORTS_NAME, read_reports
+from hierfedlora.runtime.checkpoint import REPORTS_NAME, read_reports
 from hierfedlora.runtime.engine import prepare_run, run_plan
 from hierfedlora.runtime.options import RunOptions
 from tests.factories import make_cost_model, make_two_group_plan
-
-
-def _plan(fleet) -> Plan:
-    return make_two_group_plan(fleet)
-
-
-def _options(model_dir: Path, rounds: int, **overrides) -> RunOptions:
-    return RunOptions(rounds=rounds, model=str(model_dir), eval_samples=16, eval_batch_size=16, seed=3, **overrides)
-
-
-def _final_adapters(run_dir: Path) -> dict[str, torch.Tensor]:
-    manifest = json.loads((run_dir / MANIFEST_NAME).read_text())
-    return load_file(run_dir / manifest["tensor_file"])
-
-
-def _comparable(report) -> dict:
-    data = dataclasses.asdict(report)
-    data.pop("wall_time_s")
-    data.pop("measured_step_s")
-    return data
+from tests.runtime.runs import cli_run_args, committed_tensors, comparable, run_options
 
 
 def test_run_commits_and_reports_every_round(tmp_path, small_fleet, minilm_slice_dir):
     """Three rounds give three committed reports, a growing clock and bytes on the wire."""
     # Arrange
     fleet, _ = small_fleet
-    plan = _plan(fleet)
+    plan = make_two_group_plan(fleet)
     # Act
-    reports = list(run_plan(plan, fleet, make_cost_model(2), _options(minilm_slice_dir, 3), tmp_path / "run"))
+    reports = list(run_plan(plan, fleet, make_cost_model(2), run_options(minilm_slice_dir, 3), tmp_path / "run"))
     # Assert
     assert [r.global_round for r in reports] == [1, 2, 3]
     assert [r.global_round for r in read_reports(tmp_path / "run" / REPORTS_NAME)] == [1, 2, 3]
@@ -66,11 +43,11 @@ def test_resume_after_a_stop_matches_an_uninterrupted_run(tmp_path, small_fleet,
     with devices trained as one batch (the default) and one after another."""
     # Arrange
     fleet, _ = small_fleet
-    plan, cost = _plan(fleet), make_cost_model(2)
-    context = prepare_run(plan, fleet, _options(minilm_slice_dir, 3))
+    plan, cost = make_two_group_plan(fleet), make_cost_model(2)
+    context = prepare_run(plan, fleet, run_options(minilm_slice_dir, 3))
 
     def options(rounds: int) -> RunOptions:
-        return _options(minilm_slice_dir, rounds, batched_devices=batched_devices)
+        return run_options(minilm_slice_dir, rounds, batched_devices=batched_devices)
 
     # Act
     reports = list(run_plan(plan, fleet, cost, options(3), tmp_path / "whole", context=context))
@@ -79,22 +56,24 @@ def test_resume_after_a_stop_matches_an_uninterrupted_run(tmp_path, small_fleet,
     # Assert
     step_seconds = {reports[0].measured_step_s[d] for d in plan.groups[0].device_ids}
     assert len(step_seconds) == (1 if batched_devices > 1 else len(plan.groups[0].device_ids))  # one batch or not
-    whole, split = _final_adapters(tmp_path / "whole"), _final_adapters(tmp_path / "split")
+    whole, split = committed_tensors(tmp_path / "whole"), committed_tensors(tmp_path / "split")
     assert whole.keys() == split.keys()
     assert all(torch.equal(whole[k], split[k]) for k in whole)
-    whole_reports = [_comparable(r) for r in read_reports(tmp_path / "whole" / REPORTS_NAME)]
-    split_reports = [_comparable(r) for r in read_reports(tmp_path / "split" / REPORTS_NAME)]
+    whole_reports = [comparable(r) for r in read_reports(tmp_path / "whole" / REPORTS_NAME)]
+    split_reports = [comparable(r) for r in read_reports(tmp_path / "split" / REPORTS_NAME)]
     assert split_reports == whole_reports
 
 
 def test_resume_refuses_another_plan(tmp_path, small_fleet, minilm_slice_dir):
     """A checkpoint of one plan cannot be resumed with another."""
     fleet, _ = small_fleet
-    plan = _plan(fleet)
-    list(run_plan(plan, fleet, make_cost_model(2), _options(minilm_slice_dir, 1), tmp_path / "run"))
+    plan = make_two_group_plan(fleet)
+    list(run_plan(plan, fleet, make_cost_model(2), run_options(minilm_slice_dir, 1), tmp_path / "run"))
     other = dataclasses.replace(plan, groups=(dataclasses.replace(plan.groups[0], intra_rounds=1), plan.groups[1]))
     with pytest.raises(ResumeMismatchError) as info:
-        list(run_plan(other, fleet, make_cost_model(2), _options(minilm_slice_dir, 2), tmp_path / "run", resume=True))
+        list(
+            run_plan(other, fleet, make_cost_model(2), run_options(minilm_slice_dir, 2), tmp_path / "run", resume=True)
+        )
     assert info.value.field == "plan_id"
 
 
@@ -110,7 +89,7 @@ def test_bad_plans_fail_before_training(tmp_path, small_fleet, minilm_slice_dir,
     """An unknown device, a depth beyond the model, or a fleet without data is refused before any training."""
     # Arrange
     fleet, _ = small_fleet
-    plan = _plan(fleet)
+    plan = make_two_group_plan(fleet)
     if change == "unknown_device":
         plan = dataclasses.replace(
             plan, groups=(dataclasses.replace(plan.groups[0], device_ids=("d0", "ghost")), plan.groups[1])
@@ -121,37 +100,11 @@ def test_bad_plans_fail_before_training(tmp_path, small_fleet, minilm_slice_dir,
         fleet = dataclasses.replace(fleet, sample_indices=(), dataset=None)
     # Act
     with pytest.raises(InvalidInputError) as info:
-        list(run_plan(plan, fleet, make_cost_model(2), _options(minilm_slice_dir, 1), tmp_path / "run"))
+        list(run_plan(plan, fleet, make_cost_model(2), run_options(minilm_slice_dir, 1), tmp_path / "run"))
     # Assert
     assert path in [issue.path for issue in info.value.issues]
     assert expected in str(info.value)
     assert not (tmp_path / "run" / REPORTS_NAME).exists()
-
-
-def _cli_run(plan_path, fleet_path, cost_path, model_dir, out, rounds, resume=False):
-    args = [
-        sys.executable,
-        "-m",
-        "hierfedlora.cli",
-        "run",
-        str(plan_path),
-        "--fleet",
-        str(fleet_path),
-        "--cost-model",
-        str(cost_path),
-        "--rounds",
-        str(rounds),
-        "--out",
-        str(out),
-        "--model",
-        str(model_dir),
-        "--eval-samples",
-        "16",
-        "--seed",
-        "3",
-        "--allow-cost-mismatch",  # the hand plan's batch of 4 is not the cost model's 16
-    ]
-    return args + (["--resume"] if resume else [])
 
 
 def test_sigkill_mid_run_then_resume_matches(tmp_path, small_fleet, minilm_slice_dir):
@@ -160,17 +113,17 @@ def test_sigkill_mid_run_then_resume_matches(tmp_path, small_fleet, minilm_slice
     # Arrange
     fleet, fleet_path = small_fleet
     plan_path, cost_path = tmp_path / "plan.json", tmp_path / "cost.json"
-    write_json(plan_path, _plan(fleet))
+    write_json(plan_path, make_two_group_plan(fleet))
     write_json(cost_path, make_cost_model(2))
     rounds = 4
     subprocess.run(
-        _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "whole", rounds),
+        cli_run_args(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "whole", rounds),
         check=True,
         capture_output=True,
     )
     # Act: kill as soon as round 2 is committed or later, then resume
     process = subprocess.Popen(
-        _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "cut", rounds),
+        cli_run_args(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "cut", rounds),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -185,7 +138,7 @@ def test_sigkill_mid_run_then_resume_matches(tmp_path, small_fleet, minilm_slice
     process.wait()
     committed_at_kill = len(read_reports(reports_path)) if reports_path.exists() else 0
     resumed = subprocess.run(
-        _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "cut", rounds, resume=True),
+        cli_run_args(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "cut", rounds, resume=True),
         capture_output=True,
         text=True,
     )
@@ -194,7 +147,7 @@ def test_sigkill_mid_run_then_resume_matches(tmp_path, small_fleet, minilm_slice
     assert committed_at_kill < rounds
     assert resumed.returncode == 0, resumed.stderr
     assert [r.global_round for r in read_reports(reports_path)] == list(range(1, rounds + 1))
-    whole, cut = _final_adapters(tmp_path / "whole"), _final_adapters(tmp_path / "cut")
+    whole, cut = committed_tensors(tmp_path / "whole"), committed_tensors(tmp_path / "cut")
     assert all(torch.equal(whole[k], cut[k]) for k in whole)
 
 
@@ -203,12 +156,12 @@ def test_ctrl_c_finishes_the_round_exits_130_and_resumes(tmp_path, small_fleet, 
     # Arrange
     fleet, fleet_path = small_fleet
     plan_path, cost_path = tmp_path / "plan.json", tmp_path / "cost.json"
-    write_json(plan_path, _plan(fleet))
+    write_json(plan_path, make_two_group_plan(fleet))
     write_json(cost_path, make_cost_model(2))
     rounds = 6
     reports_path = tmp_path / "run" / REPORTS_NAME
     process = subprocess.Popen(
-        _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "run", rounds),
+        cli_run_args(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "run", rounds),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -223,7 +176,7 @@ def test_ctrl_c_finishes_the_round_exits_130_and_resumes(tmp_path, small_fleet, 
     _, stderr = process.communicate(timeout=120)
     committed = [r.global_round for r in read_reports(reports_path)]
     resumed = subprocess.run(
-        _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "run", rounds, resume=True),
+        cli_run_args(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "run", rounds, resume=True),
         capture_output=True,
         text=True,
     )
@@ -254,15 +207,15 @@ def test_a_replanner_switches_plans_and_keeps_the_adapters(tmp_path, small_fleet
     """After round 2 the run continues under the new plan, from the merged adapters of round 2."""
     # Arrange
     fleet, _ = small_fleet
-    plan, cost = _plan(fleet), make_cost_model(2)
-    context = prepare_run(plan, fleet, _options(minilm_slice_dir, 3))
+    plan, cost = make_two_group_plan(fleet), make_cost_model(2)
+    context = prepare_run(plan, fleet, run_options(minilm_slice_dir, 3))
     # Act
     reports = list(
         run_plan(
             plan,
             fleet,
             cost,
-            _options(minilm_slice_dir, 3),
+            run_options(minilm_slice_dir, 3),
             tmp_path / "r",
             context=context,
             replanner=SwitchAfter(2, 2),
@@ -273,68 +226,46 @@ def test_a_replanner_switches_plans_and_keeps_the_adapters(tmp_path, small_fleet
     assert [r.plan_id for r in reports[:2]] == [plan.plan_id] * 2 and new_id != plan.plan_id
     assert (tmp_path / "r" / "plans" / f"{new_id}.json").exists()
     assert json.loads((tmp_path / "r" / "plan.json").read_text())["parent_plan_id"] == plan.plan_id
-    static = list(run_plan(plan, fleet, cost, _options(minilm_slice_dir, 2), tmp_path / "s", context=context))
-    assert [_comparable(r) for r in static] == [_comparable(r) for r in reports[:2]]  # same until the switch
+    static = list(run_plan(plan, fleet, cost, run_options(minilm_slice_dir, 2), tmp_path / "s", context=context))
+    assert [comparable(r) for r in static] == [comparable(r) for r in reports[:2]]  # same until the switch
 
 
 def test_resume_after_a_replan_matches_an_uninterrupted_run(tmp_path, small_fleet, minilm_slice_dir):
     """A run stopped right after the round that triggered a re-plan resumes under the new plan, bit for bit."""
     # Arrange
     fleet, _ = small_fleet
-    plan, cost = _plan(fleet), make_cost_model(2)
-    context = prepare_run(plan, fleet, _options(minilm_slice_dir, 4))
+    plan, cost = make_two_group_plan(fleet), make_cost_model(2)
+    context = prepare_run(plan, fleet, run_options(minilm_slice_dir, 4))
     # Act
     list(
         run_plan(
             plan,
             fleet,
             cost,
-            _options(minilm_slice_dir, 4),
+            run_options(minilm_slice_dir, 4),
             tmp_path / "whole",
             context=context,
             replanner=SwitchAfter(1, 2),
         )
     )
-    list(
-        run_plan(
-            plan,
-            fleet,
-            cost,
-            _options(minilm_slice_dir, 1),
-            tmp_path / "split",
-            context=context,
-            replanner=SwitchAfter(1, 2),
+    for rounds in (1, 2, 4):  # stopped after round 1 and after round 2, resumed each time
+        list(
+            run_plan(
+                plan,
+                fleet,
+                cost,
+                run_options(minilm_slice_dir, rounds),
+                tmp_path / "split",
+                resume=rounds > 1,
+                context=context,
+                replanner=SwitchAfter(1, 2),
+            )
         )
-    )
-    list(
-        run_plan(
-            plan,
-            fleet,
-            cost,
-            _options(minilm_slice_dir, 2),
-            tmp_path / "split",
-            resume=True,
-            context=context,
-            replanner=SwitchAfter(1, 2),
-        )
-    )
-    list(
-        run_plan(
-            plan,
-            fleet,
-            cost,
-            _options(minilm_slice_dir, 4),
-            tmp_path / "split",
-            resume=True,
-            context=context,
-            replanner=SwitchAfter(1, 2),
-        )
-    )
     # Assert
-    whole, split = _final_adapters(tmp_path / "whole"), _final_adapters(tmp_path / "split")
+    whole, split = committed_tensors(tmp_path / "whole"), committed_tensors(tmp_path / "split")
     assert all(torch.equal(whole[k], split[k]) for k in whole)
-    whole_reports = [_comparable(r) for r in read_reports(tmp_path / "whole" / REPORTS_NAME)]
-    split_reports = [_comparable(r) for r in read_reports(tmp_path / "split" / REPORTS_NAME)]
+    whole_reports = [comparable(r) for r in read_reports(tmp_path / "whole" / REPORTS_NAME)]
+    split_reports = [comparable(r) for r in read_reports(tmp_path / "split" / REPORTS_NAME)]
     assert split_reports == whole_reports
     assert len({r["plan_id"] for r in whole_reports}) == 2
 
@@ -343,7 +274,7 @@ def test_a_replan_naming_unknown_devices_is_refused(tmp_path, small_fleet, minil
     """A replanner that returns a plan with a device the fleet lacks stops the run with a named field."""
     # Arrange
     fleet, _ = small_fleet
-    plan = _plan(fleet)
+    plan = make_two_group_plan(fleet)
 
     def stranger(plan, reports, plans):
         groups = (dataclasses.replace(plan.groups[0], device_ids=("ghost",)), *plan.groups[1:])
@@ -352,7 +283,9 @@ def test_a_replan_naming_unknown_devices_is_refused(tmp_path, small_fleet, minil
     # Act / Assert
     with pytest.raises(InvalidInputError, match="ghost"):
         list(
-            run_plan(plan, fleet, make_cost_model(2), _options(minilm_slice_dir, 2), tmp_path / "r", replanner=stranger)
+            run_plan(
+                plan, fleet, make_cost_model(2), run_options(minilm_slice_dir, 2), tmp_path / "r", replanner=stranger
+            )
         )
 
 
@@ -360,17 +293,17 @@ def test_clock_devices_and_group_evaluation_switch(tmp_path, small_fleet, minilm
     """Slower real devices lengthen the simulated round and show in device_step_s; groups can go unevaluated."""
     # Arrange
     fleet, _ = small_fleet
-    plan, cost = _plan(fleet), make_cost_model(2)
+    plan, cost = make_two_group_plan(fleet), make_cost_model(2)
     slow = tuple(dataclasses.replace(d, compute_scale=d.compute_scale * 3) for d in fleet.devices)
-    context = prepare_run(plan, fleet, _options(minilm_slice_dir, 1))
+    context = prepare_run(plan, fleet, run_options(minilm_slice_dir, 1))
     # Act
-    (base,) = list(run_plan(plan, fleet, cost, _options(minilm_slice_dir, 1), tmp_path / "a", context=context))
+    (base,) = list(run_plan(plan, fleet, cost, run_options(minilm_slice_dir, 1), tmp_path / "a", context=context))
     (slowed,) = list(
         run_plan(
             plan,
             fleet,
             cost,
-            _options(minilm_slice_dir, 1, evaluate_groups=False),
+            run_options(minilm_slice_dir, 1, evaluate_groups=False),
             tmp_path / "b",
             context=context,
             clock_devices=slow,
@@ -389,9 +322,9 @@ def _cli_run_with_replan_every(tmp_path, small_fleet, model_dir, period: str) ->
     """The CLI run of the hand plan for 2 rounds into ``tmp_path/run``, with ``--replan-every period``."""
     fleet, fleet_path = small_fleet
     plan_path, cost_path = tmp_path / "plan.json", tmp_path / "cost.json"
-    write_json(plan_path, _plan(fleet))
+    write_json(plan_path, make_two_group_plan(fleet))
     write_json(cost_path, make_cost_model(2))
-    return [*_cli_run(plan_path, fleet_path, cost_path, model_dir, tmp_path / "run", 2), "--replan-every", period]
+    return [*cli_run_args(plan_path, fleet_path, cost_path, model_dir, tmp_path / "run", 2), "--replan-every", period]
 
 
 def test_cli_closed_loop_consults_the_planner_every_round(tmp_path, small_fleet, minilm_slice_dir):

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from hierfedlora.planner.errors import InvalidInputError
-from hierfedlora.runtime.checkpoint import MANIFEST_NAME, REPORTS_NAME, read_reports
+from hierfedlora.runtime.checkpoint import REPORTS_NAME, read_reports
 from hierfedlora.runtime.engine import prepare_run, run_plan
 from hierfedlora.runtime.executors import Executor, InProcessExecutor, LocalTrainer, TrainTask
 from hierfedlora.runtime.options import RunOptions
 from tests.factories import make_cost_model, make_two_group_plan
+from tests.runtime.runs import committed_tensors
 
 
 def _options(model_dir, rounds: int) -> RunOptions:
@@ -21,11 +19,6 @@ def _options(model_dir, rounds: int) -> RunOptions:
     return RunOptions(
         rounds=rounds, model=str(model_dir), eval_samples=16, eval_batch_size=16, seed=3, batched_devices=1
     )
-
-
-def _final_adapters(run_dir) -> dict[str, torch.Tensor]:
-    manifest = json.loads((run_dir / MANIFEST_NAME).read_text())
-    return load_file(run_dir / manifest["tensor_file"])
 
 
 class _SplitExecutor:
@@ -81,7 +74,7 @@ def test_an_executor_on_its_own_contexts_gives_the_in_process_adapters(tmp_path,
     remote = list(run_plan(plan, fleet, cost, options, tmp_path / "split", context=driver, executor=split))
     # Assert
     assert driver.device_rows == {}
-    ours, theirs = _final_adapters(tmp_path / "inprocess"), _final_adapters(tmp_path / "split")
+    ours, theirs = committed_tensors(tmp_path / "inprocess"), committed_tensors(tmp_path / "split")
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     assert [r.eval_loss for r in remote] == [r.eval_loss for r in reference]
     assert [g.loss for r in remote for g in r.groups] == [g.loss for r in reference for g in r.groups]

@@ -10,15 +10,13 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from hierfedlora.planner.errors import InvalidInputError
-from hierfedlora.runtime.checkpoint import MANIFEST_NAME
 from hierfedlora.runtime.clock import global_round_time_s
 from hierfedlora.runtime.engine import prepare_run, run_plan
 from hierfedlora.runtime.faults import FAULT_RULES, FaultOptions, draw_round_faults, poison_state, screen_updates
-from hierfedlora.runtime.options import RunOptions
 from tests.factories import make_cost_model, make_devices, make_two_group_plan
+from tests.runtime.runs import committed_tensors, run_options
 
 IDS = tuple(f"d{i}" for i in range(1000))
 
@@ -104,32 +102,23 @@ def test_clock_prices_offline_devices_stragglers_and_deadlines(six_device_fleet)
     assert cut.groups[1].upload_bytes == 2 * plain.groups[1].upload_bytes // 3
 
 
-def _options(model_dir, rounds: int) -> RunOptions:
-    return RunOptions(rounds=rounds, model=str(model_dir), eval_samples=16, eval_batch_size=16, seed=3)
-
-
-def _adapters(run_dir):
-    manifest = json.loads((run_dir / MANIFEST_NAME).read_text())
-    return load_file(run_dir / manifest["tensor_file"])
-
-
 def test_dropped_devices_send_nothing_and_the_rest_aggregate(tmp_path, six_device_fleet, minilm_slice_dir):
     """Dropouts are named, train nothing, and the round's adapters stay finite; a resumed faulty run is exact."""
     # Arrange
     fleet, _ = six_device_fleet
     plan, cost, faults = make_two_group_plan(fleet), make_cost_model(2), FaultOptions(dropout=0.4, poison_frac=0.3)
-    context = prepare_run(plan, fleet, _options(minilm_slice_dir, 3))
+    context = prepare_run(plan, fleet, run_options(minilm_slice_dir, 3))
     # Act
     reports = list(
-        run_plan(plan, fleet, cost, _options(minilm_slice_dir, 3), tmp_path / "a", context=context, faults=faults)
+        run_plan(plan, fleet, cost, run_options(minilm_slice_dir, 3), tmp_path / "a", context=context, faults=faults)
     )
-    list(run_plan(plan, fleet, cost, _options(minilm_slice_dir, 1), tmp_path / "b", context=context, faults=faults))
+    list(run_plan(plan, fleet, cost, run_options(minilm_slice_dir, 1), tmp_path / "b", context=context, faults=faults))
     list(
         run_plan(
             plan,
             fleet,
             cost,
-            _options(minilm_slice_dir, 3),
+            run_options(minilm_slice_dir, 3),
             tmp_path / "b",
             context=context,
             faults=faults,
@@ -146,7 +135,7 @@ def test_dropped_devices_send_nothing_and_the_rest_aggregate(tmp_path, six_devic
         assert set(report.rejected_device_ids) <= set(drawn.poisoned)
         assert {d for d, k in drawn.poisoned.items() if k in ("nan", "inf")} <= set(report.rejected_device_ids)
     assert any(r.rejected_device_ids for r in reports)
-    whole, split = _adapters(tmp_path / "a"), _adapters(tmp_path / "b")
+    whole, split = committed_tensors(tmp_path / "a"), committed_tensors(tmp_path / "b")
     assert all(torch.isfinite(v).all() for v in whole.values())
     assert all(torch.equal(whole[k], split[k]) for k in whole)
 
@@ -156,7 +145,9 @@ def test_a_group_with_every_device_offline_is_left_out(tmp_path, six_device_flee
     fleet, _ = six_device_fleet
     plan = make_two_group_plan(fleet)
     faults = FaultOptions(dropout=0.99)
-    (report,) = run_plan(plan, fleet, make_cost_model(2), _options(minilm_slice_dir, 1), tmp_path / "r", faults=faults)
+    (report,) = run_plan(
+        plan, fleet, make_cost_model(2), run_options(minilm_slice_dir, 1), tmp_path / "r", faults=faults
+    )
     assert set(report.dropped_device_ids) == set(plan.device_ids)
     assert [g.loss for g in report.groups] == [None, None]
     assert report.sim_time_s == 0.0 and report.upload_bytes == 0

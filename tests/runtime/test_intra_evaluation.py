@@ -4,35 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import doctest
-import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import hierfedlora.runtime.intra_evaluation as intra_evaluation
 from hierfedlora.planner.errors import InvalidInputError
 from hierfedlora.planner.intra_evals import IntraRoundEval
 from hierfedlora.planner.io import from_json, to_json
 from hierfedlora.planner.outcomes import RoundReport
-from hierfedlora.runtime.checkpoint import MANIFEST_NAME, REPORTS_NAME, read_reports
+from hierfedlora.runtime.checkpoint import REPORTS_NAME, read_reports
 from hierfedlora.runtime.engine import prepare_run, run_plan
-from hierfedlora.runtime.options import RunOptions
 from tests.factories import make_cost_model, make_two_group_plan
-
-
-def _options(model_dir, rounds: int, **overrides) -> RunOptions:
-    return RunOptions(rounds=rounds, model=str(model_dir), eval_samples=16, eval_batch_size=16, seed=3, **overrides)
+from tests.runtime.runs import committed_tensors, run_options
 
 
 def _with_taus(plan, taus):
     groups = tuple(dataclasses.replace(g, intra_rounds=t) for g, t in zip(plan.groups, taus, strict=True))
     return dataclasses.replace(plan, groups=groups)
-
-
-def _adapters(run_dir):
-    manifest = json.loads((run_dir / MANIFEST_NAME).read_text())
-    return load_file(run_dir / manifest["tensor_file"])
 
 
 def _round_end(report: RoundReport) -> dict:
@@ -47,15 +36,15 @@ def test_observer_records_every_level_but_the_last_and_changes_nothing(tmp_path,
     # Arrange
     fleet, _ = small_fleet
     plan, cost = _with_taus(make_two_group_plan(fleet), (3, 1)), make_cost_model(2)
-    context = prepare_run(plan, fleet, _options(minilm_slice_dir, 2))
+    context = prepare_run(plan, fleet, run_options(minilm_slice_dir, 2))
     # Act
-    plain = list(run_plan(plan, fleet, cost, _options(minilm_slice_dir, 2), tmp_path / "plain", context=context))
+    plain = list(run_plan(plan, fleet, cost, run_options(minilm_slice_dir, 2), tmp_path / "plain", context=context))
     seen = list(
         run_plan(
             plan,
             fleet,
             cost,
-            _options(minilm_slice_dir, 2, evaluate_intra_rounds=True),
+            run_options(minilm_slice_dir, 2, evaluate_intra_rounds=True),
             tmp_path / "seen",
             context=context,
         )
@@ -68,7 +57,7 @@ def test_observer_records_every_level_but_the_last_and_changes_nothing(tmp_path,
         times = [e.sim_time_s for e in report.intra_evals]
         assert start < times[0] < times[1] < report.sim_time_s
     assert [_round_end(r) for r in seen] == [_round_end(r) for r in plain]
-    plain_state, seen_state = _adapters(tmp_path / "plain"), _adapters(tmp_path / "seen")
+    plain_state, seen_state = committed_tensors(tmp_path / "plain"), committed_tensors(tmp_path / "seen")
     assert plain_state.keys() == seen_state.keys()
     assert all(torch.equal(plain_state[k], seen_state[k]) for k in plain_state)
     assert [r.intra_evals for r in read_reports(tmp_path / "seen" / REPORTS_NAME)] == [r.intra_evals for r in seen]
@@ -83,21 +72,26 @@ def test_observed_model_after_level_one_is_the_one_level_round(tmp_path, small_f
         base, groups=(dataclasses.replace(base.groups[0], device_ids=tuple(d.device_id for d in fleet.devices)),)
     )
     cost = make_cost_model(2)
-    context = prepare_run(one_group, fleet, _options(minilm_slice_dir, 1))
+    context = prepare_run(one_group, fleet, run_options(minilm_slice_dir, 1))
     # Act
     (two_levels,) = list(
         run_plan(
             _with_taus(one_group, (2,)),
             fleet,
             cost,
-            _options(minilm_slice_dir, 1, evaluate_intra_rounds=True),
+            run_options(minilm_slice_dir, 1, evaluate_intra_rounds=True),
             tmp_path / "two",
             context=context,
         )
     )
     (one_level,) = list(
         run_plan(
-            _with_taus(one_group, (1,)), fleet, cost, _options(minilm_slice_dir, 1), tmp_path / "one", context=context
+            _with_taus(one_group, (1,)),
+            fleet,
+            cost,
+            run_options(minilm_slice_dir, 1),
+            tmp_path / "one",
+            context=context,
         )
     )
     # Assert

@@ -14,14 +14,9 @@ from hierfedlora.models.lora import AdaptedModel
 from hierfedlora.runtime.local_training import evaluate
 from hierfedlora.runtime.padding import padded_width, padding_is_ignored
 from hierfedlora.runtime.prefix_cache import PlainForward, PrefixCache
-from tests.factories import WORDS
+from tests.factories import make_texts
 
 SEQ_LEN = 12
-
-
-def _texts(count: int) -> list[str]:
-    words = WORDS[2:]
-    return [" ".join(words[(i + k) % len(words)] for k in range(1 + i % 8)) for i in range(count)]
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +36,7 @@ def setups(request: pytest.FixtureRequest):
         generator = torch.Generator().manual_seed(1)
         params = model.trainable_parameters()
         model.set_adapter_state({key: torch.randn(p.shape, generator=generator) * 0.2 for key, p in params.items()})
-        texts = _texts(16)
+        texts = make_texts(16)
         found[kind] = (model, tokenize_texts(texts, [i % spec.num_labels for i in range(16)], tokenizer, SEQ_LEN))
     return found
 

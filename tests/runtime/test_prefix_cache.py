@@ -19,7 +19,7 @@ from hierfedlora.models.lora import AdaptedModel
 from hierfedlora.planner.errors import InvalidInputError
 from hierfedlora.runtime.data import TokenizedData, tokenize_texts
 from hierfedlora.runtime.prefix_cache import PlainForward, PrefixCache
-from tests.factories import WORDS
+from tests.factories import make_texts
 
 KINDS = ("minilm", "gpt2", "llama")
 SEQ_LEN = 10
@@ -33,19 +33,13 @@ class Setup:
     data: TokenizedData
 
 
-def _texts(count: int) -> list[str]:
-    """Texts of 1..8 words from the decoders' vocabulary, so rows are padded by different amounts."""
-    words = WORDS[2:]
-    return [" ".join(words[(i + k) % len(words)] for k in range(1 + i % 8)) for i in range(count)]
-
-
 def _setup(spec: ModelSpec) -> Setup:
     base, tokenizer = load_base_model(spec, seed=0)
     model = AdaptedModel(base, spec, seed=0)
     generator = torch.Generator().manual_seed(1)
     params = model.trainable_parameters()
     model.set_adapter_state({key: torch.randn(p.shape, generator=generator) * 0.2 for key, p in params.items()})
-    texts = _texts(12)
+    texts = make_texts(12)
     data = tokenize_texts(texts, [i % spec.num_labels for i in range(len(texts))], tokenizer, SEQ_LEN)
     return Setup(model=model, data=data)
 

@@ -3,28 +3,26 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from hierfedlora.planner.errors import InvalidInputError
 from hierfedlora.planner.io import write_json
-from hierfedlora.runtime.checkpoint import MANIFEST_NAME, REPORTS_NAME, read_reports
+from hierfedlora.runtime.checkpoint import REPORTS_NAME, read_reports
 from hierfedlora.runtime.engine import run_plan
 from hierfedlora.runtime.executors import Executor
 from hierfedlora.runtime.executors.ray import RayExecutor
 from hierfedlora.runtime.options import RunOptions
 from tests.factories import make_cost_model, make_two_group_plan
+from tests.runtime.runs import cli_run_args, committed_tensors
 
 pytestmark = pytest.mark.ray
 
@@ -50,11 +48,6 @@ def _options(model_dir, rounds: int) -> RunOptions:
     return RunOptions(
         rounds=rounds, model=str(model_dir), eval_samples=16, eval_batch_size=16, seed=3, batched_devices=1
     )
-
-
-def _final_adapters(run_dir) -> dict[str, torch.Tensor]:
-    manifest = json.loads((run_dir / MANIFEST_NAME).read_text())
-    return load_file(run_dir / manifest["tensor_file"])
 
 
 def _free_cpus(ray, expected: float, timeout_s: float = 30.0) -> float:
@@ -85,7 +78,7 @@ def test_two_actors_give_the_in_process_adapters_and_reports(tmp_path, ray_clust
     assert len(set(pids)) == 2
     ids = tuple(d.device_id for d in fleet.devices)
     assert executor.devices_of_actor == (ids[0::2], ids[1::2])
-    ours, theirs = _final_adapters(tmp_path / "inprocess"), _final_adapters(tmp_path / "ray")
+    ours, theirs = committed_tensors(tmp_path / "inprocess"), committed_tensors(tmp_path / "ray")
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     assert [r.eval_loss for r in remote] == [r.eval_loss for r in reference]
     assert [r.sim_time_s for r in remote] == [r.sim_time_s for r in reference]
@@ -123,32 +116,6 @@ def test_bad_executor_settings_are_reported_together(ray_cluster, six_device_fle
     assert [i.path for i in info.value.issues] == ["ray.num_actors", "ray.num_cpus_per_actor", "ray.memory_bytes"]
 
 
-def _cli_run(plan_path, fleet_path, cost_path, model_dir, out, rounds, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "hierfedlora.cli",
-        "run",
-        str(plan_path),
-        "--fleet",
-        str(fleet_path),
-        "--cost-model",
-        str(cost_path),
-        "--rounds",
-        str(rounds),
-        "--out",
-        str(out),
-        "--model",
-        str(model_dir),
-        "--eval-samples",
-        "16",
-        "--seed",
-        "3",
-        "--allow-cost-mismatch",  # the hand plan's batch of 4 is not the cost model's 16
-        *extra,
-    ]
-
-
 def _live_processes_of_session(session_id: int, timeout_s: float = 30.0) -> list[int]:
     """Processes (zombies aside) still in ``session_id`` once none are left or ``timeout_s`` has passed."""
 
@@ -184,7 +151,7 @@ def test_cli_ray_run_killed_and_resumed_matches_the_in_process_run(
     write_json(plan_path, plan)
     write_json(cost_path, cost)
     list(run_plan(plan, fleet, cost, _options(minilm_slice_dir, rounds), tmp_path / "whole"))
-    command = _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "cut", rounds)
+    command = cli_run_args(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "cut", rounds)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
     reports_path = tmp_path / "cut" / REPORTS_NAME
     # Act: its own Ray in a new session, killed once round 1 is committed; then resumed on the test's cluster
@@ -218,7 +185,7 @@ def test_cli_ray_run_killed_and_resumed_matches_the_in_process_run(
     assert 1 <= killed_at < rounds
     assert resumed.returncode == 0, resumed.stderr
     assert [r.global_round for r in read_reports(reports_path)] == list(range(1, rounds + 1))
-    whole, cut = _final_adapters(tmp_path / "whole"), _final_adapters(tmp_path / "cut")
+    whole, cut = committed_tensors(tmp_path / "whole"), committed_tensors(tmp_path / "cut")
     assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
     assert _free_cpus(ray, 2.0) == 2.0  # the resumed run's actors were released at its end
 
@@ -229,7 +196,7 @@ def test_cli_refuses_ray_flags_without_the_ray_executor(tmp_path, six_device_fle
     plan_path, cost_path = tmp_path / "plan.json", tmp_path / "cost.json"
     write_json(plan_path, make_two_group_plan(fleet))
     write_json(cost_path, make_cost_model(2))
-    command = _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "run", 1, "--ray-actors", "2")
+    command = cli_run_args(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "run", 1, "--ray-actors", "2")
     done = subprocess.run(command, capture_output=True, text=True)
     assert done.returncode == 2, done.stderr
     assert "--executor must be ray when --ray-actors is given; got 'inprocess'" in done.stderr
@@ -246,7 +213,7 @@ def test_ctrl_c_on_a_run_with_its_own_ray_finishes_the_round_and_stops_ray(
     plan_path, cost_path = tmp_path / "plan.json", tmp_path / "cost.json"
     write_json(plan_path, make_two_group_plan(fleet))
     write_json(cost_path, make_cost_model(2))
-    command = _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "run", 4)
+    command = cli_run_args(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "run", 4)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
     reports_path = tmp_path / "run" / REPORTS_NAME
     process = subprocess.Popen(

@@ -11,8 +11,6 @@ twice: by the checkpoint's crash hook right after round 1 is committed and befor
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import signal
 import subprocess
@@ -20,34 +18,22 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from hierfedlora.planner.io import write_json
-from hierfedlora.runtime.checkpoint import CRASH_AFTER_COMMIT_ENV, MANIFEST_NAME, REPORTS_NAME, read_reports
+from hierfedlora.runtime.checkpoint import CRASH_AFTER_COMMIT_ENV, REPORTS_NAME, read_reports
 from hierfedlora.runtime.engine import prepare_run, run_plan
 from hierfedlora.runtime.options import RunOptions
 from hierfedlora.runtime.prefix_cache import PrefixCache
 from hierfedlora.runtime.rank_pruning import RANK_PREFIX
 from hierfedlora.runtime.run_start import BASE_PREFIX
 from tests.factories import make_cost_model, make_two_group_plan
-from tests.runtime.test_engine import _cli_run
+from tests.runtime.runs import cli_run_args, committed_tensors, comparable
 
 ROUNDS = 4
 
 
-def _tensors(run_dir) -> dict[str, torch.Tensor]:
-    manifest = json.loads((run_dir / MANIFEST_NAME).read_text())
-    return load_file(run_dir / manifest["tensor_file"])
-
-
 def _comparable(run_dir) -> list[dict]:
-    rows = []
-    for report in read_reports(run_dir / REPORTS_NAME):
-        data = dataclasses.asdict(report)
-        data.pop("wall_time_s")
-        data.pop("measured_step_s")
-        rows.append(data)
-    return rows
+    return [comparable(report) for report in read_reports(run_dir / REPORTS_NAME)]
 
 
 def _kill_when_committed(args: list[str], reports_path, lines: int) -> tuple[int, int]:
@@ -74,7 +60,7 @@ def test_sigkill_twice_then_resume_matches_for_a_stateful_rule(tmp_path, small_f
     write_json(cost_path, make_cost_model(2))
 
     def cli(out, resume=False):
-        args = _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / out, ROUNDS, resume=resume)
+        args = cli_run_args(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / out, ROUNDS, resume=resume)
         return [*args, "--aggregation", rule, *(["--hetlora-prune-gamma", "0"] if rule == "hetlora" else [])]
 
     subprocess.run(cli("whole"), check=True, capture_output=True)
@@ -89,7 +75,7 @@ def test_sigkill_twice_then_resume_matches_for_a_stateful_rule(tmp_path, small_f
     assert mid_round_exit == -signal.SIGKILL, f"the resumed run ended by itself (exit {mid_round_exit})"
     assert 2 <= committed < ROUNDS
     assert finished.returncode == 0, finished.stderr
-    whole, cut = _tensors(tmp_path / "whole"), _tensors(tmp_path / "cut")
+    whole, cut = committed_tensors(tmp_path / "whole"), committed_tensors(tmp_path / "cut")
     state_prefix = RANK_PREFIX if rule == "hetlora" else BASE_PREFIX
     assert any(key.startswith(state_prefix) for key in whole)  # the rule did keep run state
     assert whole.keys() == cut.keys()
@@ -124,5 +110,5 @@ def test_a_context_prepared_for_another_rule_runs_a_base_changing_rule_exactly(
     # Assert
     assert isinstance(shared.forward_source, PrefixCache)  # the cache was there to be misused
     assert [r.eval_loss for r in from_shared] == [r.eval_loss for r in from_own]
-    a, b = _tensors(tmp_path / "shared"), _tensors(tmp_path / "own")
+    a, b = committed_tensors(tmp_path / "shared"), committed_tensors(tmp_path / "own")
     assert a.keys() == b.keys() and [key for key in a if not torch.equal(a[key], b[key])] == []

@@ -19,8 +19,8 @@ from hierfedlora.planner.io import read_json, sha256_of, to_dict, write_json
 from hierfedlora.runtime.checkpoint import CRASH_AFTER_COMMIT_ENV, MANIFEST_NAME, REPORTS_NAME, read_reports
 from hierfedlora.runtime.run_folder import LOCK_NAME, check_run_folder, lock_folder
 from hierfedlora.validation.experiments import PRESETS, RunResult
-from tests.factories import make_cost_model
-from tests.runtime.test_engine import _cli_run, _comparable, _final_adapters, _plan
+from tests.factories import make_cost_model, make_two_group_plan
+from tests.runtime.runs import cli_run_args, committed_tensors, comparable
 
 HOLD = (
     "import sys\n"
@@ -44,7 +44,7 @@ def _holder(folder: Path) -> subprocess.Popen[str]:
 def run_inputs(tmp_path, small_fleet):
     fleet, fleet_path = small_fleet
     plan_path, cost_path = tmp_path / "plan.json", tmp_path / "cost.json"
-    write_json(plan_path, _plan(fleet))
+    write_json(plan_path, make_two_group_plan(fleet))
     write_json(cost_path, make_cost_model(2))
     return fleet, fleet_path, plan_path, cost_path
 
@@ -59,7 +59,7 @@ def test_a_second_run_into_a_held_folder_fails_at_once_naming_the_holder(tmp_pat
     # Act
     try:
         second = subprocess.run(
-            _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, out, 1), capture_output=True, text=True
+            cli_run_args(plan_path, fleet_path, cost_path, minilm_slice_dir, out, 1), capture_output=True, text=True
         )
     finally:
         holder.communicate("")
@@ -115,11 +115,11 @@ def test_run_crash_between_checkpoint_and_report_resumes_exactly(tmp_path, run_i
     rounds = 3
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     subprocess.run(
-        _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, whole, rounds), check=True, capture_output=True
+        cli_run_args(plan_path, fleet_path, cost_path, minilm_slice_dir, whole, rounds), check=True, capture_output=True
     )
     # Act
     crashed = subprocess.run(
-        _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, cut, rounds),
+        cli_run_args(plan_path, fleet_path, cost_path, minilm_slice_dir, cut, rounds),
         capture_output=True,
         text=True,
         env={**os.environ, CRASH_AFTER_COMMIT_ENV: "2"},
@@ -127,7 +127,7 @@ def test_run_crash_between_checkpoint_and_report_resumes_exactly(tmp_path, run_i
     logged_at_crash = [r.global_round for r in read_reports(cut / REPORTS_NAME)]
     committed_at_crash = (cut / MANIFEST_NAME).read_text()
     resumed = subprocess.run(
-        _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, cut, rounds, resume=True),
+        cli_run_args(plan_path, fleet_path, cost_path, minilm_slice_dir, cut, rounds, resume=True),
         capture_output=True,
         text=True,
     )
@@ -137,14 +137,14 @@ def test_run_crash_between_checkpoint_and_report_resumes_exactly(tmp_path, run_i
     assert resumed.returncode == 0, resumed.stderr
     got, expected = read_reports(cut / REPORTS_NAME), read_reports(whole / REPORTS_NAME)
     assert [r.global_round for r in got] == [1, 2, 3]
-    assert [_comparable(r) for r in got] == [_comparable(r) for r in expected]
-    adapters, reference = _final_adapters(cut), _final_adapters(whole)
+    assert [comparable(r) for r in got] == [comparable(r) for r in expected]
+    adapters, reference = committed_tensors(cut), committed_tensors(whole)
     assert all((adapters[k] == reference[k]).all() for k in reference)
 
 
 def _run_cli(plan_path, fleet_path, cost_path, model_dir, out, *, resume=False):
     return subprocess.run(
-        _cli_run(plan_path, fleet_path, cost_path, model_dir, out, 1, resume=resume), capture_output=True, text=True
+        cli_run_args(plan_path, fleet_path, cost_path, model_dir, out, 1, resume=resume), capture_output=True, text=True
     )
 
 
@@ -153,7 +153,7 @@ def test_run_refuses_a_plan_for_other_inputs_before_creating_out(tmp_path, run_i
     fingerprint: exit 2 naming the field, and --out is never created."""
     # Arrange
     fleet, fleet_path, _, cost_path = run_inputs
-    plan = _plan(fleet)
+    plan = make_two_group_plan(fleet)
     cases = {
         "unknown device": (
             to_dict(dataclasses.replace(plan, groups=(dataclasses.replace(plan.groups[0], device_ids=("ghost",)),))),
@@ -194,7 +194,7 @@ def test_run_refuses_a_plan_without_a_cost_fingerprint_unless_allowed(tmp_path, 
     # Arrange
     _, fleet_path, plan_path, cost_path = run_inputs
     refused = tmp_path / "refused"
-    command = _cli_run(plan_path, fleet_path, cost_path, minilm_slice_dir, refused, 1)
+    command = cli_run_args(plan_path, fleet_path, cost_path, minilm_slice_dir, refused, 1)
     command.remove("--allow-cost-mismatch")
     # Act
     done = subprocess.run(command, capture_output=True, text=True)
