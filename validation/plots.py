@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
+from hierfedlora.planner.io import atomic_write_bytes
 from hierfedlora.planner.outcomes import RoundReport
 
-__all__ = ["plot_accuracy_vs_time", "plot_curves"]
+__all__ = ["plot_accuracy_vs_time", "plot_curves", "save_png"]
 
 
 def plot_accuracy_vs_time(
@@ -41,19 +44,8 @@ def plot_accuracy_vs_time(
         times_min = [0.0] + [r.sim_time_s / 60.0 for r in reports]
         accuracy = [None] + [100.0 * r.eval_accuracy for r in reports]
         axes.plot(times_min[1:], accuracy[1:], marker="o", markersize=3, label=label)
-    if chance is not None:
-        axes.axhline(100.0 * chance, linestyle="--", color="grey", linewidth=1, label="chance")
-    axes.set_xlabel("simulated time (minutes)")
-    axes.set_ylabel("test accuracy (%)")
-    axes.set_title(title)
-    axes.grid(alpha=0.3)
-    axes.legend(loc="lower right", fontsize=8)
-    figure.tight_layout()
-    temp = target.with_name(f".{target.name}.tmp.png")
-    figure.savefig(temp, format="png")
-    plt.close(figure)
-    os.replace(temp, target)
-    return target
+    _label_accuracy_axes(axes, title=title, chance=chance, legend_size=8)
+    return save_png(figure, target)
 
 
 def plot_curves(
@@ -95,16 +87,37 @@ def plot_curves(
         axes.axhline(100.0 * target, linestyle=":", color="black", linewidth=1, label="target")
     if budget_s is not None:
         axes.axvline(budget_s / 60.0, linestyle="--", color="black", linewidth=1, label="time budget")
+    _label_accuracy_axes(axes, title=title, chance=chance, legend_size=7)
+    return save_png(figure, target_path)
+
+
+def _label_accuracy_axes(axes: Any, *, title: str, chance: float | None, legend_size: int) -> None:
+    """The chance line (when given), the axis labels, title, grid and legend of an accuracy-against-time plot."""
     if chance is not None:
         axes.axhline(100.0 * chance, linestyle="--", color="grey", linewidth=1, label="chance")
     axes.set_xlabel("simulated time (minutes)")
     axes.set_ylabel("test accuracy (%)")
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    axes.legend(loc="lower right", fontsize=7)
+    axes.legend(loc="lower right", fontsize=legend_size)
+
+
+def save_png(figure: Any, path: str | os.PathLike[str]) -> Path:
+    """Lay out ``figure``, write it to ``path`` as a PNG atomically (``planner.io.atomic_write_bytes``) and close it.
+
+    Raises
+    ------
+    StorageError
+        The file cannot be written (no temporary file is left behind).
+    """
+    import matplotlib.pyplot as plt
+
+    target = Path(path)
     figure.tight_layout()
-    temp = target_path.with_name(f".{target_path.name}.tmp.png")
-    figure.savefig(temp, format="png")
-    plt.close(figure)
-    os.replace(temp, target_path)
-    return target_path
+    buffer = io.BytesIO()
+    try:
+        figure.savefig(buffer, format="png")
+    finally:
+        plt.close(figure)
+    atomic_write_bytes(target, buffer.getvalue())
+    return target

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hierfedlora.planner.whatif import StudyRow
+from hierfedlora.validation.plots import save_png
 
 __all__ = ["plot_study"]
 
@@ -69,11 +70,5 @@ def plot_study(
             axes.set_ylabel(ylabel)
             axes.grid(alpha=0.3, which="both")
             axes.legend(fontsize=7)
-        figure.tight_layout()
-        target = out / name
-        temp = target.with_name(f".{target.name}.tmp.png")
-        figure.savefig(temp, format="png")
-        plt.close(figure)
-        os.replace(temp, target)
-        written.append(target)
+        written.append(save_png(figure, out / name))
     return written
