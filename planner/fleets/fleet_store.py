@@ -49,6 +49,27 @@ FLEET_NPZ_SUFFIX = ".npz"
 
 _FLOATS = ("compute_scale", "uplink_mbps", "downlink_mbps")
 _REQUIRED = ("meta", "device_id", "label_counts", "memory_bytes", *_FLOATS, "tier_names", "tier")
+_RAGGED = (("availability_offsets", "availability"), ("sample_offsets", "sample_indices"))
+"""Offsets and the flat array they cut into rows; the flat array must be there when its offsets are."""
+
+_STRINGS, _INTEGERS, _NUMBERS = ("U", "strings"), ("iu", "integers"), ("iuf", "numbers")
+_FORMAT: dict[str, tuple[int, tuple[str, str]]] = {
+    # name: (dimensions, (dtype kinds, what they hold)), as the table in the module docstring says
+    "meta": (0, _STRINGS),
+    "device_id": (1, _STRINGS),
+    "label_counts": (2, _INTEGERS),
+    "memory_bytes": (1, _INTEGERS),
+    **{name: (1, _NUMBERS) for name in _FLOATS},
+    "tier_names": (1, _STRINGS),
+    "tier": (1, _INTEGERS),
+    "availability_set": (1, ("b", "booleans")),
+    "availability_offsets": (1, _INTEGERS),
+    "availability": (2, _NUMBERS),
+    "sample_offsets": (1, _INTEGERS),
+    "sample_indices": (1, _INTEGERS),
+}
+"""Each array's dimensions and element kind: a file that breaks them is refused before any value is read
+(a 0-d ``device_id`` or float offsets were TypeErrors)."""
 
 
 def _offsets(lengths: list[int]) -> np.ndarray:
@@ -123,24 +144,35 @@ def read_fleet_npz(path: str | os.PathLike[str]) -> Fleet:
 
 def _shape_issues(arrays: dict[str, np.ndarray]) -> list[Issue]:
     missing = [name for name in _REQUIRED if name not in arrays]
+    missing += [flat for offsets, flat in _RAGGED if offsets in arrays and flat not in arrays]
     if missing:
         return [Issue(name, "an array of the fleet .npz format", "missing") for name in missing]
+    issues = [
+        Issue(name, f"a {ndim}-d array of {what}", f"a {array.ndim}-d array of {array.dtype}")
+        for name, array in arrays.items()
+        if name in _FORMAT
+        for ndim, (kinds, what) in [_FORMAT[name]]
+        if array.ndim != ndim or array.dtype.kind not in kinds
+    ]
+    if issues:
+        return issues
     num = len(arrays["device_id"])
-    issues = []
     if arrays["label_counts"].ndim != 2 or len(arrays["label_counts"]) != num:
         issues.append(Issue("label_counts", f"an N x C matrix with N = {num} rows", arrays["label_counts"].shape))
     for name in ("memory_bytes", "tier", *_FLOATS):
         if arrays[name].shape != (num,):
             issues.append(Issue(name, f"one value per device ({num})", arrays[name].shape))
-    for offsets, flat in (("availability_offsets", "availability"), ("sample_offsets", "sample_indices")):
+    for offsets, flat in _RAGGED:
         if offsets not in arrays:
             continue
         got = arrays[offsets]
         if got.shape != (num + 1,) or got[0] != 0 or np.any(np.diff(got) < 0) or got[-1] != len(arrays[flat]):
             issues.append(Issue(offsets, f"{num + 1} non-decreasing offsets from 0 to len({flat})", got.shape))
+    if "availability" in arrays and arrays["availability"].shape[1:] != (2,):
+        issues.append(Issue("availability", "a W x 2 matrix of [start_s, end_s] windows", arrays["availability"].shape))
     if "availability_set" in arrays and arrays["availability_set"].shape != (num,):
         issues.append(Issue("availability_set", f"one flag per device ({num})", arrays["availability_set"].shape))
-    if np.any(arrays["tier"] >= len(arrays["tier_names"])):
+    if np.any(arrays["tier"] >= len(arrays["tier_names"])) or np.any(arrays["tier"] < -1):
         issues.append(Issue("tier", f"indices into tier_names (< {len(arrays['tier_names'])}) or -1", "out of range"))
     return issues
 

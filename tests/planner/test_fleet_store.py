@@ -87,3 +87,37 @@ def test_a_missing_array_or_a_pickle_is_refused(tmp_path, fleet):
         load_fleet(tmp_path / "missing.npz")
     with pytest.raises(InvalidInputError, match="pickle"):
         load_fleet(tmp_path / "pickled.npz")
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "expected"),
+    [
+        ("availability", None, "availability must be an array of the fleet .npz format; got 'missing'"),
+        ("device_id", lambda a: np.array("d0"), "device_id must be a 1-d array of strings; got 'a 0-d array of <U2'"),
+        ("availability_offsets", lambda a: a.astype(float), "must be a 1-d array of integers; got 'a 1-d array of f"),
+        ("tier", lambda a: a.astype(np.float32), "tier must be a 1-d array of integers"),
+        ("tier", lambda a: np.full_like(a, -5), "tier must be indices into tier_names"),
+        ("availability", lambda a: a.reshape(-1), "availability must be a 2-d array of numbers"),
+        ("availability", lambda a: np.zeros((1, 3)), "availability must be a W x 2 matrix"),
+        ("label_counts", lambda a: a.astype(str), "label_counts must be a 2-d array of integers"),
+    ],
+)
+def test_an_array_of_the_wrong_kind_or_shape_is_named(tmp_path, fleet, name, damage, expected):
+    """Found by fuzzing: a flat array dropped while its offsets stay (KeyError), a 0-d device_id (TypeError), float
+    offsets (TypeError) and the like were tracebacks; each is now invalid input naming the array."""
+    # Arrange
+    path = tmp_path / "fleet.npz"
+    save_fleet(path, fleet)
+    with np.load(path) as archive:
+        arrays = {key: archive[key] for key in archive.files}
+    if damage is None:
+        del arrays[name]
+    else:
+        arrays[name] = damage(arrays[name])
+    np.savez(tmp_path / "damaged.npz", **arrays)
+    # Act
+    with pytest.raises(InvalidInputError) as info:
+        load_fleet(tmp_path / "damaged.npz")
+    # Assert
+    assert name in [issue.path for issue in info.value.issues]
+    assert expected in str(info.value) and info.value.source == "damaged.npz"
