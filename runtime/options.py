@@ -87,8 +87,9 @@ class RunOptions:
         depth the plain forward runs (the prefix is only the embeddings: nothing worth caching).
     prefix_cache_max_mib : int
         Bound on the cache's states in MiB (a row costs ``seq_len * hidden * 4`` bytes per depth
-        in use). Beyond it, least recently used depths are evicted, then rows are recomputed
-        each time they are used: exact either way, only slower.
+        in use). When full, depths still in turn share it evenly and keep the same rows round
+        after round; a depth no longer in turn (e.g. after a re-plan) is evicted; rows that do not
+        fit are recomputed each time they are used: exact either way, only slower.
     batched_devices : int
         Devices of a group that train at once as one batched computation (``runtime.batched_training``),
         at most; ``batch_memory_mib`` caps it further. The same math as one device after another, other

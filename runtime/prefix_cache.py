@@ -59,15 +59,31 @@ class _PassThrough(nn.Module):
 
 @dataclasses.dataclass(slots=True)
 class _Boundary:
-    """Cached states entering one layer: sample ``s`` is row ``row_of[s]`` of ``chunks[chunk_of[s]]`` (-1: none)."""
+    """Cached states entering one layer: sample ``s`` is row ``row_of[s]`` of ``chunks[chunk_of[s]]`` (-1: none).
+
+    ``num_bytes`` is kept up to date as chunks come and go. A *turn* is a run of consecutive requests at
+    one boundary (a task's steps, an evaluation); ``last_use`` is the cache's request count at this
+    boundary's latest request, ``previous_turn`` its ``last_use`` when its previous turn ended (-1: none).
+    """
 
     chunk_of: torch.Tensor
     row_of: torch.Tensor
     chunks: list[torch.Tensor] = dataclasses.field(default_factory=list)
+    num_bytes: int = 0
+    last_use: int = -1
+    previous_turn: int = -1
 
-    @property
-    def num_bytes(self) -> int:
-        return sum(chunk.numel() * chunk.element_size() for chunk in self.chunks)
+    def add(self, samples: torch.Tensor, states: torch.Tensor) -> None:
+        self.chunk_of[samples] = len(self.chunks)
+        self.row_of[samples] = torch.arange(samples.numel())
+        self.chunks.append(states)
+        self.num_bytes += states.numel() * states.element_size()
+
+    def drop_last(self) -> None:
+        """Forget the newest chunk (the oldest stay: what is kept is stable, not churned)."""
+        chunk = self.chunks.pop()
+        self.chunk_of[self.chunk_of == len(self.chunks)] = -1
+        self.num_bytes -= chunk.numel() * chunk.element_size()
 
 
 class PrefixCache:
@@ -83,9 +99,8 @@ class PrefixCache:
         Storage dtype: ``float32`` (exact to rounding), ``float16`` or ``bfloat16`` (half the memory;
         losses and gradients then agree to about 1e-2, see (E1)).
     max_bytes : int or None
-        Bound on :attr:`cached_bytes` (``None``: none). A chunk that would pass it first evicts whole
-        boundaries, least recently used first; if it still does not fit, it serves its batch and is
-        dropped (exact, slower).
+        Bound on :attr:`cached_bytes` (``None``: none); see :meth:`_make_room` for what a full cache
+        keeps. A chunk that does not fit serves its batch and is dropped (exact, slower).
     chunk_size : int
         Samples per forward when computing missing states.
 
@@ -119,12 +134,19 @@ class PrefixCache:
         self._modes = Modes(model, data)
         self._eval_width = eval_width_probe(model, data, self._modes)
         self._boundaries: dict[int, _Boundary] = {}  # least recently used first
+        self._uses = 0  # requests so far (_store counts them)
         self._hidden_dtype, self._hidden_shape = torch.float32, torch.Size()
 
     @property
     def cached_bytes(self) -> int:
         """Bytes of the ``[rows, seq_len, hidden]`` state chunks held (not the 16-byte-a-sample index)."""
         return sum(boundary.num_bytes for boundary in self._boundaries.values())
+
+    @property
+    def cached_bytes_by_depth(self) -> dict[int, int]:
+        """:attr:`cached_bytes` by depth (``L - boundary``), for boundaries that hold any."""
+        num_layers = self._model.num_layers
+        return {num_layers - b: store.num_bytes for b, store in sorted(self._boundaries.items()) if store.num_bytes}
 
     def forward_for(self, depth: int) -> Forward:
         """The cached forward at ``depth``; each call requires ``model.depth == depth``.
@@ -166,6 +188,10 @@ class PrefixCache:
             empty = torch.full((self._data.num_samples,), -1, dtype=torch.int64)
             store = _Boundary(chunk_of=empty, row_of=empty.clone())
         self._boundaries[boundary] = store
+        self._uses += 1
+        if store.last_use != self._uses - 1:  # another boundary was asked for since: a new turn
+            store.previous_turn = store.last_use
+        store.last_use = self._uses
         return store
 
     def _missing(self, boundary: int, indices: torch.Tensor) -> torch.Tensor:
@@ -180,10 +206,7 @@ class PrefixCache:
             chunk_samples = samples[start : start + self._chunk_size]
             states = self._prefix_states(boundary, chunk_samples)
             if self._make_room(boundary, states.numel() * states.element_size()):
-                store = self._boundaries[boundary]
-                store.chunk_of[chunk_samples] = len(store.chunks)
-                store.row_of[chunk_samples] = torch.arange(chunk_samples.numel())
-                store.chunks.append(states)
+                self._boundaries[boundary].add(chunk_samples, states)
             else:
                 unkept.update(zip(chunk_samples.tolist(), states, strict=True))
         return unkept
@@ -211,15 +234,39 @@ class PrefixCache:
         return captured[0][: samples.numel()].to(self._dtype, copy=True)
 
     def _make_room(self, boundary: int, num_bytes: int) -> bool:
-        """Whether ``num_bytes`` more fit under ``max_bytes``, evicting other boundaries (least recent first)."""
+        """Whether ``num_bytes`` more states at ``boundary`` may be kept under ``max_bytes``, making room if fair.
+
+        A full cache keeps a stable set of rows instead of trading them back and forth:
+
+        1. boundaries not requested since ``boundary``'s previous turn (a depth no longer in use, e.g.
+           after a re-plan) are evicted whole, least recently used first;
+        2. then the boundary holding the most bytes gives up its newest chunks, but only while it holds
+           more than ``boundary`` would after taking them: boundaries in use converge to equal shares;
+        3. otherwise the chunk is not kept (its rows are recomputed whenever used; exact, slower).
+
+        Groups at two depths train in turns (a level of one, then of the other); evicting the other
+        boundary whole for room (plain LRU) made every turn recompute every row it touched.
+        """
         if self._max_bytes is None:
             return True
-        others = [b for b in self._boundaries if b != boundary]
-        while self.cached_bytes + num_bytes > self._max_bytes and others:
-            evicted = others.pop(0)
-            log.info("prefix cache: evicting boundary %d (%d bytes)", evicted, self._boundaries[evicted].num_bytes)
-            del self._boundaries[evicted]
-        return self.cached_bytes + num_bytes <= self._max_bytes
+        store = self._boundaries[boundary]
+        total = self.cached_bytes
+        if total + num_bytes <= self._max_bytes:
+            return True
+        stale = [b for b, other in self._boundaries.items() if b != boundary and other.last_use < store.previous_turn]
+        for other in stale:
+            log.info("prefix cache: evicting boundary %d (%d bytes)", other, self._boundaries[other].num_bytes)
+            total -= self._boundaries.pop(other).num_bytes
+            if total + num_bytes <= self._max_bytes:
+                return True
+        while total + num_bytes > self._max_bytes:
+            richest = max(self._boundaries.values(), key=lambda s: s.num_bytes)
+            if richest is store or not richest.chunks or richest.num_bytes <= store.num_bytes + num_bytes:
+                return False
+            size = richest.chunks[-1].numel() * richest.chunks[-1].element_size()
+            richest.drop_last()
+            total -= size
+        return True
 
     def _states(self, boundary: int, indices: torch.Tensor) -> torch.Tensor:
         """``[batch, seq_len, hidden]`` states of ``indices`` in the model's dtype, missing ones computed first."""

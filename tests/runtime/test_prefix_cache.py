@@ -240,26 +240,78 @@ def test_states_do_not_depend_on_the_order_samples_are_asked_for(setups):
     assert torch.equal(logits[0], logits[1])
 
 
-def test_max_bytes_evicts_old_boundaries_and_stays_exact(setups):
-    """Over the limit, the least recently used boundary goes; with no room at all, nothing is kept but
-    losses still match the plain forward."""
+def _warm_turn(cache: PrefixCache, model: AdaptedModel, depth: int, bound: int) -> int:
+    """One turn at ``depth`` over every sample: the rows it had to compute; the bound holds after it."""
+    model.set_depth(depth)
+    missing = cache.warm(depth, torch.arange(cache._data.num_samples))
+    assert cache.cached_bytes <= bound
+    return missing
+
+
+def test_a_full_cache_shares_its_bound_between_depths_in_turns_and_stays_exact(minilm_four_layer_dir):
+    """Groups at depths 1 and 2 train in turns. A cache with room for half their rows splits it evenly and
+    then keeps the same rows turn after turn (plain LRU evicted the other depth whole: every turn recomputed
+    every row); it never passes its bound, and its forwards equal an unbounded cache's bit for bit."""
     # Arrange
-    model, data = setups["minilm"].model, setups["minilm"].data
+    spec = ModelSpec(path=str(minilm_four_layer_dir), num_labels=4, lora_dropout=0.1)
+    setup = _setup(spec)
+    model, data = setup.model, setup.data
     row_bytes = data.seq_len * model.peft_model.config.hidden_size * 4
-    roomy = PrefixCache(model, data, max_bytes=BATCH.numel() * row_bytes, chunk_size=1)
+    bound = 6 * row_bytes  # 12 samples at 2 boundaries: a quarter of what they need
+    bounded = PrefixCache(model, data, max_bytes=bound, chunk_size=1)
+    roomy = PrefixCache(model, data, chunk_size=1)
+    everything = torch.arange(data.num_samples)
+
+    # Act
+    computed = [_warm_turn(bounded, model, depth, bound) for depth in (1, 2, 1, 2, 1, 2)]
+    shares = bounded.cached_bytes_by_depth
+
+    # Assert
+    assert computed == [12, 12, 9, 9, 9, 9]  # after depth 2's first turn, 3 rows each stay put
+    assert shares == {1: 3 * row_bytes, 2: 3 * row_bytes}
+    for depth in (1, 2):
+        model.set_depth(depth)
+        with torch.no_grad():
+            kept, unbounded = (cache.forward_for(depth).logits(everything) for cache in (bounded, roomy))
+            assert torch.equal(kept, unbounded)
+        cached_loss, cached_grads, _ = _train_call(bounded.forward_for(depth), model, BATCH, seed=depth)
+        plain_loss, plain_grads, _ = _train_call(PlainForward(model, data), model, BATCH, seed=depth)
+        torch.testing.assert_close(cached_loss, plain_loss, **FP32_TOLERANCE)
+        torch.testing.assert_close(cached_grads, plain_grads, **FP32_TOLERANCE)
+    assert bounded.cached_bytes <= bound
+
+
+def test_a_depth_no_longer_in_turn_is_evicted_whole(minilm_four_layer_dir):
+    """Turns at depths 1, 2, 3, 1, 3 (as after a re-plan from depths 1 and 2 to 1 and 3): when depth 3 comes
+    back, depth 2 has not been asked for since depth 3's previous turn, so its rows go; the depths still in
+    turn then share the bound. With no room at all nothing is kept and losses still match the plain forward."""
+    # Arrange
+    spec = ModelSpec(path=str(minilm_four_layer_dir), num_labels=4)
+    setup = _setup(spec)
+    model, data = setup.model, setup.data
+    row_bytes = data.seq_len * model.peft_model.config.hidden_size * 4
+    bound = 6 * row_bytes
+    cache = PrefixCache(model, data, max_bytes=bound, chunk_size=1)
     none = PrefixCache(model, data, max_bytes=0)
 
     # Act
-    model.set_depth(2)
-    roomy.warm(2, BATCH)
+    shares = []
+    for depth in (1, 2, 3, 1, 3, 1):
+        _warm_turn(cache, model, depth, bound)
+        shares.append({d: b // row_bytes for d, b in cache.cached_bytes_by_depth.items()})
     model.set_depth(1)
-    roomy.warm(1, BATCH)
     cached_loss, cached_grads, _ = _train_call(none.forward_for(1), model, BATCH, seed=0)
     plain_loss, plain_grads, _ = _train_call(PlainForward(model, data), model, BATCH, seed=0)
 
     # Assert
-    assert roomy.cached_bytes == BATCH.numel() * row_bytes  # only boundary 1 is left
-    assert roomy.warm(1, BATCH) == 0
+    assert shares == [
+        {1: 6},
+        {1: 3, 2: 3},
+        {1: 2, 2: 2, 3: 2},  # a depth's first turn takes from the richest while they hold more
+        {1: 2, 2: 2, 3: 2},  # equal shares: nothing moves
+        {1: 2, 3: 4},  # depth 2 sat out depth 3's previous turn and since: evicted whole
+        {1: 3, 3: 3},
+    ]
     assert none.cached_bytes == 0
     torch.testing.assert_close(cached_loss, plain_loss, **FP32_TOLERANCE)
     torch.testing.assert_close(cached_grads, plain_grads, **FP32_TOLERANCE)
