@@ -213,14 +213,14 @@ def build_assignment_data(
     starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
 
     # (C9) one exchange's (up, down) bytes per group and depth under the rule (FLoRA stacks |k| inputs)
-    up_bytes, down_bytes = _group_bytes(problem, sizes, depths)
+    pairs, size_idx = _group_bytes(problem, sizes)
 
     # (C5) t_k(d): the slowest member's local steps plus its exchange, per depth
     scales = np.array([d.compute_scale for d in devices])
     uplink = np.array([d.uplink_mbps for d in devices])[positions]
     downlink = np.array([d.downlink_mbps for d in devices])[positions]
     device_s = problem.local_steps * costs.step_time_table_s(cost, scales, depths, batch)[positions]
-    device_s = device_s + _exchange_s(problem, uplink, downlink, sizes, up_bytes, down_bytes)
+    device_s = device_s + _exchange_s(problem, uplink, downlink, sizes, pairs, size_idx)
     intra_round_s = np.maximum.reduceat(device_s, starts, axis=0)
 
     # (C4) memory: the group's smallest member must hold depth d
@@ -248,7 +248,7 @@ def build_assignment_data(
     rounds_gain = convergence.intra_rounds_factor(choice_rounds[None, :], skew_tv[:, None], params.skew_sensitivity)
     # (C6) at depth cap d: K aggregators queue on the server link (FLoRA's server stacks K groups)
     global_by_depth = np.array([rule_costs.predicted_global_aggregation_s(problem, [d] * len(sizes)) for d in depths])
-    exchanged = (up_bytes + down_bytes).astype(float)  # (K, |D|) one exchange, up plus down
+    exchanged = pairs.sum(axis=2).astype(float)[size_idx]  # (K, |D|) one exchange, up plus down
     return AssignmentData(
         depths=depths,
         intra_rounds=rounds,
@@ -274,19 +274,24 @@ def build_assignment_data(
     )
 
 
-def _group_bytes(
-    problem: PlanningProblem, sizes: NDArray[np.int64], depths: Sequence[int]
-) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """(C9) ``(up, down)`` bytes of one intra-group exchange, each ``(K, |D|)``: group ``k`` stacks ``|k|`` inputs.
+def _group_bytes(problem: PlanningProblem, sizes: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(C9) bytes of one intra-group exchange: ``pairs[s, j] = (up, down)`` for the ``s``-th distinct group
+    size at depth ``j`` (group ``k`` stacks ``|k|`` inputs), and each group's ``s``.
 
     Priced once per distinct group size (balanced groups have one or two).
     """
-    distinct, inverse = np.unique(sizes, return_inverse=True)
+    distinct, size_idx = np.unique(sizes, return_inverse=True)
     pairs = np.array(
-        [[rule_costs.problem_exchange_bytes(problem, depth=d, num_inputs=int(n)) for d in depths] for n in distinct],
+        [
+            [
+                rule_costs.problem_exchange_bytes(problem, depth=d, num_inputs=int(n))
+                for d in problem.effective_depth_choices
+            ]
+            for n in distinct
+        ],
         dtype=np.int64,
-    ).reshape(len(distinct), len(depths), 2)
-    return pairs[inverse, :, 0], pairs[inverse, :, 1]
+    )
+    return pairs, np.asarray(size_idx).reshape(-1)
 
 
 def _exchange_s(
@@ -294,29 +299,33 @@ def _exchange_s(
     uplink: FloatArray,
     downlink: FloatArray,
     sizes: NDArray[np.int64],
-    up_bytes: NDArray[np.int64],
-    down_bytes: NDArray[np.int64],
+    pairs: NDArray[np.int64],
+    size_idx: NDArray[np.int64],
 ) -> FloatArray:
-    """(C3) of every device (rows in group order) at every depth, with its group's (C9) bytes."""
+    """(C3) of every device (rows in group order) at every depth, with its group's (C9) bytes ``pairs``."""
     cost, depths, latency = problem.cost_model, problem.effective_depth_choices, problem.intra_latency_s
-    member_rows = np.repeat(np.arange(len(sizes)), sizes)  # the group of each row
-    table = np.empty((len(member_rows), len(depths)))
-    pairs = np.stack([up_bytes, down_bytes], axis=2)  # (K, |D|, 2)
-    distinct, inverse = np.unique(pairs.reshape(len(sizes), -1), axis=0, return_inverse=True)
-    inverse = np.asarray(inverse).reshape(-1)
-    for idx, row in enumerate(distinct):  # groups moving the same bytes share one table
-        up, down = row.reshape(len(depths), 2).T
-        rows = inverse[member_rows] == idx
-        table[rows] = costs.exchange_time_table_s(
+
+    def table(rows: slice | NDArray[np.bool_], size: int) -> FloatArray:
+        up, down = pairs[size, :, 0], pairs[size, :, 1]
+        symmetric = np.array_equal(up, down)
+        return costs.exchange_time_table_s(
             cost,
             uplink[rows],
             downlink[rows],
             depths,
             latency,
             num_bytes=up.tolist(),
-            download_bytes=None if np.array_equal(up, down) else down.tolist(),
+            download_bytes=None if symmetric else down.tolist(),
         )
-    return table
+
+    if (pairs == pairs[0]).all():  # every group moves the same bytes (all rules but FLoRA): one table
+        return table(slice(None), 0)
+    member_size = np.repeat(size_idx, sizes)  # the size class of each row
+    result = np.empty((len(member_size), len(depths)))
+    for size in range(len(pairs)):
+        rows = member_size == size
+        result[rows] = table(rows, size)
+    return result
 
 
 def evaluate_assignment(
