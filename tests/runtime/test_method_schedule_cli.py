@@ -18,7 +18,7 @@ from hierfedlora.runtime.engine import PLANS_FOLDER
 from hierfedlora.validation.baselines import make_method_plan, method_replanner
 from hierfedlora.validation.fedgsp import fedgsp_plan
 from tests.factories import make_cost_model, make_round_report
-from tests.runtime.test_engine import _cli_run
+from tests.runtime.runs import cli_run_args as _cli_run
 
 FIELDS = {"num_groups": 2, "local_steps": 1}
 
