@@ -54,13 +54,10 @@ import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 
-import numpy as np
-
-from hierfedlora.planner import costs, skew
 from hierfedlora.planner.grouping import group_devices
 from hierfedlora.planner.outcomes import Group, Plan, RoundReport
 from hierfedlora.planner.types import PlanningProblem
-from hierfedlora.validation.heterogeneous import constructed_plan, full_depth, rule_exchange
+from hierfedlora.validation.heterogeneous import constructed_plan, full_depth, priced_group
 
 __all__ = ["FEDGSP_GROUPS_STEP", "FedgspReplanner", "fedgsp_num_groups", "fedgsp_plan"]
 
@@ -137,25 +134,4 @@ class FedgspReplanner:
 
 def _chain(problem: PlanningProblem, group_id: int, members: Sequence[int], depth: int) -> Group:
     """A sequential group at ``depth``, priced by (C5) for a chain: the sum of its devices' times."""
-    devices = [problem.devices[i] for i in members]
-    fleet_counts = np.sum([d.label_counts for d in problem.devices], axis=0)
-    group = Group(
-        group_id=group_id,
-        device_ids=tuple(d.device_id for d in devices),
-        depth=depth,
-        intra_rounds=1,
-        local_steps=problem.local_steps,
-        label_skew=skew.label_skew(np.sum([d.label_counts for d in devices], axis=0), fleet_counts),
-        sequential=True,
-    )
-    intra_s = costs.intra_round_time_s(
-        problem.cost_model,
-        devices,
-        depth=depth,
-        local_steps=problem.local_steps,
-        batch_size=problem.effective_batch_size,
-        latency_s=problem.intra_latency_s,
-        **rule_exchange(problem, group),
-        sequential=True,
-    )
-    return dataclasses.replace(group, predicted_intra_round_s=intra_s)
+    return priced_group(problem, group_id, members, depth=depth, sequential=True)

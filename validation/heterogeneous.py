@@ -77,6 +77,7 @@ __all__ = [
     "fedra_plan",
     "full_depth",
     "hetlora_plan",
+    "priced_group",
     "rule_exchange",
 ]
 
@@ -115,7 +116,7 @@ def hetlora_plan(problem: PlanningProblem, *, depth: int | None = None, note: st
     classes = capability_classes(problem)
     ranks = [None if c == 0 else _share(problem.cost_model.lora_rank, c) for c in range(len(classes))]
     groups = [
-        _group(problem, k, members, depth=depth, lora_rank=rank)
+        priced_group(problem, k, members, depth=depth, lora_rank=rank)
         for k, (members, rank) in enumerate(zip(classes, ranks, strict=True))
     ]
     shown = [problem.cost_model.lora_rank if r is None else r for r in ranks]
@@ -146,7 +147,7 @@ def fedra_plan(
     for position in range(len(problem.devices)):
         count = _share(depth, class_of[position])
         layers = tuple(int(layer) for layer in np.sort(rng.choice(top, size=count, replace=False)))
-        groups.append(_group(problem, position, (position,), depth=num_layers - layers[0], layers=layers))
+        groups.append(priced_group(problem, position, (position,), depth=num_layers - layers[0], layers=layers))
         members.append((position,))
     reason = (
         f"FedRA-like: random layers per device for global round {global_round} (seed {seed}) from the top {depth}, "
@@ -175,7 +176,7 @@ class FedraReplanner:
         )
 
 
-def _group(
+def priced_group(
     problem: PlanningProblem,
     group_id: int,
     members: Sequence[int],
@@ -183,8 +184,10 @@ def _group(
     depth: int,
     layers: tuple[int, ...] | None = None,
     lora_rank: int | None = None,
+    sequential: bool = False,
 ) -> Group:
-    """A group with its skew and its (C5) intra-round time, traffic by what it sends."""
+    """A group of ``problem.devices[members]`` with its skew and its (C5) intra-round time, traffic by what it
+    sends under ``problem.aggregation`` (a ``sequential`` group: a chain, the sum of its devices' times)."""
     devices = [problem.devices[i] for i in members]
     fleet_counts = np.sum([d.label_counts for d in problem.devices], axis=0)
     pooled = np.sum([d.label_counts for d in devices], axis=0)
@@ -197,6 +200,7 @@ def _group(
         label_skew=skew.label_skew(pooled, fleet_counts),
         layers=layers,
         lora_rank=lora_rank,
+        sequential=sequential,
     )
     intra_s = costs.intra_round_time_s(
         problem.cost_model,
@@ -206,6 +210,7 @@ def _group(
         batch_size=problem.effective_batch_size,
         latency_s=problem.intra_latency_s,
         **rule_exchange(problem, group),
+        sequential=sequential,
     )
     return dataclasses.replace(group, predicted_intra_round_s=intra_s)
 
