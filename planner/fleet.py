@@ -39,9 +39,7 @@ Examples
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import logging
 import math
 import os
@@ -51,9 +49,10 @@ from pathlib import Path
 import numpy as np
 
 from hierfedlora.planner.errors import InvalidInputError, Issue
-from hierfedlora.planner.fleets.datasets import LabelledTexts, csv_row_shape_issues, raise_capped, train_test_split
+from hierfedlora.planner.fleets.datasets import LabelledTexts, raise_capped, train_test_split
 from hierfedlora.planner.fleets.fleet_store import FLEET_NPZ_SUFFIX, read_fleet_npz, write_fleet_npz
 from hierfedlora.planner.fleets.partition import PartitionMethod, PartitionSpec, partition_indices
+from hierfedlora.planner.fleets.text_files import csv_row_shape_issues, csv_rows, read_text
 from hierfedlora.planner.fleets.tiers import NETWORKS, TIERS, assign_tiers, draw_device, resolve_tier_mix
 from hierfedlora.planner.io import parse_json, read_json, write_json
 from hierfedlora.planner.rules import FINITE_POSITIVE, is_int
@@ -252,32 +251,20 @@ def save_fleet(path: str | os.PathLike[str], fleet: Fleet) -> None:
 
 def _trace_rows(path: Path, columns: tuple[str, ...]) -> list[tuple[str, str, dict[str, object]]]:
     """(client id, issue path prefix, entry) per record of a JSON object or a CSV file; lists merge per id."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise InvalidInputError(
-            [Issue("path", "a readable trace file (JSON or CSV)", f"{path}: {exc.strerror}")], path.name
-        ) from None
+    text, _ = read_text(path, hint="a trace file (JSON or CSV)")
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        try:
-            header = reader.fieldnames or []
-        except csv.Error as exc:
-            raise InvalidInputError([Issue("line 1", "a well-formed CSV header", str(exc))], path.name) from None
+        header, records, issues = csv_rows(text, path.name)
         missing = [c for c in ("client_id", *columns) if c not in header]
         if missing:
             expected = f"a header with columns client_id, {', '.join(columns)}"
-            raise InvalidInputError([Issue("line 1", expected, reader.fieldnames)], path.name)
-        rows, issues = [], []
-        try:
-            for row in reader:
-                found = csv_row_shape_issues(row, reader.fieldnames or [], reader.line_num)
-                issues += found
-                if not found:
-                    rows.append((row["client_id"], f"line {reader.line_num}", dict(row)))
-        except csv.Error as exc:
-            issues.append(Issue(f"line {reader.line_num}", "a well-formed CSV row", str(exc)))
-        raise_capped(issues, path.name)
+            raise InvalidInputError([Issue("line 1", expected, header)], path.name)
+        rows, found = [], []
+        for line, row in records:
+            bad = csv_row_shape_issues(row, header, line)
+            found += bad
+            if not bad:
+                rows.append((str(row["client_id"]), f"line {line}", dict(row)))
+        raise_capped(found + issues, path.name)
         return rows
     data = parse_json(text, source=path.name)
     if not isinstance(data, dict) or not data:

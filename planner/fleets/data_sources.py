@@ -229,7 +229,8 @@ def read_data(data: str, text_field: str = "text", label_field: str = "label") -
     Raises
     ------
     InvalidInputError
-        If ``data`` is none of these (naming the choices), or reading it fails.
+        If ``data`` is none of these (naming the choices), reading it fails, or its label column holds one
+        label only.
     """
     if data == "wordnet":
         return datasets.read_wordnet()
@@ -237,8 +238,13 @@ def read_data(data: str, text_field: str = "text", label_field: str = "label") -
         return read_janeausten()
     path = Path(data)
     if path.is_dir():
-        return read_folder(path, text_field, label_field)
-    if path.suffix.lower() in (".csv", ".jsonl"):
-        return _read_file(path, text_field, label_field)
-    expected = f"one of {sorted(NAMED_DATA)}, a .csv or .jsonl file, or a folder of them"
-    raise InvalidInputError([Issue("data", expected, data)])
+        texts = read_folder(path, text_field, label_field)
+    elif path.suffix.lower() in (".csv", ".jsonl"):
+        texts = _read_file(path, text_field, label_field)
+    else:
+        expected = f"one of {sorted(NAMED_DATA)}, a .csv or .jsonl file, or a folder of them"
+        raise InvalidInputError([Issue("data", expected, data)])
+    if texts.num_classes < 2:  # the runtime's classifier needs two; refused here, before a fleet or plan is made
+        expected = "a label column with at least 2 distinct labels (a classifier needs two classes)"
+        raise InvalidInputError([Issue(label_field, expected, f"1 label, {texts.class_names[0]!r}")], path.name)
+    return texts

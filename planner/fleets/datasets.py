@@ -28,11 +28,8 @@ Examples
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import difflib
 import hashlib
-import io
 import logging
 import math
 import os
@@ -43,7 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from hierfedlora.planner.errors import InvalidInputError, Issue
-from hierfedlora.planner.io import parse_json
+from hierfedlora.planner.fleets.text_files import csv_row_shape_issues, csv_rows, missing_column, read_text
+from hierfedlora.planner.io import MAX_NUMBER_DIGITS, parse_json
 from hierfedlora.planner.rules import is_number
 from hierfedlora.planner.types import DatasetSpec
 
@@ -81,7 +79,12 @@ _FIRST_NOUN_LEXFILE = 3
 MAX_ROW_ISSUES = 20
 """Bad rows listed in one error; the last listed one counts the rest (an 80k-row file, one screen)."""
 
-_INTEGER = re.compile(r"[+-]?\d+")
+# A label of at most this many digits counts as an integer (JSON numbers have the same cap); a longer run of
+# digits is a string label, never converted (int() refuses strings past 4,300 digits).
+_INTEGER = re.compile(rf"[+-]?\d{{1,{MAX_NUMBER_DIGITS}}}")
+# JSON Lines are separated by \n (or \r\n, or a lone \r); str.splitlines would also split at U+2028, U+2029 and
+# U+0085, which JSON strings may hold raw.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,21 +143,6 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def _read_text(path: str | os.PathLike[str], encoding: str = "utf-8-sig", hint: str = "") -> tuple[str, str]:
-    """The file's text and the SHA-256 of its bytes; a missing, unreadable or non-UTF-8 file is refused."""
-    file = Path(path)
-    try:
-        data = file.read_bytes()
-        return data.decode(encoding), hashlib.sha256(data).hexdigest()
-    except FileNotFoundError:
-        issue = Issue("path", "an existing file", str(file), hint)
-    except OSError as exc:
-        issue = Issue("path", "a readable file", f"{file}: {exc.strerror}", hint)
-    except UnicodeDecodeError as exc:
-        issue = Issue("path", "a UTF-8 text file", f"undecodable byte at offset {exc.start}")
-    raise InvalidInputError([issue], file.name)
-
-
 def raise_capped(issues: list[Issue], source: str) -> None:
     """Raise the first :data:`MAX_ROW_ISSUES` issues, if any, the last one counting those not shown."""
     if not issues:
@@ -186,7 +174,7 @@ def read_wordnet(path: str | os.PathLike[str] = WORDNET_NOUN_PATH) -> LabelledTe
         synset lines (each listed as ``line N``).
     """
     file = Path(path)
-    text, sha256 = _read_text(file, "utf-8", hint="apt-get install wordnet-base")
+    text, sha256 = read_text(file, "utf-8", hint="apt-get install wordnet-base")
     texts: list[str] = []
     labels: list[int] = []
     issues: list[Issue] = []
@@ -259,58 +247,22 @@ def read_csv(path: str | os.PathLike[str], text_field: str = "text", label_field
         header repeated; every bad row at once (``line N.text``, ``line N``).
     """
     file = Path(path)
-    text, sha256 = _read_text(file)
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    try:
-        header = reader.fieldnames or []
-    except csv.Error as exc:
-        raise InvalidInputError([Issue("line 1", "a well-formed CSV header", str(exc))], file.name) from None
+    text, sha256 = read_text(file)
+    header, records, issues = csv_rows(text, file.name)
     missing = [field for field in (text_field, label_field) if field not in header]
     if missing:
-        raise InvalidInputError([_missing_column(field, header) for field in missing], file.name)
+        raise InvalidInputError([missing_column(field, header) for field in missing], file.name)
     rows: list[tuple[str, str | int]] = []
-    issues: list[Issue] = []
-    try:
-        for row in reader:
-            found = _check_row(row, reader.line_num, text_field, label_field)  # a missing text or label by name
-            found = found or csv_row_shape_issues(row, header, reader.line_num)
-            issues += found
-            if not found:
-                rows.append((row[text_field].strip(), row[label_field].strip()))
-    except csv.Error as exc:
-        issues.append(Issue(f"line {reader.line_num}", "a well-formed CSV row", str(exc)))
+    found: list[Issue] = []
+    for line, row in records:
+        bad = _check_row(row, line, text_field, label_field)  # a missing text or label by name
+        bad = bad or csv_row_shape_issues(row, header, line)
+        found += bad
+        if not bad:
+            rows.append((str(row[text_field]).strip(), str(row[label_field]).strip()))
+    issues = found + issues  # a row that does not parse ends the file: its issue comes last
     raise_capped(issues, file.name)
     return _labelled(rows, "csv", file, sha256, text_field, label_field)
-
-
-def csv_row_shape_issues(row: dict[str | None, object], header: Sequence[str], line: int) -> list[Issue]:
-    """A ``csv.DictReader`` row's shape problems: more or fewer values than the header has columns, or
-    the header itself repeated as data (two files pasted together). Nothing is dropped silently.
-
-    >>> [str(i) for i in csv_row_shape_issues({"a": "1", "b": "2", None: ["3"]}, ["a", "b"], 4)]
-    ['line 4 must be 2 values (one per header column); got 3 values']
-    """
-    expected = f"{len(header)} values (one per header column)"
-    extra = row.get(None)
-    if isinstance(extra, list):
-        return [Issue(f"line {line}", expected, _Count(len(header) + len(extra)))]
-    given = sum(1 for name in header if row.get(name) is not None)
-    if given < len(header):
-        return [Issue(f"line {line}", expected, _Count(given))]
-    if [row.get(name) for name in header] == list(header):
-        return [Issue(f"line {line}", "a data row", "the header repeated", "remove the repeated header line")]
-    return []
-
-
-class _Count(int):
-    def __repr__(self) -> str:
-        return f"{int(self)} values"
-
-
-def _missing_column(field: str, header: Sequence[str]) -> Issue:
-    close = difflib.get_close_matches(field, list(header), n=1)
-    hint = f"did you mean {close[0]!r}?" if close else "set text_field / label_field to the file's column names"
-    return Issue("line 1", f"a header with the column {field!r}", list(header), hint)
 
 
 def read_jsonl(path: str | os.PathLike[str], text_field: str = "text", label_field: str = "label") -> LabelledTexts:
@@ -323,10 +275,10 @@ def read_jsonl(path: str | os.PathLike[str], text_field: str = "text", label_fie
         whose text or label is missing, empty or of the wrong type; every bad line at once.
     """
     file = Path(path)
-    text, sha256 = _read_text(file)
+    text, sha256 = read_text(file)
     rows: list[tuple[str, str | int]] = []
     issues: list[Issue] = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    for line_no, line in enumerate(_LINE_BREAK.split(text), start=1):
         if not line.strip():
             continue
         try:
