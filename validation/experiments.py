@@ -57,6 +57,7 @@ from hierfedlora.planner.io import read_json, write_json
 from hierfedlora.planner.outcomes import Plan, RoundReport
 from hierfedlora.planner.types import CostModel, DeviceProfile, Fleet, PlanningProblem, SolverOptions
 from hierfedlora.validation.baselines import make_method_plan, method_replanner, problem_under_rule
+from hierfedlora.validation.experiment_outputs import write_outputs
 from hierfedlora.validation.experiment_presets import (
     ALL_METHODS,
     LOOP_METHOD,
@@ -69,7 +70,7 @@ from hierfedlora.validation.experiment_presets import (
     read_preset,
     split_method,
 )
-from hierfedlora.validation.experiment_report import markdown_table, summarize, write_outputs
+from hierfedlora.validation.experiment_report import markdown_table, summarize
 from hierfedlora.validation.method_rules import is_best, resolve_best_rule, stage_order
 from hierfedlora.validation.selfcal import FITTED_NAME, self_calibrating_replanner, write_fitted_constants
 

@@ -314,7 +314,7 @@ def test_interpolated_time_to_puts_the_crossing_between_round_ends():
 def test_the_bar_section_gives_the_interpolated_speedup_with_the_target():
     """With the preset's target, each speed-up to it is followed by its interpolated value (here 25 s / 15 s)."""
     # Arrange
-    from hierfedlora.validation.experiment_report import headline
+    from hierfedlora.validation.experiment_outputs import headline
 
     results = [
         _result("fedlora", 0, (0.1, 0.2, 0.4), (10.0, 20.0, 30.0)),  # crosses 0.3 at 25 s

@@ -8,8 +8,8 @@ import pytest
 
 from hierfedlora.planner.costs import AGGREGATION_RULES
 from hierfedlora.planner.errors import InvalidInputError
+from hierfedlora.validation.experiment_outputs import _method_text
 from hierfedlora.validation.experiment_presets import PRESETS, read_preset, split_method
-from hierfedlora.validation.experiment_report import _method_text
 
 
 @pytest.mark.parametrize("method", ["hierfedlora@fedx", "hierfedlora@", "hierfedlora@fedex@ffa", "fedgsq@ffa"])

@@ -10,8 +10,8 @@ import pytest
 
 import hierfedlora.validation.targets as targets_module
 from hierfedlora.planner.errors import InvalidInputError
+from hierfedlora.validation.experiment_outputs import write_outputs
 from hierfedlora.validation.experiment_presets import LOOP_METHOD, PRESETS, RunResult
-from hierfedlora.validation.experiment_report import write_outputs
 from hierfedlora.validation.targets import interpolated_time, resolve_targets, retarget, time_at_round_end
 from tests.factories import make_cost_model
 
