@@ -41,20 +41,18 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import signal
 from pathlib import Path
 
-import numpy as np
 import safetensors.torch
 import torch
 
-from hierfedlora.planner import rules
 from hierfedlora.planner.errors import InvalidInputError, Issue, ResumeMismatchError, StorageError
-from hierfedlora.planner.io import atomic_write_bytes, from_dict, from_json, parse_json, to_json
+from hierfedlora.planner.io import atomic_write_bytes, from_dict, from_json, parse_json, sha256_of, to_json
 from hierfedlora.planner.outcomes import RoundReport
-from hierfedlora.planner.types import SCHEMA_RULE, SCHEMA_VERSION
+from hierfedlora.planner.types import SCHEMA_VERSION
+from hierfedlora.runtime.run_state import RUN_STATE_RULES, RunState, numpy_rng_state, restore_numpy_rng
 
 __all__ = [
     "CRASH_AFTER_COMMIT_ENV",
@@ -76,81 +74,6 @@ __all__ = [
 MANIFEST_NAME = "checkpoint.json"
 REPORTS_NAME = "reports.jsonl"
 TORCH_RNG_KEY = "rng.torch"
-_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")
-
-
-def numpy_rng_state(rng: np.random.Generator) -> str:
-    """The generator's bit-generator state as JSON text (arrays as lists)."""
-    return json.dumps(rng.bit_generator.state, sort_keys=True, default=lambda a: np.asarray(a).tolist())
-
-
-def restore_numpy_rng(text: str) -> np.random.Generator:
-    """A generator in the state :func:`numpy_rng_state` wrote."""
-    state = json.loads(text)
-    bit_generator = getattr(np.random, state["bit_generator"])()
-    bit_generator.state = state
-    return np.random.Generator(bit_generator)
-
-
-def _is_rng_state(value: object) -> bool:
-    try:
-        state = parse_json(value) if isinstance(value, str) else None
-    except InvalidInputError:
-        return False
-    return isinstance(state, dict) and state.get("bit_generator") in _BIT_GENERATORS and "state" in state
-
-
-RUN_STATE_RULES: dict[str, rules.Rule] = {
-    "plan_id": rules.NON_EMPTY_STRING,
-    "fleet_sha256": rules.ANY_STRING,
-    "model_sha256": rules.ANY_STRING,
-    "aggregation": rules.NON_EMPTY_STRING,
-    "global_round": rules.NON_NEGATIVE_INT,
-    "sim_time_s": rules.FINITE_NON_NEGATIVE,
-    "seed": rules.NON_NEGATIVE_INT,
-    "numpy_rng_state": rules.Rule(
-        f"JSON text of a numpy bit generator state (one of {', '.join(_BIT_GENERATORS)})",
-        _is_rng_state,
-        ("", "{}", '{"bit_generator": "Xorshift", "state": 1}', 3),
-    ),
-    "schema_version": SCHEMA_RULE,
-}
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class RunState:
-    """What a run needs to resume after ``global_round``, its last committed round (0: none yet).
-
-    ``plan_id``, ``fleet_sha256`` and ``model_sha256`` identify the run (resume refuses others);
-    ``sim_time_s`` is the simulated clock after the round; ``numpy_rng_state`` the JSON of the numpy
-    generator (:func:`numpy_rng_state`); ``last_report`` the report of round ``global_round``, ``None``
-    exactly at round 0, so resume can re-append it (R2); ``aggregation`` the run's aggregation rule (resume
-    refuses another). Tensors travel beside it, in safetensors.
-    """
-
-    plan_id: str
-    fleet_sha256: str
-    model_sha256: str
-    global_round: int
-    sim_time_s: float
-    seed: int
-    numpy_rng_state: str
-    last_report: RoundReport | None = None
-    aggregation: str = "fedavg"
-    schema_version: int = SCHEMA_VERSION
-
-    def __post_init__(self) -> None:
-        issues = rules.check_fields(self, RUN_STATE_RULES)
-        if RUN_STATE_RULES["global_round"].accepts(self.global_round):
-            if self.last_report is None and self.global_round > 0:
-                issues.append(Issue("last_report", f"the report of round {self.global_round}", None))
-            elif self.last_report is not None and not isinstance(self.last_report, RoundReport):
-                issues.append(Issue("last_report", "a RoundReport or null", type(self.last_report).__name__))
-            elif self.last_report is not None and self.last_report.global_round != self.global_round:
-                expected = f"{self.global_round} (the checkpoint's round)" if self.global_round else "null at round 0"
-                issues.append(Issue("last_report.global_round", expected, self.last_report.global_round))
-        if issues:
-            raise InvalidInputError(issues)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,6 +81,7 @@ class _Manifest:
     state: RunState
     tensor_file: str
     tensor_sha256: str
+    state_sha256: str = ""  # of the state's canonical JSON; empty in folders written before it was recorded
     schema_version: int = SCHEMA_VERSION
 
 
@@ -195,7 +119,7 @@ def save_checkpoint(run_dir: str | os.PathLike[str], state: RunState, tensors: d
     # the digest in the name: re-saving a round never overwrites the file the current manifest names
     tensor_file = f"checkpoint-{state.global_round:06d}-{digest[:12]}.safetensors"
     atomic_write_bytes(folder / tensor_file, payload)
-    manifest = _Manifest(state=state, tensor_file=tensor_file, tensor_sha256=digest)
+    manifest = _Manifest(state=state, tensor_file=tensor_file, tensor_sha256=digest, state_sha256=sha256_of(state))
     atomic_write_bytes(folder / MANIFEST_NAME, (to_json(manifest) + "\n").encode())  # the commit point
     _crash_if_asked(state.global_round)
     for stale in [*folder.glob("checkpoint-*.safetensors"), *folder.glob(".checkpoint*.tmp")]:
@@ -226,7 +150,12 @@ def _read_manifest(path: Path) -> _Manifest:
     for found in (data, data.get("state") if isinstance(data, dict) else None):
         if isinstance(found, dict) and "schema_version" in found and found["schema_version"] != SCHEMA_VERSION:
             raise ResumeMismatchError("schema_version", SCHEMA_VERSION, found["schema_version"])
-    return from_dict(_Manifest, data, source=str(path))
+    manifest = from_dict(_Manifest, data, source=str(path))
+    if manifest.state_sha256 and sha256_of(manifest.state) != manifest.state_sha256:
+        expected = f"the sha256 of the state as written ({sha256_of(manifest.state)[:12]}...)"
+        hint = "the file is corrupt: a value of its state changed after the checkpoint was written"
+        raise _invalid("state_sha256", expected, manifest.state_sha256[:12] + "...", str(path), hint)
+    return manifest
 
 
 def read_manifest_state(run_dir: str | os.PathLike[str]) -> RunState:
@@ -326,9 +255,10 @@ class ReportLog:
     Open it with :meth:`open`; use it as a context manager or call :meth:`close`.
     """
 
-    def __init__(self, path: Path, last_round: int) -> None:
+    def __init__(self, path: Path, last_round: int, written: bytes = b"") -> None:
         self.path = path
         self._last_round = last_round
+        self._digest = hashlib.sha256(written)  # of the lines in the log, for RunState.reports_sha256
         try:
             self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         except OSError as exc:
@@ -339,6 +269,11 @@ class ReportLog:
         """The last round in the log."""
         return self._last_round
 
+    @property
+    def sha256(self) -> str:
+        """The sha256 of the log's lines (rounds ``1..last_round``), as :attr:`RunState.reports_sha256` records."""
+        return self._digest.hexdigest()
+
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, resume_state: RunState | None = None) -> ReportLog:
         """Open the log of a new run (``resume_state=None``) or repair it for resuming (R2).
@@ -348,7 +283,8 @@ class ReportLog:
         InvalidInputError
             A new run whose log is not empty; or, on resume, a complete line before the end that is not
             a RoundReport, rounds out of order or repeated, fewer than ``c - 1`` rounds, or round ``c``
-            differing from the checkpoint's report.
+            differing from the checkpoint's report, or rounds ``1..c - 1`` changed since round ``c`` was
+            committed (their sha256 differs from ``reports_sha256``, when the checkpoint records one).
         """
         file = Path(path)
         file.parent.mkdir(parents=True, exist_ok=True)
@@ -363,7 +299,7 @@ class ReportLog:
             with open(file, "r+b") as handle:
                 handle.truncate(keep)
                 os.fsync(handle.fileno())
-        log = cls(file, last_report.global_round if last_report else 0)
+        log = cls(file, last_report.global_round if last_report else 0, data[:keep])
         if log.last_round == resume_state.global_round - 1:
             assert resume_state.last_report is not None  # RunState's rule for global_round > 0
             log.append(resume_state.last_report)
@@ -390,6 +326,7 @@ class ReportLog:
             os.fsync(self._fd)
         except OSError as exc:  # a full disk mid-line leaves a partial line, which resume cuts (R1, R2)
             raise StorageError.from_os_error(exc, self.path, "append to") from None
+        self._digest.update(line)
         self._last_round += 1
 
     def close(self) -> None:
@@ -403,6 +340,14 @@ class ReportLog:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _check_reports_digest(name: str, prefix: bytes, state: RunState) -> None:
+    """Rounds ``1..c - 1`` of the log must be the bytes they were when round ``c`` was committed."""
+    if state.reports_sha256 and hashlib.sha256(prefix).hexdigest() != state.reports_sha256:
+        expected = f"rounds 1..{state.global_round - 1} as they were when round {state.global_round} was committed"
+        hint = "the file is corrupt: their sha256 differs from the checkpoint's reports_sha256"
+        raise _invalid(name, expected, "changed lines", hint=hint)
 
 
 def _committed_prefix(name: str, data: bytes, state: RunState) -> tuple[int, RoundReport | None]:
@@ -423,6 +368,8 @@ def _committed_prefix(name: str, data: bytes, state: RunState) -> tuple[int, Rou
         if report.global_round != idx:
             raise _invalid(where, f"round {idx} (rounds 1, 2, ... once each)", report.global_round)
         keep, last = keep + len(line) + 1, report
+        if report.global_round == committed - 1:
+            _check_reports_digest(name, data[:keep], state)
     found = last.global_round if last else 0
     if found < committed - 1:
         expected = f"rounds 1..{committed - 1} at least (the checkpoint is at round {committed})"

@@ -350,6 +350,7 @@ def _run_rounds(
                 numpy_rng_state=numpy_rng_state(rng),
                 last_report=report,
                 aggregation=rule.name,
+                reports_sha256=report_log.sha256,  # rounds 1..k-1: resume notices a line changed since
             )
             save_checkpoint(folder, run_state, checkpoint_tensors(global_state, base_delta, ranks))
             report_log.append(report)

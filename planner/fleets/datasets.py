@@ -85,6 +85,7 @@ _INTEGER = re.compile(rf"[+-]?\d{{1,{MAX_NUMBER_DIGITS}}}")
 # JSON Lines are separated by \n (or \r\n, or a lone \r); str.splitlines would also split at U+2028, U+2029 and
 # U+0085, which JSON strings may hold raw.
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -211,6 +212,8 @@ def _check_row(row: dict[str, object], line_no: int, text_field: str, label_fiel
             issues.append(Issue(f"line {line_no}.{field}", "present", "missing"))
         elif isinstance(value, bool) or not isinstance(value, kinds) or (isinstance(value, str) and not value.strip()):
             issues.append(Issue(f"line {line_no}.{field}", expected, value))
+        elif isinstance(value, str) and _LONE_SURROGATE.search(value):  # JSON's "\ud800": no tokenizer takes it
+            issues.append(Issue(f"line {line_no}.{field}", f"{expected} of Unicode characters", "a lone surrogate"))
     return issues
 
 

@@ -122,3 +122,17 @@ def fleet_of_two():
         spec=DatasetSpec(kind="csv", path="t.csv", num_samples=8),
     )
     return make_fleet(data, num_devices=2, partition="iid", test_fraction=0.25, seed=0)
+
+
+def test_a_jsonl_text_with_a_lone_surrogate_is_refused_by_line(tmp_path):
+    """JSON's "\\ud800" parses to a lone surrogate, which no tokenizer takes (the run was exit 70); the reader names
+    the line and field."""
+    # Arrange
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"text": "ok", "label": "a"}\n{"text": "a\\ud800b", "label": "b"}\n')
+    # Act
+    with pytest.raises(InvalidInputError) as info:
+        read_jsonl(path)
+    # Assert
+    assert [issue.path for issue in info.value.issues] == ["line 2.text"]
+    assert "a lone surrogate" in str(info.value)
