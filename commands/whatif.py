@@ -166,7 +166,8 @@ def handle(args: argparse.Namespace) -> int:
     """Run ``whatif``."""
     from tqdm import tqdm
 
-    from hierfedlora.planner.io import atomic_write_text, read_json, to_json, write_json
+    from hierfedlora.planner.io import atomic_write_text, to_json
+    from hierfedlora.planner.sealed import read_sealed_json, write_sealed_json
     from hierfedlora.planner.whatif import (
         GroupingCache,
         StudyRow,
@@ -192,12 +193,12 @@ def handle(args: argparse.Namespace) -> int:
             for point in points:
                 path = row_path(out, point.key)
                 if path.exists():
-                    rows.append(read_json(StudyRow, path))
+                    rows.append(read_sealed_json(StudyRow, path))  # a row changed since it was written: exit 2
                     reused += 1
                 else:
                     bar.set_postfix_str(", ".join(f"{k}={v}" for k, v in point.settings().items() if k in study.swept))
                     row = run_point(point, cache)
-                    write_json(path, row)
+                    write_sealed_json(path, row)
                     rows.append(row)
                     _crash_if_asked(len(rows) - reused)
                 bar.update()

@@ -178,3 +178,25 @@ def test_a_well_formed_but_infeasible_set_is_a_row_and_a_calibrated_convergence_
     [row] = json.loads((out / "results.json").read_text())["rows"]
     assert row["status"] == "INFEASIBLE" and "at least 100 devices" in row["reason"]
     assert row["target_loss_gap"] == 0.05
+
+
+def test_a_saved_row_changed_before_a_rerun_exits_2_naming_it(tmp_path, capsys):
+    """A finished row is reused on a re-run; a number changed in it since (the JSON still valid) was reused into the
+    tables as if planned: now exit 2 naming the file, and the earlier results stay as they were."""
+    # Arrange
+    out = tmp_path / "out"
+    args = ["whatif", "--devices", "20", *SMALL, "--out", str(out)]
+    assert cli.main(args) == 0
+    [row] = (out / "rows").iterdir()
+    data = json.loads(row.read_text())
+    data["time_to_target_s"] = data["time_to_target_s"] / 2
+    row.write_text(json.dumps(data))
+    before = (out / "results.csv").read_bytes()
+    capsys.readouterr()
+    # Act
+    code = cli.main(args)
+    # Assert
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2
+    assert err.startswith(f"error: rows/{row.name}: content_sha256 must be the sha256 of the file's content")
+    assert (out / "results.csv").read_bytes() == before

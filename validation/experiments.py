@@ -55,6 +55,7 @@ import numpy as np
 from hierfedlora.planner.errors import InvalidInputError, Issue
 from hierfedlora.planner.io import read_json, write_json
 from hierfedlora.planner.outcomes import Plan, RoundReport
+from hierfedlora.planner.sealed import read_sealed_json, write_sealed_json
 from hierfedlora.planner.types import CostModel, DeviceProfile, Fleet, PlanningProblem, SolverOptions
 from hierfedlora.validation.baselines import make_method_plan, method_replanner, problem_under_rule
 from hierfedlora.validation.experiment_outputs import write_outputs
@@ -149,7 +150,7 @@ def _run_one(
     rule = resolved_rule or rule
     done = folder / RESULT_NAME
     if done.exists():  # older result files lack the fleet axes: the setting supplies them
-        result = read_json(RunResult, done)
+        result = read_sealed_json(RunResult, done)  # a value changed since it was written is refused
         if result.resolved_rule != resolved_rule:  # stage 1's results changed under a finished stage-2 run
             expected = f"a result of {method} under {resolved_rule}, HierFedLoRA's best rule here"
             raise InvalidInputError([Issue("out", expected, f"one under {result.resolved_rule}: {done}")])
@@ -205,7 +206,7 @@ def _run_one(
         **_observed(reports, preset.evaluate_intra_rounds),
         resolved_rule=resolved_rule,
     )
-    write_json(done, result)
+    write_sealed_json(done, result)
     return result
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from hierfedlora.planner.errors import InvalidInputError
-from hierfedlora.planner.io import read_json, sha256_of, to_dict, write_json
+from hierfedlora.planner.io import sha256_of, to_dict, write_json
+from hierfedlora.planner.sealed import read_sealed_json
 from hierfedlora.runtime.checkpoint import CRASH_AFTER_COMMIT_ENV, MANIFEST_NAME, REPORTS_NAME, read_reports
 from hierfedlora.runtime.run_folder import LOCK_NAME, check_run_folder, lock_folder
 from hierfedlora.validation.experiments import PRESETS, RunResult
@@ -301,7 +302,7 @@ def test_experiment_crash_between_checkpoint_and_report_loses_no_round(tmp_path,
     assert logged_at_crash == [1] and committed_at_crash
     assert expected.rounds == 3 and len(expected.accuracy) == 3
     assert _same(resumed) == _same(expected)
-    assert _same(read_json(RunResult, cut / "result.json")) == _same(expected)
+    assert _same(read_sealed_json(RunResult, cut / "result.json")) == _same(expected)
     assert _same(redone) == _same(expected)
     assert [r.global_round for r in read_reports(log)] == [1, 2, 3]
 
