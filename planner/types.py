@@ -34,6 +34,7 @@ from hierfedlora.planner.rules import (
     MAX_BYTES,
     MAX_COUNT,
     MAX_STEP_S,
+    MAX_TIME_S,
     NON_EMPTY_STRING,
     NON_NEGATIVE_INT,
     OPTIONAL_FINITE_POSITIVE,
@@ -64,6 +65,7 @@ __all__ = [
     "REFERENCE_LOSS_GAP",
     "target_for_loss",
     "with_num_labels",
+    "PROBLEM_LIMITS",
     "PlanningProblem",
     "SolverOptions",
 ]
@@ -567,6 +569,30 @@ PROBLEM_RULES: dict[str, Rule] = {
 }
 
 
+PROBLEM_LIMITS: dict[str, float] = {
+    "num_groups": MAX_COUNT,
+    "min_group_size": MAX_COUNT,
+    "max_group_size": MAX_COUNT,
+    "min_group_samples": MAX_COUNT,
+    "max_group_samples": MAX_COUNT,
+    "max_speed_ratio": 1e12,
+    "depth_choices": 10_000,
+    "intra_rounds_choices": 10**6,
+    "local_steps": 10**6,
+    "batch_size": 2**20,
+    "round_budget_s": MAX_TIME_S,
+    "traffic_budget_bytes": 1e18,
+    "backhaul_mbps": 1e7,
+    "server_ingress_mbps": 1e7,
+    "intra_latency_s": MAX_STEP_S,
+    "global_latency_s": MAX_STEP_S,
+    "speed_spread_weight": 1e6,
+}
+"""Upper bounds of :data:`PROBLEM_RULES` fields, those of a plan's groups and the cost model's batch among them:
+past them a value can only be a mistake, and it overflowed int64 arrays (a 20-digit ``max_group_samples``) or
+surfaced as a plan field's error (``predicted_intra_round_s``) instead of the field's own."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class PlanningProblem:
     """Everything the planner needs; immutable so what-if sweeps re-solve variations.
@@ -640,6 +666,7 @@ class PlanningProblem:
 
     def __post_init__(self) -> None:
         issues = check_fields(self, PROBLEM_RULES)
+        issues += check_limits(self, PROBLEM_LIMITS, PROBLEM_RULES, broken=frozenset(i.path for i in issues))
         if not (isinstance(self.devices, tuple) and self.devices):
             issues.append(Issue("devices", "a non-empty list of devices", self.devices))
         _raise_if(issues)

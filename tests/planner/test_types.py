@@ -12,6 +12,7 @@ from hierfedlora.planner.outcomes import Group, Limit, Plan, Skew, SolveStatus
 from hierfedlora.planner.types import (
     COST_MODEL_RULES,
     DEVICE_RULES,
+    PROBLEM_LIMITS,
     PROBLEM_RULES,
     SOLVER_RULES,
     PlanningProblem,
@@ -136,3 +137,27 @@ def test_plan_refuses_infeasible_status():
     with pytest.raises(InvalidInputError) as info:
         _plan(status=SolveStatus.INFEASIBLE)
     assert [i.path for i in info.value.issues] == ["status"]
+
+
+INT_FIELDS = {"num_groups", "min_group_size", "max_group_size", "min_group_samples", "max_group_samples", "local_steps"}
+
+
+def _past(field, limit):
+    """A value past ``limit``; integers of 20 digits, past int64 too."""
+    if field.endswith("_choices"):
+        return (1, 10**20)
+    return 10**20 if field in INT_FIELDS | {"batch_size"} else limit * 10.0
+
+
+@pytest.mark.parametrize(("field", "limit"), PROBLEM_LIMITS.items())
+def test_problem_reports_each_field_past_its_bound_by_name(tiny_fleet, cost_model, field, limit):
+    """A value past a field's bound is named with the bound, not met later as a plan field's error or an overflow
+    in the solver's arrays (max_group_samples or intra_rounds_choices of 20 digits were exit 70)."""
+    # Arrange
+    bad = _past(field, limit)
+    # Act
+    with pytest.raises(InvalidInputError) as info:
+        PlanningProblem(devices=tiny_fleet, cost_model=cost_model, **{field: bad})
+    # Assert
+    assert [issue.path for issue in info.value.issues] == [field]
+    assert "at most" in info.value.issues[0].expected
