@@ -22,6 +22,7 @@ from hierfedlora.runtime.aggregation_rules import get_rule
 from hierfedlora.runtime.data import TokenizedData, tokenize_texts
 from hierfedlora.runtime.forward import Forward, PlainForward
 from hierfedlora.runtime.local_training import derive_seed
+from hierfedlora.runtime.memory import release_freed_memory
 from hierfedlora.runtime.options import RunOptions
 from hierfedlora.runtime.prefix_cache import PrefixCache
 
@@ -157,6 +158,7 @@ def prepare_run(
         else PlainForward(model, data)
     )
     model_dir = resolve_model_dir(options.model)
+    release_freed_memory()  # the texts and tokenizer batches just freed (runtime.memory)
     return RunContext(
         model=model,
         data=data,

@@ -20,6 +20,7 @@ from hierfedlora.models.adapters import AdapterState
 from hierfedlora.models.lora import AdaptedModel
 from hierfedlora.runtime.data import device_batches
 from hierfedlora.runtime.forward import Forward
+from hierfedlora.runtime.memory import release_freed_memory
 
 __all__ = ["DeviceUpdate", "derive_seed", "evaluate", "train_device"]
 
@@ -99,4 +100,5 @@ def evaluate(forward: Forward, labels: torch.Tensor, indices: torch.Tensor, *, b
             target = labels[batch]
             total_loss += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
             correct += int((logits.argmax(dim=-1) == target).sum())
+    release_freed_memory()  # the batches' freed activations (runtime.memory)
     return total_loss / len(indices), correct / len(indices)

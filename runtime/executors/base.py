@@ -31,6 +31,7 @@ from hierfedlora.runtime.batched_training import DeviceBatching, batching_suppor
 from hierfedlora.runtime.context import RunContext
 from hierfedlora.runtime.forward import Forward
 from hierfedlora.runtime.local_training import DeviceUpdate, train_device
+from hierfedlora.runtime.memory import release_freed_memory
 
 __all__ = ["Executor", "LocalTrainer", "TrainTask"]
 
@@ -138,8 +139,9 @@ class LocalTrainer:
                     learning_rate=task.learning_rate,
                     optimizer=task.optimizer,
                 )
+                release_freed_memory()  # a chunk's freed activations would stay resident (runtime.memory)
             return updates
-        return [
+        updates = [
             train_device(
                 self.context.model,
                 forward,
@@ -154,3 +156,5 @@ class LocalTrainer:
             )
             for device_id, seed in zip(task.device_ids, task.seeds, strict=True)
         ]
+        release_freed_memory()
+        return updates
