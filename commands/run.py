@@ -57,6 +57,14 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "sequential path the Ray and Flower executors run)",
     )
     parser.add_argument(
+        "--batch-memory-mib",
+        type=int,
+        default=None,
+        metavar="MIB",
+        help="activation memory (cost model's estimate) a batched chunk of devices may keep; it caps --batched-devices "
+        "(default: RunOptions' batch_memory_mib; a process holds about twice the estimate at a chunk's peak)",
+    )
+    parser.add_argument(
         "--allow-cost-mismatch",
         action="store_true",
         help="run even if the sequence length, batch size or LoRA rank differ from the cost model's (the simulated "
@@ -366,6 +374,7 @@ def handle(args: argparse.Namespace) -> int:
         use_prefix_cache=not args.no_prefix_cache,
         evaluate_groups=not args.no_group_eval,
         **({} if args.batched_devices is None else {"batched_devices": args.batched_devices}),
+        **({} if args.batch_memory_mib is None else {"batch_memory_mib": args.batch_memory_mib}),
         clock_noise=args.clock_noise,
         seed=args.seed,
         aggregation=aggregation,

@@ -167,12 +167,13 @@ def test_cli_refuses_a_run_the_cost_model_does_not_price(tmp_path, small_fleet, 
 
 def test_cli_run_options_reach_the_run(tmp_path, small_fleet, minilm_slice_dir):
     """Seq length and rank default to the cost model's (else exit 2); --no-group-eval drops group accuracies;
-    a mismatch can be allowed."""
+    a mismatch can be allowed; --batch-memory-mib 1 leaves room for one device a chunk."""
     # Act
     done = _cli(
         tmp_path, small_fleet, minilm_slice_dir, "--no-group-eval", "--eval-batch-size", "8", "--batched-devices", "4"
     )
-    allowed = _cli(tmp_path / "b", small_fleet, minilm_slice_dir, "--lora-rank", "4", "--allow-cost-mismatch")
+    small_chunks = ("--lora-rank", "4", "--allow-cost-mismatch", "--batch-memory-mib", "1")
+    allowed = _cli(tmp_path / "b", small_fleet, minilm_slice_dir, *small_chunks)
     # Assert
     assert done.returncode == 0, done.stderr
     (report,) = read_reports(tmp_path / "run" / REPORTS_NAME)
@@ -180,6 +181,8 @@ def test_cli_run_options_reach_the_run(tmp_path, small_fleet, minilm_slice_dir):
     assert len(set(report.measured_step_s.values())) == 1  # the group's 4 devices trained as one batch
     assert allowed.returncode == 0, allowed.stderr
     assert "cost-model mismatch allowed" in allowed.stderr and "lora_rank" in allowed.stderr
+    (small,) = read_reports(tmp_path / "b" / "run" / REPORTS_NAME)
+    assert len(set(small.measured_step_s.values())) == len(small.measured_step_s) > 1  # one device a chunk
     manifest = json.loads((tmp_path / "b" / "run" / MANIFEST_NAME).read_text())
     tensors = load_file(tmp_path / "b" / "run" / manifest["tensor_file"])
     ranks = {t.shape[0] for k, t in tensors.items() if k.endswith("lora_A")}
