@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 from hierfedlora.planner.errors import InvalidInputError, Issue, StorageError
 
 __all__ = [
+    "SEAL_KEY",
     "atomic_write_bytes",
     "atomic_write_text",
     "canonical_json",
@@ -298,9 +299,21 @@ def parse_json(text: str, *, source: str | None = None, where: str = "") -> Any:
     return data
 
 
+SEAL_KEY = "content_sha256"
+"""A top-level key some files carry (``planner.sealed``): the sha256 of the rest of their content, checked on read."""
+
+
 def from_json(cls: type[T], text: str, *, source: str | None = None) -> T:
-    """Parse JSON text into ``cls``; malformed JSON is an :class:`InvalidInputError` too (:func:`parse_json`)."""
-    return from_dict(cls, parse_json(text, source=source), source=source)
+    """Parse JSON text into ``cls``; malformed JSON is an :class:`InvalidInputError` too (:func:`parse_json`), and
+    so is a file sealed with a :data:`SEAL_KEY` that is not the sha256 of its content (a value changed since)."""
+    data = parse_json(text, source=source)
+    recorded = data.pop(SEAL_KEY, None) if isinstance(data, dict) else None
+    obj = from_dict(cls, data, source=source)
+    if recorded is not None and recorded != sha256_of(obj):
+        expected = f"the sha256 of the file's content as written ({sha256_of(obj)[:12]}...)"
+        hint = "the file is corrupt: a value changed after it was written; delete it to have it recomputed"
+        raise InvalidInputError([Issue(SEAL_KEY, expected, str(recorded)[:16], hint)], source)
+    return obj
 
 
 def read_json(cls: type[T], path: str | os.PathLike[str]) -> T:

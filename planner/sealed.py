@@ -5,7 +5,8 @@ reused, not recomputed, when the command runs again. A value changed in such a f
 flipped digit keeps the JSON valid and every field rule met) would flow into the tables as if computed. A sealed
 file is the object's JSON with one more top-level key, :data:`SEAL_KEY`: the sha256 of the object's canonical JSON
 (:func:`hierfedlora.planner.io.sha256_of`, so layout and key order do not matter). :func:`read_sealed_json`
-checks it; a file without it (written before sealing) is read as before.
+checks it, as every reader of contract files (:func:`hierfedlora.planner.io.read_json`) does; a file without it
+(written before sealing) is read as before.
 
 Examples
 --------
@@ -29,15 +30,11 @@ import os
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hierfedlora.planner.errors import InvalidInputError, Issue
-from hierfedlora.planner.io import atomic_write_text, from_dict, parse_json, read_text, sha256_of, to_dict
+from hierfedlora.planner.io import SEAL_KEY, atomic_write_text, from_json, read_text, sha256_of, to_dict
 
 __all__ = ["SEAL_KEY", "read_sealed_json", "write_sealed_json"]
 
 T = TypeVar("T")
-
-SEAL_KEY = "content_sha256"
-"""The top-level key holding the sha256 of the rest of the file's content."""
 
 
 def write_sealed_json(path: str | os.PathLike[str], obj: Any) -> None:
@@ -50,21 +47,15 @@ def write_sealed_json(path: str | os.PathLike[str], obj: Any) -> None:
 def read_sealed_json(cls: type[T], path: str | os.PathLike[str]) -> T:
     """Read a file :func:`write_sealed_json` wrote and check its seal (a file without one is read unchecked).
 
+    :func:`hierfedlora.planner.io.read_json` checks a seal too, so a sealed file reads anywhere a plain one does;
+    this names the file with its folder (``rows/<key>.json``, ``<method>/result.json``: which of many).
+
     Raises
     ------
     InvalidInputError
         What :func:`hierfedlora.planner.io.read_json` raises, or a seal that is not the sha256 of the content
-        read (``content_sha256``, naming the file and its folder: it is corrupt; deleting it has the command
-        recompute it).
+        read (``content_sha256``: the file is corrupt; deleting it has the command recompute it).
     StorageError
         The file exists but cannot be read.
     """
-    name = "/".join(Path(path).parts[-2:])  # rows/<key>.json, <method>/result.json: which of many
-    data = parse_json(read_text(path), source=name)
-    recorded = data.pop(SEAL_KEY, None) if isinstance(data, dict) else None
-    obj = from_dict(cls, data, source=name)
-    if recorded is not None and recorded != sha256_of(obj):
-        expected = f"the sha256 of the file's content as written ({sha256_of(obj)[:12]}...)"
-        hint = "the file is corrupt: a value changed after it was written; delete it to have it recomputed"
-        raise InvalidInputError([Issue(SEAL_KEY, expected, str(recorded)[:16], hint)], name)
-    return obj
+    return from_json(cls, read_text(path), source="/".join(Path(path).parts[-2:]))

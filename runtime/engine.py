@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import signal
 import threading
 import time
@@ -69,7 +70,7 @@ from hierfedlora.runtime.local_training import evaluate
 from hierfedlora.runtime.options import RunOptions
 from hierfedlora.runtime.rank_pruning import prune_ranks, ranked_plan
 from hierfedlora.runtime.replanning import PLANS_FOLDER, Replanner, consult_replanner, save_plan
-from hierfedlora.runtime.run_start import checkpoint_tensors, start_run
+from hierfedlora.runtime.run_start import checkpoint_tensors, run_settings, start_run
 
 __all__ = [
     "PLANS_FOLDER",
@@ -213,7 +214,8 @@ def _run_rounds(
     plans = {plan.plan_id: plan}
     rule = get_rule(options.aggregation)
     dense_bytes = dense_bytes_per_layer(context.model.peft_model) if rule.name == "fedex" else None
-    begun = start_run(folder, plan, context, options, resume, plans)
+    begun = start_run(folder, plan, context, options, resume, plans, faults)
+    settings = run_settings(options, faults)  # recorded in every checkpoint; a resume under others is refused
     state, global_state, base_delta, ranks = begun.state, begun.global_state, begun.base_delta, begun.ranks
     clock, rng, plan = begun.clock, begun.rng, begun.plan
     prunes = rule.name == "hetlora"  # HetLoRA's rank self-pruning: per-group ranks are run state
@@ -313,6 +315,7 @@ def _run_rounds(
                 )
             if options.evaluate_groups and same_as_global and outcome.contributed[0]:
                 results = [(results[0][0], eval_accuracy)]  # the one group's model is the global model
+            _refuse_divergence([loss for loss, _ in results] + [eval_loss], options, global_round)
             clock = clock.advance(timing.round_s)
             report = RoundReport(
                 plan_id=plan.plan_id,
@@ -351,6 +354,7 @@ def _run_rounds(
                 last_report=report,
                 aggregation=rule.name,
                 reports_sha256=report_log.sha256,  # rounds 1..k-1: resume notices a line changed since
+                settings=settings,
             )
             save_checkpoint(folder, run_state, checkpoint_tensors(global_state, base_delta, ranks))
             report_log.append(report)
@@ -419,3 +423,12 @@ def _load(context: RunContext, depth: int, state: AdapterState, layers: Sequence
     forward = context.forward_for(depth, layers)
     context.model.set_adapter_state({key: state[key] for key in context.model.adapter_keys()})
     return forward
+
+
+def _refuse_divergence(losses: list[float | None], options: RunOptions, global_round: int) -> None:
+    """A NaN or infinite loss would fail the report's own check, naming a field the user never set."""
+    bad = [loss for loss in losses if loss is not None and not math.isfinite(loss)]
+    if bad:
+        expected = "a learning rate (with lora_alpha) at which training stays finite"
+        hint = f"the loss became {bad[0]} in global round {global_round}; lower it"
+        raise InvalidInputError([Issue("learning_rate", expected, options.learning_rate, hint)])

@@ -24,11 +24,12 @@ from hierfedlora.planner.rules import (
     POSITIVE_INT,
     Rule,
     check_fields,
+    check_limits,
 )
 from hierfedlora.planner.types import SCHEMA_RULE, SCHEMA_VERSION, CostModel
 from hierfedlora.runtime.aggregation_rules import RULE_NAMES
 
-__all__ = ["RUN_OPTION_RULES", "RunOptions", "cost_mismatches"]
+__all__ = ["RUN_OPTION_LIMITS", "RUN_OPTION_RULES", "RunOptions", "cost_mismatches"]
 
 RUN_OPTION_RULES: dict[str, Rule] = {
     "rounds": POSITIVE_INT,
@@ -60,6 +61,28 @@ RUN_OPTION_RULES: dict[str, Rule] = {
     ),
     "schema_version": SCHEMA_RULE,
 }
+
+
+RUN_OPTION_LIMITS: dict[str, float] = {
+    "rounds": 10**6,
+    "learning_rate": 10.0,
+    "lora_rank": 2**16,
+    "lora_alpha": 1e6,
+    "max_seq_len": 2**24,
+    "eval_samples": 10**12,
+    "eval_batch_size": 2**20,
+    "prefix_cache_max_mib": 2**30,
+    "batched_devices": 10**6,
+    "batch_memory_mib": 2**30,
+    "clock_noise": 10.0,
+    "backhaul_mbps": 1e7,
+    "server_ingress_mbps": 1e7,
+    "intra_latency_s": 1e4,
+    "global_latency_s": 1e4,
+    "seed": 2**31 - 1,
+}
+"""Upper bounds of :data:`RUN_OPTION_RULES` fields (the planning problem's for the network): a 20-digit LoRA rank
+reached torch (exit 70), a learning rate of 1e20 trained to a NaN loss."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,6 +175,7 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         issues = check_fields(self, RUN_OPTION_RULES)
+        issues += check_limits(self, RUN_OPTION_LIMITS, RUN_OPTION_RULES, broken=frozenset(i.path for i in issues))
         if issues:
             raise InvalidInputError(issues)
 

@@ -12,6 +12,7 @@ ranks under ``rank.`` (:func:`checkpoint_tensors`); :func:`start_run` reads exac
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -19,18 +20,20 @@ import numpy as np
 import torch
 
 from hierfedlora.models.adapters import AdapterState, initial_adapter_state
-from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.errors import InvalidInputError, Issue, ResumeMismatchError
+from hierfedlora.planner.io import to_dict
 from hierfedlora.planner.outcomes import Plan
 from hierfedlora.runtime.aggregation_rules import BaseDelta
 from hierfedlora.runtime.checkpoint import MANIFEST_NAME, RunState, load_checkpoint, restore_numpy_rng
 from hierfedlora.runtime.clock import SimClock
 from hierfedlora.runtime.context import RunContext
+from hierfedlora.runtime.faults import FaultOptions
 from hierfedlora.runtime.local_training import derive_seed
 from hierfedlora.runtime.options import RunOptions
 from hierfedlora.runtime.rank_pruning import rank_tensors, ranks_from_tensors
 from hierfedlora.runtime.replanning import plan_in_force
 
-__all__ = ["BASE_PREFIX", "GLOBAL_PREFIX", "RunStart", "checkpoint_tensors", "start_run"]
+__all__ = ["BASE_PREFIX", "GLOBAL_PREFIX", "RunStart", "checkpoint_tensors", "run_settings", "start_run"]
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +61,44 @@ class RunStart:
     plan: Plan
 
 
+# Settings a resume may change: how many rounds in all, where the model is read from (model_sha256 checks what is
+# read), and caches that are exact either way.
+_FREE_ON_RESUME = frozenset({"rounds", "model", "use_prefix_cache", "prefix_cache_max_mib", "schema_version"})
+
+
+def run_settings(options: RunOptions, faults: FaultOptions | None) -> str:
+    """JSON text of what decides a run's computation (:attr:`RunState.settings`), compared on resume."""
+    chosen = {k: v for k, v in to_dict(options).items() if k not in _FREE_ON_RESUME}
+    return json.dumps({"options": chosen, "faults": to_dict(faults) if faults else None}, sort_keys=True)
+
+
+def _check_settings(recorded: str, current: str) -> None:
+    """Refuse a resume whose settings differ from the checkpoint's, naming the first field that does."""
+    if not recorded:  # a folder written before settings were recorded
+        return
+    try:
+        before = json.loads(recorded)
+    except json.JSONDecodeError:
+        raise ResumeMismatchError("settings", current, recorded[:40]) from None
+    now = json.loads(current)
+    for part in ("options", "faults"):
+        old, new = before.get(part) if isinstance(before, dict) else None, now[part]
+        if isinstance(old, dict) and isinstance(new, dict):
+            for key in sorted(set(old) | set(new)):
+                if old.get(key) != new.get(key):
+                    raise ResumeMismatchError(f"{part}.{key}", new.get(key), old.get(key))
+        elif old != new:
+            raise ResumeMismatchError(part, new, old)
+
+
 def start_run(
-    folder: Path, plan: Plan, context: RunContext, options: RunOptions, resume: bool, plans: dict[str, Plan]
+    folder: Path,
+    plan: Plan,
+    context: RunContext,
+    options: RunOptions,
+    resume: bool,
+    plans: dict[str, Plan],
+    faults: FaultOptions | None = None,
 ) -> RunStart:
     """A new run in an empty ``folder``, or (``resume``) the continuation of its last committed round.
 
@@ -70,7 +109,8 @@ def start_run(
     InvalidInputError
         A new run into a folder that holds a checkpoint.
     ResumeMismatchError
-        A checkpoint of another plan, fleet, model or aggregation rule.
+        A checkpoint of another plan, fleet, model or aggregation rule, or made under other settings (a run
+        option or fault option, named; ``rounds`` may change).
     """
     if resume and (folder / MANIFEST_NAME).exists():
         current = plan_in_force(folder, plan, plans)
@@ -81,6 +121,7 @@ def start_run(
             expected_model_sha256=context.model_sha256,
             expected_aggregation=options.aggregation,
         )
+        _check_settings(state.settings, run_settings(options, faults))
         global_state = {k.removeprefix(GLOBAL_PREFIX): v for k, v in tensors.items() if k.startswith(GLOBAL_PREFIX)}
         base_delta = {k.removeprefix(BASE_PREFIX): v for k, v in tensors.items() if k.startswith(BASE_PREFIX)}
         log.info("resuming %s after global round %d", folder, state.global_round)

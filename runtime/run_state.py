@@ -68,6 +68,7 @@ RUN_STATE_RULES: dict[str, rules.Rule] = {
     "reports_sha256": rules.Rule(
         "a sha256 hex digest, or empty (not recorded)", _is_digest_or_empty, (7, "x", "A" * 64)
     ),
+    "settings": rules.ANY_STRING,
     "schema_version": SCHEMA_RULE,
 }
 
@@ -81,7 +82,10 @@ class RunState:
     generator (:func:`numpy_rng_state`); ``last_report`` the report of round ``global_round``, ``None``
     exactly at round 0, so resume can re-append it (R2); ``aggregation`` the run's aggregation rule (resume
     refuses another); ``reports_sha256`` the sha256 of the report log's lines of rounds ``1..global_round - 1``
-    as they stood when the round was committed (empty where not recorded), so resume notices a changed line.
+    as they stood when the round was committed (empty where not recorded), so resume notices a changed line;
+    ``settings`` the JSON text of the settings that decide the run's computation (``runtime.run_start.run_settings``:
+    the run options but the round count, the model's path and the exact caches, and the fault options), so a
+    resume under other settings is refused (empty where not recorded).
     Tensors travel beside it, in safetensors.
     """
 
@@ -95,6 +99,7 @@ class RunState:
     last_report: RoundReport | None = None
     aggregation: str = "fedavg"
     reports_sha256: str = ""
+    settings: str = ""
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from hierfedlora.planner.errors import InvalidInputError, Issue
-from hierfedlora.planner.io import read_json, write_json
+from hierfedlora.planner.io import write_json
 from hierfedlora.planner.outcomes import Plan, RoundReport
 from hierfedlora.planner.sealed import read_sealed_json, write_sealed_json
 from hierfedlora.planner.types import CostModel, DeviceProfile, Fleet, PlanningProblem, SolverOptions
@@ -158,12 +158,12 @@ def _run_one(
     problem = problem_under_rule(problem, rule, context)  # planned (and re-planned) for the rule it runs under
     plan_path = folder / "initial_plan.json"
     if plan_path.exists():
-        plan = read_json(Plan, plan_path)
+        plan = read_sealed_json(Plan, plan_path)
     else:
         planned_as = "hierfedlora" if name in (LOOP_METHOD, SELFCAL_METHOD) else name
         plan = make_method_plan(planned_as, problem, settings=preset.baseline)
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(plan_path, plan)
+        write_sealed_json(plan_path, plan)
     options = RunOptions(
         rounds=preset.max_rounds,
         learning_rate=preset.learning_rate,
@@ -381,7 +381,7 @@ def _run_settings(
     cost_path = folder / "cost_model.json"
     if cost_model is None:
         if cost_path.exists():
-            cost_model = read_json(CostModel, cost_path)
+            cost_model = read_sealed_json(CostModel, cost_path)  # measured once: resume needs the same
         else:
             log.info("measuring the model's per-layer costs on this host ...")
             cost_model = measure_cost_model(
@@ -390,7 +390,7 @@ def _run_settings(
                 seq_len=preset.max_seq_len,
             )
     cost_model = head_for(cost_model, num_classes)
-    write_json(cost_path, cost_model)
+    write_sealed_json(cost_path, cost_model)
     results: list[RunResult] = []
     total = len(fleets) * len(preset.methods)
     for setting, fleet in fleets.items():

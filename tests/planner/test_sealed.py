@@ -61,3 +61,20 @@ def test_a_flipped_byte_fails_or_changes_nothing(tmp_path_factory, data):
         return
     # Assert
     assert read_back == PARAMS
+
+
+def test_every_contract_reader_checks_a_seal(tmp_path):
+    """A sealed file (an experiment's cost_model.json, say) reads with plain read_json, which checks the seal too."""
+    # Arrange
+    from hierfedlora.planner.io import read_json
+
+    path = tmp_path / "c.json"
+    write_sealed_json(path, PARAMS)
+    plain = read_json(ConvergenceParams, path)
+    path.write_text(path.read_text().replace("0.25", "0.26"))
+    # Act
+    with pytest.raises(InvalidInputError) as info:
+        read_json(ConvergenceParams, path)
+    # Assert
+    assert plain == PARAMS
+    assert str(info.value).startswith("c.json: content_sha256 must be the sha256 of the file's content")
