@@ -62,8 +62,12 @@ class RunStart:
 
 
 # Settings a resume may change: how many rounds in all, where the model is read from (model_sha256 checks what is
-# read), and caches that are exact either way.
-_FREE_ON_RESUME = frozenset({"rounds", "model", "use_prefix_cache", "prefix_cache_max_mib", "schema_version"})
+# read), caches that are exact either way, and the memory knobs (the same math in other chunks, rounding within
+# 1e-5): a run stopped for memory resumes with less.
+_FREE_ON_RESUME = frozenset(
+    {"rounds", "model", "use_prefix_cache", "prefix_cache_max_mib", "batched_devices", "batch_memory_mib",
+     "eval_batch_size", "schema_version"}
+)  # fmt: skip
 
 
 def run_settings(options: RunOptions, faults: FaultOptions | None) -> str:

@@ -84,7 +84,8 @@ class RunState:
     refuses another); ``reports_sha256`` the sha256 of the report log's lines of rounds ``1..global_round - 1``
     as they stood when the round was committed (empty where not recorded), so resume notices a changed line;
     ``settings`` the JSON text of the settings that decide the run's computation (``runtime.run_start.run_settings``:
-    the run options but the round count, the model's path and the exact caches, and the fault options), so a
+    the run options but the round count, the model's path, the exact caches and the memory knobs, and the fault
+    options), so a
     resume under other settings is refused (empty where not recorded).
     Tensors travel beside it, in safetensors.
     """

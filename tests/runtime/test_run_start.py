@@ -24,9 +24,6 @@ CHANGED = {
     "lora_alpha": 8.0,
     "max_seq_len": 32,
     "eval_samples": 64,
-    "eval_batch_size": 32,
-    "batched_devices": 1,
-    "batch_memory_mib": 64,
     "evaluate_groups": False,
     "evaluate_intra_rounds": True,
     "clock_noise": 0.1,
@@ -43,7 +40,8 @@ CHANGED = {
 def test_every_setting_that_decides_the_run_is_compared():
     """The list above covers every RunOptions field but those a resume may change."""
     fields = {f.name for f in dataclasses.fields(RunOptions)}
-    assert fields - set(CHANGED) == {"rounds", "model", "use_prefix_cache", "prefix_cache_max_mib", "schema_version"}
+    free = {"rounds", "model", "use_prefix_cache", "prefix_cache_max_mib", "schema_version"}
+    assert fields - set(CHANGED) == free | {"batched_devices", "batch_memory_mib", "eval_batch_size"}
 
 
 @pytest.mark.parametrize(("field", "value"), CHANGED.items())
@@ -63,11 +61,20 @@ def test_a_changed_option_is_refused_naming_it(field, value):
 
 
 def test_rounds_model_and_exact_caches_may_change_and_faults_may_not():
-    """More rounds, another model path (its sha256 is checked apart) or the cache settings resume; faults do not;
-    a checkpoint without recorded settings (an older folder) resumes as before."""
+    """More rounds, another model path (its sha256 is checked apart), the cache or the memory settings (a run
+    stopped for memory resumes with less) resume; faults do not; a checkpoint without recorded settings (an older
+    folder) resumes as before."""
     # Arrange
     recorded = run_settings(BASE, FaultOptions(dropout=0.2))
-    free = dataclasses.replace(BASE, rounds=9, model="/elsewhere", use_prefix_cache=False, prefix_cache_max_mib=1)
+    free = dataclasses.replace(
+        BASE,
+        rounds=9,
+        model="/x",
+        use_prefix_cache=False,
+        prefix_cache_max_mib=1,
+        batched_devices=1,
+        batch_memory_mib=8,
+    )
     # Act
     _check_settings(recorded, run_settings(free, FaultOptions(dropout=0.2)))
     _check_settings("", run_settings(BASE, None))
