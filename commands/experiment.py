@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the ``experiment`` subcommand."""
-    from hierfedlora.validation.experiments import PRESETS
+    from hierfedlora.validation.experiment_presets import PRESETS
 
     parser = commands.add_parser(
         "experiment",

@@ -54,6 +54,20 @@ def test_importing_the_planner_pulls_no_torch():
     assert result.stdout.strip() == ""
 
 
+def test_building_the_command_line_pulls_no_torch_or_solver():
+    """A fresh interpreter builds every subcommand's parser (what ``--help`` and every command do first) without
+    loading torch, transformers, a solver or matplotlib: those load in the handler that needs them."""
+    code = (
+        "import sys\n"
+        "from hierfedlora.cli import build_parser\n"
+        "build_parser()\n"
+        "heavy = ('torch', 'transformers', 'peft', 'cvxpy', 'ortools', 'matplotlib', 'flwr', 'ray')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == ""
+
+
 def test_every_package_folder_is_installed():
     """pyproject.toml lists every folder holding an ``__init__.py``, so a wheel ships each subpackage."""
     import tomllib

@@ -87,8 +87,8 @@ from hierfedlora.planner.errors import HierFedLoraWarning, InfeasibleError, Inva
 from hierfedlora.planner.grouping import group_devices, grouping_objective, random_grouping
 from hierfedlora.planner.outcomes import Grouping, Plan, SolveStatus
 from hierfedlora.planner.plan import build_plan, make_plan
-from hierfedlora.planner.rules import FRACTION, POSITIVE_INT, check_fields
 from hierfedlora.planner.types import PlanningProblem
+from hierfedlora.validation.baseline_settings import METHODS, SETTINGS_RULES, BaselineSettings
 from hierfedlora.validation.fedgsp import FedgspReplanner, fedgsp_plan
 from hierfedlora.validation.heterogeneous import FedraReplanner, fedra_plan, full_depth, hetlora_plan
 
@@ -97,6 +97,7 @@ if TYPE_CHECKING:  # the runtime imports torch; the baselines stay pure planning
 
 __all__ = [
     "METHODS",
+    "SETTINGS_RULES",
     "BaselineSettings",
     "describe_method",
     "make_method_plan",
@@ -105,20 +106,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-METHODS: tuple[str, ...] = (
-    "fedlora",
-    "hierfavg",
-    "grouping_only",
-    "grouping_freq",
-    "grouping_depth",
-    "legend",
-    "hetlora",
-    "fedra",
-    "fedgsp",
-    "hierfedlora",
-)
-"""Every method the experiment compares, baselines first."""
 
 _DESCRIPTIONS = {
     "fedlora": "FedLoRA: flat FedAvg of LoRA over every device at full depth",
@@ -136,34 +123,9 @@ _DESCRIPTIONS = {
     "hierfedlora": "HierFedLoRA: near-IID groups, depth and intra_rounds optimised jointly",
 }
 
+_DEFAULT_SETTINGS = BaselineSettings()  # frozen: safe as a shared default
 _FULL_DEPTH = frozenset({"fedlora", "hierfavg", "grouping_only", "grouping_freq"})  # depth fixed at full depth
 _CONSTRUCTIONS = frozenset({"fedlora", "hierfavg", "grouping_only", "legend"})  # priced, not solved: no budgets
-
-SETTINGS_RULES = {"uniform_intra_rounds": POSITIVE_INT, "legend_deadline_quantile": FRACTION}
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class BaselineSettings:
-    """The knobs the methods share.
-
-    Parameters
-    ----------
-    uniform_intra_rounds : int
-        ``tau`` of every group in HierFAVG and in the ablations that do not optimise it
-        (grouping_only, grouping_depth).
-    legend_deadline_quantile : float
-        In [0, 1]: LEGEND's round deadline ``T*`` is this quantile over devices of one
-        full-depth local round; 1 gives every device full depth (fedlora), 0 fits the
-        fastest device's round.
-    """
-
-    uniform_intra_rounds: int = 2
-    legend_deadline_quantile: float = 0.25
-
-    def __post_init__(self) -> None:
-        issues = check_fields(self, SETTINGS_RULES)
-        if issues:
-            raise InvalidInputError(issues)
 
 
 def problem_under_rule(problem: PlanningProblem, rule: str, context: object | None = None) -> PlanningProblem:
@@ -202,7 +164,7 @@ def describe_method(method: str) -> str:
     return _DESCRIPTIONS[method]
 
 
-def make_method_plan(method: str, problem: PlanningProblem, *, settings: BaselineSettings = BaselineSettings()) -> Plan:
+def make_method_plan(method: str, problem: PlanningProblem, *, settings: BaselineSettings = _DEFAULT_SETTINGS) -> Plan:
     """The plan ``method`` runs on ``problem`` (the methods: module docstring).
 
     Parameters
@@ -281,7 +243,7 @@ def make_method_plan(method: str, problem: PlanningProblem, *, settings: Baselin
 
 
 def method_replanner(
-    method: str, problem: PlanningProblem, *, settings: BaselineSettings = BaselineSettings(), seed: int = 0
+    method: str, problem: PlanningProblem, *, settings: BaselineSettings = _DEFAULT_SETTINGS, seed: int = 0
 ) -> Replanner | None:
     """The replanner ``method`` runs with (``runtime.engine.run_plan(..., replanner=...)``), or ``None``.
 

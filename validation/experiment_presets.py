@@ -31,8 +31,8 @@ from hierfedlora.planner.rules import (
     check_fields,
 )
 from hierfedlora.planner.types import ConvergenceParams
-from hierfedlora.runtime.faults import FaultOptions
-from hierfedlora.validation.baselines import METHODS, BaselineSettings
+from hierfedlora.runtime.fault_options import FaultOptions
+from hierfedlora.validation.baseline_settings import METHODS, BaselineSettings
 from hierfedlora.validation.method_rules import BEST_RULE, RULE_SEPARATOR, best_rule_issue, split_method
 
 __all__ = [
