@@ -77,7 +77,10 @@ def simulated(tmp_path_factory, six_device_fleet, minilm_slice_dir):
         outcomes["levels"] = strategy.levels
 
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2, "num_gpus": 0}}
-    flwr_simulation.run_simulation(server_app, make_client_app(defaults=settings), 6, backend_config=backend)
+    with pytest.MonkeyPatch.context() as env:
+        # Ray's raylet renices its workers (the nodes) by 15 (max 19); they keep the test's priority instead
+        env.setenv("RAY_worker_niceness", "0")
+        flwr_simulation.run_simulation(server_app, make_client_app(defaults=settings), 6, backend_config=backend)
     return plan, folder, reference, outcomes
 
 
