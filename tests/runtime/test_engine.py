@@ -107,20 +107,12 @@ def test_bad_plans_fail_before_training(tmp_path, small_fleet, minilm_slice_dir,
     assert not (tmp_path / "run" / REPORTS_NAME).exists()
 
 
-def test_sigkill_mid_run_then_resume_matches(tmp_path, small_fleet, minilm_slice_dir):
+def test_sigkill_mid_run_then_resume_matches(tmp_path, small_fleet, minilm_slice_dir, whole_cli_run):
     """A run killed with SIGKILL mid-way and resumed ends with rounds 1..N once and the uninterrupted adapters
     (each group's devices trained as one batch, the default, in three processes)."""
-    # Arrange
-    fleet, fleet_path = small_fleet
-    plan_path, cost_path = tmp_path / "plan.json", tmp_path / "cost.json"
-    write_json(plan_path, make_two_group_plan(fleet))
-    write_json(cost_path, make_cost_model(2))
-    rounds = 4
-    subprocess.run(
-        cli_run_args(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "whole", rounds),
-        check=True,
-        capture_output=True,
-    )
+    # Arrange: the uninterrupted run is ``whole_cli_run``'s, of the same plan and cost model files
+    _, fleet_path = small_fleet
+    plan_path, cost_path, rounds = whole_cli_run.plan_path, whole_cli_run.cost_path, whole_cli_run.rounds
     # Act: kill as soon as round 2 is committed or later, then resume
     process = subprocess.Popen(
         cli_run_args(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "cut", rounds),
@@ -147,18 +139,16 @@ def test_sigkill_mid_run_then_resume_matches(tmp_path, small_fleet, minilm_slice
     assert committed_at_kill < rounds
     assert resumed.returncode == 0, resumed.stderr
     assert [r.global_round for r in read_reports(reports_path)] == list(range(1, rounds + 1))
-    whole, cut = committed_tensors(tmp_path / "whole"), committed_tensors(tmp_path / "cut")
-    assert all(torch.equal(whole[k], cut[k]) for k in whole)
+    whole, cut = committed_tensors(whole_cli_run.run_dir), committed_tensors(tmp_path / "cut")
+    assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
 
 
-def test_ctrl_c_finishes_the_round_exits_130_and_resumes(tmp_path, small_fleet, minilm_slice_dir):
-    """SIGINT mid-run lets the current round commit, exits 130 naming the round, and the run resumes to the end."""
-    # Arrange
-    fleet, fleet_path = small_fleet
-    plan_path, cost_path = tmp_path / "plan.json", tmp_path / "cost.json"
-    write_json(plan_path, make_two_group_plan(fleet))
-    write_json(cost_path, make_cost_model(2))
-    rounds = 6
+def test_ctrl_c_finishes_the_round_exits_130_and_resumes(tmp_path, small_fleet, minilm_slice_dir, whole_cli_run):
+    """SIGINT mid-run lets the current round commit, exits 130 naming the round, and the run resumes to the end,
+    to the uninterrupted run's adapters and reports."""
+    # Arrange: the uninterrupted run is ``whole_cli_run``'s, of the same plan and cost model files
+    _, fleet_path = small_fleet
+    plan_path, cost_path, rounds = whole_cli_run.plan_path, whole_cli_run.cost_path, whole_cli_run.rounds
     reports_path = tmp_path / "run" / REPORTS_NAME
     process = subprocess.Popen(
         cli_run_args(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "run", rounds),
@@ -186,7 +176,11 @@ def test_ctrl_c_finishes_the_round_exits_130_and_resumes(tmp_path, small_fleet, 
     assert committed == list(range(1, len(committed) + 1)) and len(committed) < rounds
     assert f"interrupted after global round {committed[-1]}" in stderr
     assert resumed.returncode == 0, resumed.stderr
-    assert [r.global_round for r in read_reports(reports_path)] == list(range(1, rounds + 1))
+    got, expected = read_reports(reports_path), read_reports(whole_cli_run.run_dir / REPORTS_NAME)
+    assert [r.global_round for r in got] == list(range(1, rounds + 1))
+    assert [comparable(r) for r in got] == [comparable(r) for r in expected]
+    whole, cut = committed_tensors(whole_cli_run.run_dir), committed_tensors(tmp_path / "run")
+    assert whole.keys() == cut.keys() and all(torch.equal(whole[k], cut[k]) for k in whole)
 
 
 class SwitchAfter:

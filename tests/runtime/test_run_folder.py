@@ -108,16 +108,15 @@ def test_a_lock_in_the_same_process_is_refused_and_a_failed_block_leaves_no_empt
     assert sorted(p.name for p in used.iterdir()) == [LOCK_NAME, "plan.json"]
 
 
-def test_run_crash_between_checkpoint_and_report_resumes_exactly(tmp_path, run_inputs, minilm_slice_dir):
+def test_run_crash_between_checkpoint_and_report_resumes_exactly(
+    tmp_path, small_fleet, minilm_slice_dir, whole_cli_run
+):
     """The crash window (round 2 committed, its report not appended, the process SIGKILLed holding the lock),
     injected by the fault hook: the resume appends round 2 once, finishes, and matches an uninterrupted run."""
-    # Arrange
-    _, fleet_path, plan_path, cost_path = run_inputs
-    rounds = 3
-    whole, cut = tmp_path / "whole", tmp_path / "cut"
-    subprocess.run(
-        cli_run_args(plan_path, fleet_path, cost_path, minilm_slice_dir, whole, rounds), check=True, capture_output=True
-    )
+    # Arrange: the uninterrupted run is ``whole_cli_run``'s, of the same plan and cost model files
+    _, fleet_path = small_fleet
+    plan_path, cost_path, rounds = whole_cli_run.plan_path, whole_cli_run.cost_path, whole_cli_run.rounds
+    cut = tmp_path / "cut"
     # Act
     crashed = subprocess.run(
         cli_run_args(plan_path, fleet_path, cost_path, minilm_slice_dir, cut, rounds),
@@ -136,11 +135,11 @@ def test_run_crash_between_checkpoint_and_report_resumes_exactly(tmp_path, run_i
     assert crashed.returncode == -signal.SIGKILL
     assert logged_at_crash == [1] and '"global_round": 2' in committed_at_crash
     assert resumed.returncode == 0, resumed.stderr
-    got, expected = read_reports(cut / REPORTS_NAME), read_reports(whole / REPORTS_NAME)
-    assert [r.global_round for r in got] == [1, 2, 3]
+    got, expected = read_reports(cut / REPORTS_NAME), read_reports(whole_cli_run.run_dir / REPORTS_NAME)
+    assert [r.global_round for r in got] == list(range(1, rounds + 1))
     assert [comparable(r) for r in got] == [comparable(r) for r in expected]
-    adapters, reference = committed_tensors(cut), committed_tensors(whole)
-    assert all((adapters[k] == reference[k]).all() for k in reference)
+    adapters, reference = committed_tensors(cut), committed_tensors(whole_cli_run.run_dir)
+    assert adapters.keys() == reference.keys() and all((adapters[k] == reference[k]).all() for k in reference)
 
 
 def _run_cli(plan_path, fleet_path, cost_path, model_dir, out, *, resume=False):
