@@ -80,6 +80,7 @@ def simulated(tmp_path_factory, six_device_fleet, minilm_slice_dir):
     with pytest.MonkeyPatch.context() as env:
         # Ray's raylet renices its workers (the nodes) by 15 (max 19); they keep the test's priority instead
         env.setenv("RAY_worker_niceness", "0")
+        env.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no accelerator here; silences Ray's FutureWarning
         flwr_simulation.run_simulation(server_app, make_client_app(defaults=settings), 6, backend_config=backend)
     return plan, folder, reference, outcomes
 
