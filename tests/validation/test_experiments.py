@@ -207,17 +207,28 @@ def test_true_device_speeds_are_seeded_and_mean_one():
 
 
 @pytest.mark.slow
-def test_quick_preset_runs_from_the_cli_resumes_and_calibrates(tmp_path):
-    """`hierfedlora experiment quick` writes every artefact; a second call reuses the finished runs;
-    `hierfedlora calibrate` fits the convergence constants to all four runs."""
+def test_a_preset_runs_from_the_cli_resumes_and_calibrates(tmp_path):
+    """`hierfedlora experiment --preset-file` writes every artefact; a second call reuses the finished runs; the
+    built-in `quick` named for the same folder is refused (another preset made it); `hierfedlora calibrate` fits the
+    convergence constants to all four runs.
+
+    The preset is `quick` with 16 samples a device, 16-token sequences, 32 evaluation samples and at most 4
+    rounds: the same 12 devices, methods and budget, at about half the cost."""
     # Arrange
+    from hierfedlora.planner.io import write_json
+
     out = tmp_path / "quick"
-    command = [sys.executable, "-m", "hierfedlora.cli", "experiment", "quick", "--out", str(out)]
-    preset = PRESETS["quick"]
+    preset = dataclasses.replace(
+        PRESETS["quick"], name="quick-small", samples_per_device=16, max_seq_len=16, eval_samples=32, max_rounds=4
+    )
+    write_json(tmp_path / "preset.json", preset)
+    experiment = [sys.executable, "-m", "hierfedlora.cli", "experiment"]
+    command = [*experiment, "--preset-file", str(tmp_path / "preset.json"), "--out", str(out)]
     # Act
     first = subprocess.run(command, capture_output=True, text=True)
     results = json.loads((out / "results.json").read_text()) if first.returncode == 0 else []
     second = subprocess.run(command, capture_output=True, text=True)
+    named = subprocess.run([*experiment, "quick", "--out", str(out)], capture_output=True, text=True)
     fitted = tmp_path / "convergence.json"
     calibrated = subprocess.run(
         [sys.executable, "-m", "hierfedlora.cli", "calibrate", str(out), "--out", str(fitted)],
@@ -234,6 +245,8 @@ def test_quick_preset_runs_from_the_cli_resumes_and_calibrates(tmp_path):
     assert json.loads((out / "results.json").read_text()) == results  # nothing re-ran differently
     assert "| alpha_0.5 | fedlora |" in first.stdout
     assert all(r["num_devices"] == 12 and r["tier_mix"] == "paper" for r in results)
+    assert named.returncode == 2 and "error: out must be a new folder, or one made with the same preset" in named.stderr
+    assert "Traceback" not in named.stderr and read_preset(out / "preset.json") == preset
     assert calibrated.returncode == 0, calibrated.stderr[-2000:]
     assert calibrated.stdout.startswith(f"{len(preset.methods)} runs, {sum(r['rounds'] for r in results)} rounds")
     assert read_json(ConvergenceParams, fitted) != preset.convergence
