@@ -39,6 +39,14 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     parser.add_argument("--eval-samples", type=int, default=512, help="test samples evaluated per round")
     parser.add_argument("--no-prefix-cache", action="store_true", help="train without the frozen-prefix cache")
     parser.add_argument(
+        "--prefix-cache-max-mib",
+        type=int,
+        default=None,
+        metavar="MIB",
+        help="bound on the frozen-prefix cache "
+        "(default: RunOptions' prefix_cache_max_mib; rows beyond it are recomputed, same results, slower)",
+    )
+    parser.add_argument(
         "--max-seq-len", type=int, default=None, help="tokens per sample (default: the cost model's seq_len)"
     )
     parser.add_argument("--eval-batch-size", type=int, default=256, help="samples per evaluation batch")
@@ -375,6 +383,7 @@ def handle(args: argparse.Namespace) -> int:
         evaluate_groups=not args.no_group_eval,
         **({} if args.batched_devices is None else {"batched_devices": args.batched_devices}),
         **({} if args.batch_memory_mib is None else {"batch_memory_mib": args.batch_memory_mib}),
+        **({} if args.prefix_cache_max_mib is None else {"prefix_cache_max_mib": args.prefix_cache_max_mib}),
         clock_noise=args.clock_noise,
         seed=args.seed,
         aggregation=aggregation,

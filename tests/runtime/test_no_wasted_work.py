@@ -165,6 +165,17 @@ def test_cli_refuses_a_run_the_cost_model_does_not_price(tmp_path, small_fleet, 
     assert not (tmp_path / "run").exists()
 
 
+def test_cli_names_each_bad_memory_bound(tmp_path, small_fleet, minilm_slice_dir):
+    """--prefix-cache-max-mib -1 and --batch-memory-mib 0: exit 2, one line for each field, no run folder."""
+    # Act
+    done = _cli(tmp_path, small_fleet, minilm_slice_dir, "--prefix-cache-max-mib", "-1", "--batch-memory-mib", "0")
+    # Assert
+    assert done.returncode == 2, done.stderr
+    assert "prefix_cache_max_mib must be" in done.stderr and "batch_memory_mib must be" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_cli_run_options_reach_the_run(tmp_path, small_fleet, minilm_slice_dir):
     """Seq length and rank default to the cost model's (else exit 2); --no-group-eval drops group accuracies;
     a mismatch can be allowed; --batch-memory-mib 1 leaves room for one device a chunk."""
