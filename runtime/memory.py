@@ -1,14 +1,14 @@
 """Give memory that the C allocator holds free back to the operating system (glibc's ``malloc_trim``).
 
-Why the runtime needs this: torch's CPU tensors come from the C library's ``malloc``. glibc serves a freed
-block above its mmap threshold with ``munmap`` at first, then raises that threshold to the block's size
-(up to 32 MiB), so from then on a training step's activations live in the heap. A step frees hundreds of
-megabytes of them at once, and the frozen-prefix cache's small state chunks, allocated between them, pin
-the heap: freed pages stay resident and later steps do not fill the holes exactly. Measured on the
-80-device planned round of ``tests/benchmarks/test_batched_bench.py`` (2026-12-06): after 8 training
-chunks glibc held 506 MiB free but resident beside 332 MiB in use, and resident memory grew with every
-chunk. :func:`release_freed_memory` between chunks hands those pages back (``madvise``; the heap's
-layout is unchanged, so nothing else moves): resident memory after a chunk then stays at what is in use.
+Why the runtime needs this: torch's CPU tensors come from the C library's ``malloc``. glibc maps a block above
+its mmap threshold on its own and unmaps it when freed, but then raises the threshold to that block's size (up
+to 32 MiB), so from then on a training step's activations live in the heap. A step frees hundreds of megabytes
+of them at once; free() gives pages back only from the heap's top, so the pages of freed blocks below live ones
+stay resident. Measured on the 80-device planned round of ``tests/benchmarks/test_batched_bench.py``
+(2026-12-06): after 8 training chunks glibc held 506 MiB free but resident beside 332 MiB in use, and resident
+memory grew with every chunk. :func:`release_freed_memory` between chunks hands those pages back
+(``madvise``; the heap's layout is unchanged, so nothing moves): resident memory after a chunk then stays at
+what is in use.
 
 It changes no value: allocation addresses never reach a computation. Elsewhere than glibc it does nothing.
 """
