@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,7 @@ def build_replanner(args: argparse.Namespace, plan: Any, aggregation: str = "fed
     InvalidInputError
         ``--replan-every`` below 1, or a bad ``--problem`` file (before any training starts).
     """
+    _check_loop_flags(args)  # always: a bad value is an error even where its flag would go unused
     if args.replan_every is None and not args.self_calibrate:
         for flag, value in (("--problem", args.problem), ("--convergence", args.convergence)):
             if value is not None:
@@ -245,15 +247,9 @@ def build_replanner(args: argparse.Namespace, plan: Any, aggregation: str = "fed
         return None
     from hierfedlora.commands.common import problem_options, read_json_object
     from hierfedlora.commands.plan import build_problem
-    from hierfedlora.planner.errors import InvalidInputError, Issue
     from hierfedlora.planner.feedback import Replanner
 
     every = args.rounds + 1 if args.replan_every is None else args.replan_every  # self-calibrate alone: probe only
-    bad = [("--replan-every", every), ("--absent-rounds", args.absent_rounds)]
-    if args.self_calibrate:
-        bad += [("--probe-after", args.probe_after), ("--probe-groups", args.probe_groups)]
-    if any(value < 1 for _, value in bad):
-        raise InvalidInputError([Issue(flag, "an integer >= 1", value) for flag, value in bad if value < 1])
     fields: dict[str, Any] = read_json_object(args.problem) if args.problem else {}
     fields.setdefault("num_groups", len(plan.groups))
     fields.setdefault("batch_size", plan.batch_size)
@@ -279,6 +275,22 @@ def build_replanner(args: argparse.Namespace, plan: Any, aggregation: str = "fed
     return Replanner(problem, every_rounds=every, absent_rounds=args.absent_rounds)
 
 
+def _check_loop_flags(args: argparse.Namespace) -> None:
+    """The closed loop's flags, checked whether or not --replan-every / --self-calibrate use them (``--probe-after
+    -1`` or ``--prior-weight nan`` was taken silently when unused)."""
+    from hierfedlora.planner.errors import InvalidInputError, Issue
+
+    counts = [("--absent-rounds", args.absent_rounds), ("--probe-after", args.probe_after)]
+    counts += [("--probe-groups", args.probe_groups)]
+    if args.replan_every is not None:
+        counts.insert(0, ("--replan-every", args.replan_every))
+    issues = [Issue(flag, "an integer >= 1", value) for flag, value in counts if value < 1]
+    if not (math.isfinite(args.prior_weight) and args.prior_weight >= 0):
+        issues.append(Issue("--prior-weight", "a finite number >= 0", args.prior_weight))
+    if issues:
+        raise InvalidInputError(issues, "command line")
+
+
 def build_executor(args: argparse.Namespace, plan: Any, fleet: Any, cost_model: Any, options: Any) -> Any:
     """The :class:`~hierfedlora.runtime.executors.ray.RayExecutor` for ``--executor ray`` (``None`` in-process).
 
@@ -291,7 +303,9 @@ def build_executor(args: argparse.Namespace, plan: Any, fleet: Any, cost_model: 
 
     if args.executor != "ray":
         given = [
-            flag for flag, value in (("--ray-address", args.ray_address), ("--ray-actors", args.ray_actors)) if value
+            flag
+            for flag, value in (("--ray-address", args.ray_address), ("--ray-actors", args.ray_actors))
+            if value is not None  # --ray-actors 0 is given too (it was ignored as falsy)
         ]
         if given:
             raise InvalidInputError([Issue("--executor", f"ray when {flag} is given", args.executor) for flag in given])
