@@ -10,10 +10,10 @@ import dataclasses
 import math
 
 from hierfedlora.planner.errors import InvalidInputError
-from hierfedlora.planner.rules import FINITE_POSITIVE, Rule, check_fields, is_number
+from hierfedlora.planner.rules import FINITE_POSITIVE, Rule, check_fields, check_limits, is_number
 from hierfedlora.planner.types import SCHEMA_RULE, SCHEMA_VERSION
 
-__all__ = ["FAULT_RULES", "POISON_KINDS", "FaultOptions"]
+__all__ = ["FAULT_LIMITS", "FAULT_RULES", "POISON_KINDS", "FaultOptions"]
 
 POISON_KINDS = ("nan", "inf", "scale")
 
@@ -46,6 +46,11 @@ FAULT_RULES: dict[str, Rule] = {
     ),
     "schema_version": SCHEMA_RULE,
 }
+
+
+FAULT_LIMITS = {"straggler_factor": 1e6, "poison_scale": 1e6}
+"""Upper bounds of :data:`FAULT_RULES` fields: a straggler slowed 1e20 times or a poison scaled 1e20 times (taken
+as given) only overflows the clock or the updates."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,5 +87,6 @@ class FaultOptions:
 
     def __post_init__(self) -> None:
         issues = check_fields(self, FAULT_RULES)
+        issues += check_limits(self, FAULT_LIMITS, FAULT_RULES, broken=frozenset(i.path for i in issues))
         if issues:
             raise InvalidInputError(issues)

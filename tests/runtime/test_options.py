@@ -49,3 +49,16 @@ def test_a_non_finite_loss_names_the_learning_rate(loss):
     [issue] = info.value.issues
     assert (issue.path, issue.got) == ("learning_rate", 9.0)
     assert f"the loss became {loss} in global round 2" in issue.hint
+
+
+def test_a_straggler_factor_past_its_bound_is_refused_by_name():
+    """--straggler-factor 1e20 was taken (it would only overflow the clock); the bound is named."""
+    # Arrange
+    from hierfedlora.runtime.fault_options import FAULT_LIMITS, FaultOptions
+
+    # Act
+    with pytest.raises(InvalidInputError) as info:
+        FaultOptions(straggler_frac=0.5, straggler_factor=1e20)
+    # Assert
+    assert [issue.path for issue in info.value.issues] == ["straggler_factor"]
+    assert FaultOptions(straggler_factor=FAULT_LIMITS["straggler_factor"]).straggler_factor == 1e6
