@@ -1,5 +1,6 @@
-"""What an experiment is, fixed before it runs: :class:`ExperimentPreset`, its grid of :class:`Setting` s,
-the built-in :data:`PRESETS`, and :class:`RunResult`, what one run leaves behind.
+"""What an experiment is, fixed before it runs: :class:`ExperimentPreset`, its grid of :class:`Setting` s and
+the built-in :data:`PRESETS` (the field rules: :mod:`hierfedlora.validation.preset_rules`; :class:`Setting` and
+:class:`RunResult`, what one run leaves behind: :mod:`hierfedlora.validation.run_result`, both re-exported here).
 
 A preset's grid is non-IID level x fleet size x device mix x seed; every method runs on every setting
 of the grid with the same fleet, data, seed, cost model and clock. A preset can be written as JSON
@@ -20,20 +21,16 @@ from pathlib import Path
 
 from hierfedlora.planner.costs import AGGREGATION_RULES
 from hierfedlora.planner.errors import InvalidInputError, Issue
-from hierfedlora.planner.fleets.tiers import PRESETS as TIER_MIXES
 from hierfedlora.planner.io import read_json
 from hierfedlora.planner.rules import (
-    ANY_STRING,
-    FINITE_NON_NEGATIVE,
-    FINITE_POSITIVE,
-    POSITIVE_INT,
-    Rule,
     check_fields,
 )
 from hierfedlora.planner.types import ConvergenceParams
 from hierfedlora.runtime.fault_options import FaultOptions
 from hierfedlora.validation.baseline_settings import METHODS, BaselineSettings
 from hierfedlora.validation.method_rules import BEST_RULE, RULE_SEPARATOR, best_rule_issue, split_method
+from hierfedlora.validation.preset_rules import MAX_FLEET_SIZE, PRESET_RULES
+from hierfedlora.validation.run_result import RunResult, Setting, alpha_name
 
 __all__ = [
     "ALL_METHODS",
@@ -42,6 +39,8 @@ __all__ = [
     "SELFCAL_METHOD",
     "PRESETS",
     "RULE_SEPARATOR",
+    "MAX_FLEET_SIZE",
+    "PRESET_RULES",
     "ExperimentPreset",
     "RunResult",
     "Setting",
@@ -59,140 +58,6 @@ def _known_method(method: str) -> bool:
     name, rule = split_method(method)
     rules = (*AGGREGATION_RULES, BEST_RULE)
     return name in ALL_METHODS and rule in rules and not method.endswith(RULE_SEPARATOR)
-
-
-def alpha_name(alpha: float | None) -> str:
-    """``iid`` or ``alpha_0.5``: the folder and label of a non-IID level."""
-    return "iid" if alpha is None else f"alpha_{alpha:g}"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Setting:
-    """One point of a preset's grid. ``varied`` names the axes with more than one value in the preset
-    (``"fleet"``, ``"mix"``): only those appear in names, so a one-fleet preset keeps short names."""
-
-    alpha: float | None
-    num_devices: int
-    tier_mix: str
-    seed: int
-    varied: tuple[str, ...] = ()
-
-    @property
-    def label(self) -> str:
-        """The setting without its seed: ``alpha_0.5`` or ``alpha_0.5_n40_wifi`` when those axes vary."""
-        parts = [alpha_name(self.alpha)]
-        if "fleet" in self.varied:
-            parts.append(f"n{self.num_devices}")
-        if "mix" in self.varied:
-            parts.append(self.tier_mix)
-        return "_".join(parts)
-
-    @property
-    def name(self) -> str:
-        """The folder of the setting: its label and seed."""
-        return f"{self.label}_seed{self.seed}"
-
-
-def _distinct(value: tuple[object, ...]) -> bool:
-    """No value twice, for any JSON scalars (checked after the element types, so all are hashable)."""
-    return len(set(value)) == len(value)
-
-
-def _tuple_of(kind: type, what: str, allowed: tuple[object, ...] | None = None, maximum: int | None = None) -> Rule:
-    def ok(value: object) -> bool:
-        return (
-            isinstance(value, tuple)
-            and len(value) > 0
-            and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
-            and _distinct(value)
-            and all(allowed is None or v in allowed for v in value)
-            and all(not isinstance(v, int) or 0 < v <= (maximum or v) for v in value)
-        )
-
-    return Rule(f"a non-empty list of distinct {what}", ok, ((), (0,), ([1],), 1))
-
-
-MAX_FLEET_SIZE = 10_000
-"""Most devices a preset's fleet may have (the paper's largest fleet is 80)."""
-
-
-PRESET_RULES: dict[str, Rule] = {
-    "fleet_sizes": _tuple_of(int, f"device counts (integers 1..{MAX_FLEET_SIZE})", maximum=MAX_FLEET_SIZE),
-    "tier_mixes": _tuple_of(str, f"tier mix names from {sorted(TIER_MIXES)}", tuple(TIER_MIXES)),
-    "seeds": Rule(
-        "a non-empty list of distinct integers >= 0",
-        lambda v: (
-            isinstance(v, tuple)
-            and len(v) > 0
-            and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**63 for s in v)
-            and _distinct(v)
-        ),
-        ((), (-1,), ([0],)),
-    ),
-    "alphas": Rule(
-        "a non-empty list of distinct Dirichlet concentrations in (0, 1e6] (null for IID)",
-        lambda v: (
-            isinstance(v, tuple)
-            and len(v) > 0
-            and all(a is None or (isinstance(a, (int, float)) and not isinstance(a, bool) and 0 < a <= 1e6) for a in v)
-            and _distinct(v)
-        ),
-        ((), (0.0,), ([1.0],)),
-    ),
-    "num_groups": POSITIVE_INT,
-    "samples_per_device": POSITIVE_INT,
-    "local_steps": POSITIVE_INT,
-    "batch_size": POSITIVE_INT,
-    "max_seq_len": POSITIVE_INT,
-    "learning_rate": FINITE_POSITIVE,
-    "eval_samples": POSITIVE_INT,
-    "budget_fedlora_rounds": FINITE_POSITIVE,
-    "max_rounds": POSITIVE_INT,
-    "target_accuracy": Rule(
-        "a number in (0, 1) (null only with target_relative)",
-        lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1),
-        (0.0, 1.5),
-    ),
-    "target_relative": Rule(
-        "a number in (0, 1] or null",
-        lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1),
-        (0.0, 1.5, "0.9"),
-    ),
-    "evaluate_intra_rounds": Rule("true or false", lambda v: isinstance(v, bool), (1, "yes")),
-    "probe_after_round": POSITIVE_INT,
-    "probe_groups": POSITIVE_INT,
-    "selfcal_prior_weight": FINITE_NON_NEGATIVE,
-    "speed_error_sigma": FINITE_NON_NEGATIVE,
-    "replan_every": POSITIVE_INT,
-    "absent_rounds": POSITIVE_INT,
-    "plan_time_limit_s": FINITE_POSITIVE,
-    "optimizer": Rule("'adamw' or 'sgd'", lambda v: v in ("adamw", "sgd"), ("adam",)),
-    "data": Rule(
-        "'wordnet', 'janeausten', or the path of a .csv/.jsonl file or of a folder of them",
-        lambda v: isinstance(v, str) and bool(v.strip()),
-        ("", 3),
-    ),
-    "name": Rule(
-        "a non-empty name of letters, digits, '.', '_' or '-' (it names folders)",
-        lambda v: isinstance(v, str) and 0 < len(v) <= 100 and all(c.isalnum() or c in "._-" for c in v),
-        ("", "../x", 3),
-    ),
-    "description": ANY_STRING,
-    "methods": _tuple_of(str, "method names"),
-    "single_seed_alphas": Rule(
-        "a list of Dirichlet concentrations from alphas (null for IID)",
-        lambda v: (
-            isinstance(v, tuple)
-            and all(a is None or (isinstance(a, (int, float)) and not isinstance(a, bool)) for a in v)
-        ),
-        (1, ([1.0],)),
-    ),
-    "tuning_notes": Rule(
-        "a list of strings", lambda v: isinstance(v, tuple) and all(isinstance(n, str) for n in v), (3, (1,))
-    ),
-    "baseline": Rule("an object (BaselineSettings)", lambda v: isinstance(v, BaselineSettings), ({},)),
-    "convergence": Rule("an object (ConvergenceParams)", lambda v: isinstance(v, ConvergenceParams), ({},)),
-}
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -495,36 +360,3 @@ PRESETS: dict[str, ExperimentPreset] = {
         **_PAPER_SCALE,  # type: ignore[arg-type]
     ),
 }
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class RunResult:
-    """One method on one setting: the metrics defined in :mod:`hierfedlora.validation.experiments`, and the curve.
-
-    ``num_devices`` and ``tier_mix`` name the setting's fleet (``None`` in results written before
-    the grid had those axes). ``sim_time_s`` / ``accuracy`` are the round ends; ``observed_sim_time_s``
-    / ``observed_accuracy`` every evaluation of the global model in time order, round ends and the
-    observations after intra-group rounds (``planner.intra_evals``), when the preset asked for them
-    (else empty). ``time_to_target_s`` is ``None`` until a relative target is resolved.
-    ``resolved_rule`` is the aggregation rule a ``NAME@best`` method ran under in this setting
-    (:mod:`hierfedlora.validation.method_rules`; ``None`` for a method with an explicit rule).
-    """
-
-    method: str
-    alpha: float | None
-    seed: int
-    plan_id: str
-    rounds: int
-    time_budget_s: float
-    final_accuracy: float
-    time_to_target_s: float | None
-    traffic_bytes: int
-    wall_time_s: float
-    replans: int
-    sim_time_s: tuple[float, ...]
-    accuracy: tuple[float, ...]
-    num_devices: int | None = None
-    tier_mix: str | None = None
-    observed_sim_time_s: tuple[float, ...] = ()
-    observed_accuracy: tuple[float, ...] = ()
-    resolved_rule: str | None = None
