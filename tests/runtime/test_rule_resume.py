@@ -63,14 +63,18 @@ def test_sigkill_twice_then_resume_matches_for_a_stateful_rule(tmp_path, small_f
         args = cli_run_args(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / out, ROUNDS, resume=resume)
         return [*args, "--aggregation", rule, *(["--hetlora-prune-gamma", "0"] if rule == "hetlora" else [])]
 
-    subprocess.run(cli("whole"), check=True, capture_output=True)
+    # the uninterrupted run goes beside the interrupted ones (a second core, where there is one), joined below
+    with (tmp_path / "whole.log").open("w") as whole_log:
+        whole_run = subprocess.Popen(cli("whole"), stdout=subprocess.DEVNULL, stderr=whole_log)
     cut_reports = tmp_path / "cut" / REPORTS_NAME
     # Act: (1) the crash hook kills the run after committing round 1's checkpoint, before its report line
     hooked = subprocess.run(cli("cut"), env={**os.environ, CRASH_AFTER_COMMIT_ENV: "1"}, capture_output=True)
     # (2) resumed, it is killed while training round 3; (3) resumed again, it runs to the end
     mid_round_exit, committed = _kill_when_committed(cli("cut", resume=True), cut_reports, lines=2)
     finished = subprocess.run(cli("cut", resume=True), capture_output=True, text=True)
+    whole_run.wait()
     # Assert
+    assert whole_run.returncode == 0, (tmp_path / "whole.log").read_text()
     assert hooked.returncode == -signal.SIGKILL
     assert mid_round_exit == -signal.SIGKILL, f"the resumed run ended by itself (exit {mid_round_exit})"
     assert 2 <= committed < ROUNDS
