@@ -349,9 +349,11 @@ def test_cpsat_stopped_by_the_time_limit_reports_feasible_with_a_bound():
 
 
 def test_cpsat_refuses_an_objective_beyond_64_bit_integers():
-    """A speed weight too large to scale exactly is a SolverFailedError naming the fix."""
+    """An objective too large to scale exactly (billions of samples, with a speed term; each field within its own
+    bound) is a SolverFailedError naming the fix."""
     # Arrange
-    problem = _problem(_fleet([(1, 0), (0, 1), (1, 1)], [1.0, 2.0, 4.0]), num_groups=2, speed_spread_weight=1e15)
+    counts = [(10**9, 0), (0, 10**9), (10**9, 10**9)]
+    problem = _problem(_fleet(counts, [1.0, 2.0, 4.0]), num_groups=2, speed_spread_weight=1e3)
     # Act
     with pytest.raises(SolverFailedError) as info:
         solve_cpsat(grouping_data(problem), problem.solver)
