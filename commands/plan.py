@@ -9,23 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from hierfedlora.commands.common import add_problem_settings, int_list, problem_options, read_json_object
+from hierfedlora.validation.baseline_settings import METHODS
 
 __all__ = ["METHOD_CHOICES", "build_problem", "register"]
 
-METHOD_CHOICES = (
-    "hierfedlora",
-    "fedlora",
-    "hierfavg",
-    "grouping_only",
-    "grouping_freq",
-    "grouping_depth",
-    "legend",
-    "hetlora",
-    "fedra",
-    "fedgsp",
-)
-"""``--method`` values: ``validation.baselines.METHODS`` (a test keeps the two equal; listed here so that
-``--help`` does not import the solvers)."""
+METHOD_CHOICES = ("hierfedlora", *(method for method in METHODS if method != "hierfedlora"))
+"""``--method`` values: ``validation.baselines.METHODS``, HierFedLoRA first (``validation.baseline_settings``
+imports no solver, so ``--help`` stays light)."""
 
 log = logging.getLogger(__name__)
 

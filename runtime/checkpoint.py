@@ -29,12 +29,8 @@ Invariants, with ``c`` the round in ``checkpoint.json`` (0 when absent):
          Report ``c`` may therefore be yielded twice across a crash (once before it, once on resume)
          but is written to the log once.
 
-Examples
---------
->>> import numpy as np
->>> rng = np.random.default_rng(5); _ = rng.random()
->>> restore_numpy_rng(numpy_rng_state(rng)).random() == rng.random()
-True
+The numpy generator's state helpers (``numpy_rng_state``, ``restore_numpy_rng``) and :class:`RunState` live in
+:mod:`hierfedlora.runtime.run_state` (examples there) and are re-exported here.
 """
 
 from __future__ import annotations
