@@ -21,7 +21,7 @@ import torch
 from hierfedlora.planner.errors import InvalidInputError, ResumeMismatchError
 from hierfedlora.planner.io import to_json
 from hierfedlora.planner.outcomes import GroupRoundResult, RoundReport
-from hierfedlora.runtime import checkpoint
+from hierfedlora.runtime import run_state
 from hierfedlora.runtime.checkpoint import (
     MANIFEST_NAME,
     REPORTS_NAME,
@@ -467,8 +467,8 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path):
 
 
 def test_docstring_examples_run():
-    """The module's doctests pass."""
+    """The doctests of the generator-state helpers checkpoint re-exports (they live in runtime.run_state) pass."""
     # Act
-    result = doctest.testmod(checkpoint, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    result = doctest.testmod(run_state, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     # Assert
     assert result.failed == 0 and result.attempted > 0
