@@ -172,9 +172,7 @@ def refit_convergence(
         A report listed with another plan, rounds not increasing, a plan device the problem
         lacks, or the weight or the floor out of range.
     """
-    return pooled_refit(
-        [(history, problem)], problem.convergence, loss_floor=loss_floor, prior_weight=prior_weight
-    )
+    return pooled_refit([(history, problem)], problem.convergence, loss_floor=loss_floor, prior_weight=prior_weight)
 
 
 def pooled_refit(

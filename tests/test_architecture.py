@@ -11,11 +11,29 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # package -> packages it must never import
 FORBIDDEN = {
-    "planner": ("torch", "transformers", "peft", "flwr", "ray", "hierfedlora.runtime", "hierfedlora.models",
-                "hierfedlora.validation", "hierfedlora.cli", "hierfedlora.commands"),
+    "planner": (
+        "torch",
+        "transformers",
+        "peft",
+        "flwr",
+        "ray",
+        "hierfedlora.runtime",
+        "hierfedlora.models",
+        "hierfedlora.validation",
+        "hierfedlora.cli",
+        "hierfedlora.commands",
+    ),
     "models": ("hierfedlora.runtime", "hierfedlora.validation", "hierfedlora.cli", "cvxpy", "ortools"),
-    "runtime": ("hierfedlora.validation", "hierfedlora.cli", "cvxpy", "ortools", "highspy",
-                "hierfedlora.planner.grouping", "hierfedlora.planner.assignment", "hierfedlora.planner.plan"),
+    "runtime": (
+        "hierfedlora.validation",
+        "hierfedlora.cli",
+        "cvxpy",
+        "ortools",
+        "highspy",
+        "hierfedlora.planner.grouping",
+        "hierfedlora.planner.assignment",
+        "hierfedlora.planner.plan",
+    ),
     "validation": ("hierfedlora.cli", "hierfedlora.commands"),
 }
 
