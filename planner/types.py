@@ -6,6 +6,13 @@ raises one :class:`InvalidInputError` listing every broken field. Rules that spa
 objects (equal class counts across devices, depth choices within the model's layers,
 unique ids) live in :mod:`hierfedlora.planner.checks`.
 
+This module holds the problem (:class:`PlanningProblem`, :class:`SolverOptions`) and is where every
+contract type can be imported from: the fleet types live in :mod:`hierfedlora.planner.fleet_types`, the
+cost model in :mod:`hierfedlora.planner.cost_model`, the convergence constants in
+:mod:`hierfedlora.planner.convergence_params`, the schema version in :mod:`hierfedlora.planner.schema` and
+the outcome types (``Plan``, ``RoundReport``, ...) in :mod:`hierfedlora.planner.outcomes`; all are
+re-exported here.
+
 Examples
 --------
 >>> d = DeviceProfile(device_id="d0", label_counts=(3, 1), compute_scale=2.0,
@@ -25,30 +32,42 @@ import dataclasses
 import math
 from typing import Literal
 
+from hierfedlora.planner.convergence_params import (
+    CALIBRATION_SOURCE,
+    CONVERGENCE_RULES,
+    REFERENCE_LOSS_GAP,
+    ConvergenceParams,
+    target_for_loss,
+)
+from hierfedlora.planner.cost_model import COST_MODEL_LIMITS, COST_MODEL_RULES, CostModel, with_num_labels
 from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.fleet_types import (
+    DATASET_RULES,
+    DEVICE_LIMITS,
+    DEVICE_RULES,
+    FLEET_RULES,
+    DatasetSpec,
+    DeviceProfile,
+    Fleet,
+)
 from hierfedlora.planner.rules import (
-    ANY_STRING,
     FINITE_NON_NEGATIVE,
     FINITE_POSITIVE,
     FRACTION,
-    MAX_BYTES,
     MAX_COUNT,
     MAX_STEP_S,
     MAX_TIME_S,
-    NON_EMPTY_STRING,
     NON_NEGATIVE_INT,
     OPTIONAL_FINITE_POSITIVE,
     OPTIONAL_POSITIVE_INT,
     POSITIVE_INT,
     Rule,
-    all_ints_at_least,
     check_fields,
     check_limits,
-    finite_tuple,
     int_tuple,
-    is_int,
     optional,
 )
+from hierfedlora.planner.schema import SCHEMA_RULE, SCHEMA_VERSION
 
 __all__ = [
     "AGGREGATION_RULES",
@@ -68,10 +87,13 @@ __all__ = [
     "PROBLEM_LIMITS",
     "PlanningProblem",
     "SolverOptions",
+    # defined in fleet_types, cost_model and convergence_params; importable from here as before
+    "CONVERGENCE_RULES",
+    "COST_MODEL_LIMITS",
+    "DATASET_RULES",
+    "DEVICE_LIMITS",
+    "FLEET_RULES",
 ]
-
-SCHEMA_VERSION = 1
-"""Version of every JSON file this package writes; readers refuse other versions."""
 
 AGGREGATION_RULES = ("fedavg", "ffa", "fedex", "flora", "lora-fair", "hetlora")
 """The aggregation rules ``planner.costs`` (C9) prices and ``runtime.aggregation_rules`` implements."""
@@ -86,287 +108,6 @@ GroupingMethod = Literal["auto", "cpsat", "flow", "random"]
 def _raise_if(issues: list[Issue]) -> None:
     if issues:
         raise InvalidInputError(issues)
-
-
-def _windows_ok(value: object) -> bool:
-    return value is None or (
-        isinstance(value, tuple)
-        and all(
-            isinstance(w, tuple)
-            and len(w) == 2
-            and all(isinstance(x, int | float) and math.isfinite(x) and x >= 0 for x in w)
-            and w[0] < w[1]
-            for w in value
-        )
-    )
-
-
-SCHEMA_RULE = Rule(f"{SCHEMA_VERSION} (this package's schema version)", lambda v: v == SCHEMA_VERSION, (0, 2, "1"))
-
-DEVICE_RULES: dict[str, Rule] = {
-    "device_id": NON_EMPTY_STRING,
-    "label_counts": Rule(
-        "a non-empty list of integers >= 0 with at least one sample",
-        lambda v: isinstance(v, tuple) and len(v) > 0 and all_ints_at_least(v, 0) and sum(v) > 0,
-        ((), (0, 0), (-1, 2), (1.5,), "3"),
-    ),
-    "compute_scale": FINITE_POSITIVE,
-    "memory_bytes": POSITIVE_INT,
-    "uplink_mbps": FINITE_POSITIVE,
-    "downlink_mbps": FINITE_POSITIVE,
-    "tier": optional(NON_EMPTY_STRING),
-    "availability": Rule(
-        "null, or a list of [start_s, end_s] windows with 0 <= start_s < end_s",
-        _windows_ok,
-        (((5.0, 1.0),), ((math.nan, 1.0),), "always"),
-    ),
-}
-
-
-DEVICE_LIMITS: dict[str, float] = {
-    "label_counts": MAX_COUNT,
-    "compute_scale": 1e6,
-    "memory_bytes": MAX_BYTES,
-    "uplink_mbps": 1e7,
-    "downlink_mbps": 1e7,
-}
-"""Upper bounds of :data:`DEVICE_RULES` fields (``rules.check_limits``)."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class DeviceProfile:
-    """One device: its data (label counts) and how it differs from the profiling host.
-
-    Parameters
-    ----------
-    device_id : str
-        Unique name within a fleet.
-    label_counts : tuple of int
-        Training samples the device holds, per class (same class order fleet-wide).
-    compute_scale : float
-        Multiplier on the host's measured step time: 1.0 is as fast as the host that
-        measured the :class:`CostModel`, 3.0 is three times slower.
-    memory_bytes : int
-        Memory the device can give to fine-tuning (bytes).
-    uplink_mbps, downlink_mbps : float
-        Link bandwidths to its group aggregator (megabits per second).
-    tier : str or None
-        Name of the device class it was drawn from (informational).
-    availability : tuple of (start_s, end_s) or None
-        Windows of simulated time when the device is online; ``None`` means always.
-    """
-
-    device_id: str
-    label_counts: tuple[int, ...]
-    compute_scale: float
-    memory_bytes: int
-    uplink_mbps: float
-    downlink_mbps: float
-    tier: str | None = None
-    availability: tuple[tuple[float, float], ...] | None = None
-
-    def __post_init__(self) -> None:
-        issues = check_fields(self, DEVICE_RULES)  # each rule runs once: fleets hold a million devices
-        broken = frozenset(issue.path for issue in issues)
-        _raise_if(issues + check_limits(self, DEVICE_LIMITS, DEVICE_RULES, broken=broken))
-
-    @property
-    def num_samples(self) -> int:
-        """Total training samples on the device."""
-        return sum(self.label_counts)
-
-
-DATASET_RULES: dict[str, Rule] = {
-    "kind": Rule(
-        "one of 'wordnet', 'janeausten', 'csv', 'jsonl', 'folder'",
-        lambda v: v in ("wordnet", "janeausten", "csv", "jsonl", "folder"),
-        ("parquet", 3),
-    ),
-    "path": NON_EMPTY_STRING,
-    "text_field": NON_EMPTY_STRING,
-    "label_field": NON_EMPTY_STRING,
-    "num_samples": POSITIVE_INT,
-    "sha256": ANY_STRING,
-    "test_indices": int_tuple(0, non_empty=False),
-}
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class DatasetSpec:
-    """Where a fleet's samples come from, so the runtime can load exactly them.
-
-    ``sha256`` is the digest of the data file (empty when not recorded); ``test_indices``
-    is the held-out evaluation split (row positions in the file, never given to devices).
-    """
-
-    kind: Literal["wordnet", "janeausten", "csv", "jsonl", "folder"]
-    path: str
-    text_field: str = "text"
-    label_field: str = "label"
-    num_samples: int
-    sha256: str = ""
-    test_indices: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        _raise_if(check_fields(self, DATASET_RULES))
-
-
-FLEET_RULES: dict[str, Rule] = {
-    "schema_version": SCHEMA_RULE,
-    "class_names": Rule(
-        "a non-empty list of strings",
-        lambda v: isinstance(v, tuple) and len(v) > 0 and all(isinstance(x, str) for x in v),
-        ((), (1, 2)),
-    ),
-    "partition": ANY_STRING,
-    "seed": NON_NEGATIVE_INT,
-    "sample_indices": Rule(
-        "a list with a list of row positions per device, or empty",
-        lambda v: isinstance(v, tuple) and all(isinstance(x, tuple) for x in v),
-        (None, True, (None,)),
-    ),
-}
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class Fleet:
-    """Devices plus (optionally) the data partition that produced their label counts.
-
-    ``sample_indices[i]`` holds the row positions of device ``devices[i]``'s samples in the
-    data set; it is empty when the fleet was written by hand or imported from a trace.
-    """
-
-    devices: tuple[DeviceProfile, ...]
-    class_names: tuple[str, ...]
-    dataset: DatasetSpec | None = None
-    sample_indices: tuple[tuple[int, ...], ...] = ()
-    partition: str = ""
-    seed: int = 0
-    schema_version: int = SCHEMA_VERSION
-
-    def __post_init__(self) -> None:
-        issues = check_fields(self, FLEET_RULES)
-        if not self.devices:
-            issues.append(Issue("devices", "a non-empty list of devices", self.devices))
-        lists = FLEET_RULES["sample_indices"].accepts(self.sample_indices) and isinstance(self.devices, tuple)
-        if lists and self.sample_indices and len(self.sample_indices) != len(self.devices):
-            issues.append(
-                Issue(
-                    "sample_indices", f"one list per device ({len(self.devices)})", f"{len(self.sample_indices)} lists"
-                )
-            )
-        _raise_if(issues)
-
-
-COST_MODEL_RULES: dict[str, Rule] = {
-    "model_name": NON_EMPTY_STRING,
-    "model_sha256": ANY_STRING,
-    "measured_on": ANY_STRING,
-    "num_layers": POSITIVE_INT,
-    "batch_size": POSITIVE_INT,
-    "seq_len": POSITIVE_INT,
-    "embedding_forward_s": FINITE_NON_NEGATIVE,
-    "layer_forward_s": finite_tuple(positive=True),
-    "layer_backward_s": finite_tuple(positive=True),
-    "head_step_s": FINITE_NON_NEGATIVE,
-    "layer_optimizer_s": FINITE_NON_NEGATIVE,
-    "adapter_bytes_per_layer": POSITIVE_INT,
-    "head_bytes": NON_NEGATIVE_INT,
-    "activation_bytes_per_sample_per_layer": POSITIVE_INT,
-    "optimizer_bytes_per_layer": NON_NEGATIVE_INT,
-    "base_model_bytes": POSITIVE_INT,
-    "lora_rank": POSITIVE_INT,
-    "num_labels": OPTIONAL_POSITIVE_INT,
-    "dense_bytes_per_layer": OPTIONAL_POSITIVE_INT,
-    "schema_version": SCHEMA_RULE,
-}
-
-COST_MODEL_LIMITS: dict[str, float] = {
-    "num_layers": 10_000,
-    "batch_size": 2**20,
-    "seq_len": 2**24,
-    "embedding_forward_s": MAX_STEP_S,
-    "layer_forward_s": MAX_STEP_S,
-    "layer_backward_s": MAX_STEP_S,
-    "head_step_s": MAX_STEP_S,
-    "layer_optimizer_s": MAX_STEP_S,
-    "adapter_bytes_per_layer": MAX_BYTES,
-    "head_bytes": MAX_BYTES,
-    "activation_bytes_per_sample_per_layer": MAX_BYTES,
-    "optimizer_bytes_per_layer": MAX_BYTES,
-    "base_model_bytes": MAX_BYTES,
-    "lora_rank": 2**16,
-    "dense_bytes_per_layer": MAX_BYTES,
-}
-"""Upper bounds of :data:`COST_MODEL_RULES` fields: a measured per-layer time past ``MAX_STEP_S`` seconds
-per batch is a mistake, and would reach the solver as a coefficient it cannot handle."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class CostModel:
-    """Per-layer costs measured on one host (``models.profiling``); plain numbers.
-
-    Layer tuples run from the layer next to the embeddings (index 0) to the output layer
-    (index ``num_layers - 1``). Times are seconds **per sample** at ``batch_size`` and
-    ``seq_len`` on the host named in ``measured_on``, except ``layer_optimizer_s``, which is
-    seconds per optimizer step per trained layer.
-
-    Parameters
-    ----------
-    embedding_forward_s : float
-        Embedding lookup and norm, per sample.
-    layer_forward_s, layer_backward_s : tuple of float
-        Forward of each layer; backward of each layer when it carries LoRA (input and
-        adapter gradients), per sample.
-    head_step_s : float
-        Classification head forward + backward, per sample.
-    adapter_bytes_per_layer, head_bytes : int
-        Bytes of one layer's LoRA tensors and of the trainable head (what travels).
-    activation_bytes_per_sample_per_layer : int
-        Activations a trained layer keeps for backward, per sample.
-    optimizer_bytes_per_layer : int
-        Gradient and optimizer state for one layer's adapters.
-    base_model_bytes : int
-        Frozen weights held in memory.
-    num_labels : int or None
-        Classes of the head whose ``head_bytes`` these are; a fleet with another class count
-        is refused (``checks.check_problem``) until :func:`with_num_labels` re-sizes the head.
-        ``None`` in cost models written before it existed (then nothing can be checked).
-    dense_bytes_per_layer : int or None
-        Bytes of one layer's dense LoRA target matrices (the largest layer's): what FedEx-LoRA's
-        residual moves per trained layer (``planner.costs`` (C9)). ``None`` in cost models written
-        before it existed; planning under ``aggregation="fedex"`` needs it.
-    """
-
-    model_name: str
-    model_sha256: str = ""
-    measured_on: str = ""
-    num_layers: int
-    batch_size: int
-    seq_len: int
-    embedding_forward_s: float
-    layer_forward_s: tuple[float, ...]
-    layer_backward_s: tuple[float, ...]
-    head_step_s: float
-    layer_optimizer_s: float
-    adapter_bytes_per_layer: int
-    head_bytes: int
-    activation_bytes_per_sample_per_layer: int
-    optimizer_bytes_per_layer: int
-    base_model_bytes: int
-    lora_rank: int = 8
-    num_labels: int | None = None
-    dense_bytes_per_layer: int | None = None
-    schema_version: int = SCHEMA_VERSION
-
-    def __post_init__(self) -> None:
-        issues = check_fields(self, COST_MODEL_RULES) + check_limits(self, COST_MODEL_LIMITS, COST_MODEL_RULES)
-        if is_int(self.num_layers):
-            for name in ("layer_forward_s", "layer_backward_s"):
-                value = getattr(self, name)
-                if isinstance(value, tuple) and len(value) != self.num_layers:
-                    issues.append(Issue(name, f"one entry per layer ({self.num_layers})", f"{len(value)} entries"))
-        _raise_if(issues)
 
 
 SOLVER_LIMITS = {"seed": 2**31 - 1, "threads": 1024, "time_limit_s": 1e7, "cpsat_deterministic_time_s": 1e7}
@@ -411,135 +152,6 @@ class SolverOptions:
 
     def __post_init__(self) -> None:
         _raise_if(check_fields(self, SOLVER_RULES) or check_limits(self, SOLVER_LIMITS, SOLVER_RULES))
-
-
-REFERENCE_LOSS_GAP = 0.1
-"""The loss gap ``reference_rounds`` is defined at: 10% of an untrained model's (``planner.refit`` (F2))."""
-
-CALIBRATION_SOURCE = (
-    "fitted by 'hierfedlora calibrate' (planner.refit.pooled_refit) to the four baseline runs of the 'pilot' "
-    "experiment preset (docs/results/pilot: 80 devices of the 'paper' mix, WordNet at Dirichlet alpha 0.3, "
-    "seed 7, all-MiniLM-L6-v2 with LoRA r=8, batch 8, 24 tokens, 2 local steps; 2026-12-05), rounded to three digits"
-)
-"""Where the default :class:`ConvergenceParams` come from."""
-
-CONVERGENCE_RULES: dict[str, Rule] = {
-    "depth_exponent": FINITE_POSITIVE,
-    "skew_sensitivity": FINITE_NON_NEGATIVE,
-    "reference_rounds": FINITE_POSITIVE,
-    "target_loss_gap": Rule(
-        "a number in (0, 1): the target eval loss gap as a fraction of an untrained model's",
-        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and 0 < v < 1,
-        (0.0, 1.0, 1.5, math.nan, "0.1"),
-    ),
-}
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class ConvergenceParams:
-    """Constants of the convergence model (``planner.convergence``); refit by feedback.
-
-    Progress of group k per global round is ``w_k * (d_k / L) ** depth_exponent *
-    tau_k / (1 + skew_sensitivity * skew_k * (tau_k - 1))``; rounds to target are
-    ``target_rounds / sum_k progress_k``.
-
-    The target. A run's eval loss falls from ``l_0 = ln C`` (C classes, nothing learnt) towards
-    a floor ``l_inf`` (0 by default), closing the gap geometrically in progress (``planner.refit``
-    (F2)). ``reference_rounds`` (R0) is the rounds flat full-depth FedAvg needs to bring the gap
-    to ``REFERENCE_LOSS_GAP`` = 10% of ``l_0 - l_inf``; ``target_loss_gap`` sets the target this
-    problem plans for, and rounds scale with it as ``R0 * ln(target_loss_gap) / ln(0.1)``.
-    :func:`target_for_loss` turns a loss level in nats into that fraction.
-
-    The defaults are calibrated, not guessed: :data:`CALIBRATION_SOURCE`. They were fitted at
-    2 local steps of batch 8 per intra-group round; the model treats rounds as independent of
-    the fleet size and of the samples a round processes (``planner.convergence`` says why).
-    """
-
-    depth_exponent: float = 0.108
-    skew_sensitivity: float = 0.241
-    reference_rounds: float = 58.3
-    target_loss_gap: float = REFERENCE_LOSS_GAP
-
-    def __post_init__(self) -> None:
-        _raise_if(check_fields(self, CONVERGENCE_RULES))
-
-    @property
-    def target_rounds(self) -> float:
-        """Rounds flat full-depth FedAvg needs to reach ``target_loss_gap``: ``R0 ln(gap) / ln(0.1)``."""
-        if self.target_loss_gap == REFERENCE_LOSS_GAP:
-            return self.reference_rounds  # exactly, not through two logarithms
-        return self.reference_rounds * math.log(self.target_loss_gap) / math.log(REFERENCE_LOSS_GAP)
-
-    def describe_target(self) -> str:
-        """The target in words, e.g. ``"eval loss gap 10% of the untrained model's (R0 58.3 rounds)"``."""
-        return (
-            f"eval loss gap {self.target_loss_gap:.3g} of the untrained model's (ln C - floor); "
-            f"flat FedAvg needs {self.target_rounds:.3g} rounds"
-        )
-
-
-def with_num_labels(cost: CostModel, num_labels: int) -> CostModel:
-    """``cost`` with its head re-sized to ``num_labels`` classes.
-
-    A classification head is a linear map from the hidden state to one score per class (with a
-    bias or without), so its bytes are proportional to the class count: ``head_bytes * C' / C``,
-    rounded. Compute times stay: the head's share of a step is a fraction of a per cent.
-
-    Examples
-    --------
-    >>> cost = CostModel(model_name="m", num_layers=1, batch_size=1, seq_len=1, embedding_forward_s=0.0,
-    ...     layer_forward_s=(1.0,), layer_backward_s=(1.0,), head_step_s=0.0, layer_optimizer_s=0.0,
-    ...     adapter_bytes_per_layer=1, head_bytes=40040, activation_bytes_per_sample_per_layer=1,
-    ...     optimizer_bytes_per_layer=0, base_model_bytes=1, num_labels=26)
-    >>> with_num_labels(cost, 4).head_bytes  # 4 (384 x 4 + 4): MiniLM's head for four classes
-    6160
-
-    Raises
-    ------
-    InvalidInputError
-        If ``cost.num_labels`` is unknown (``None``) or ``num_labels`` is not an integer >= 1.
-    """
-    issues = []
-    if cost.num_labels is None:
-        issues.append(Issue("cost_model.num_labels", "the class count of the measured head (profile again)", None))
-    if not (is_int(num_labels) and num_labels >= 1):
-        issues.append(Issue("num_labels", "an integer >= 1", num_labels))
-    _raise_if(issues)
-    head = round(cost.head_bytes * num_labels / cost.num_labels)  # type: ignore[operator]
-    return dataclasses.replace(cost, head_bytes=head, num_labels=num_labels)
-
-
-def target_for_loss(loss_nats: float, num_classes: int, *, loss_floor_nats: float = 0.0) -> float:
-    """The ``target_loss_gap`` of an eval-loss target: ``(loss - floor) / (ln C - floor)``.
-
-    Examples
-    --------
-    >>> round(target_for_loss(0.1 * math.log(26), 26), 6)
-    0.1
-
-    Raises
-    ------
-    InvalidInputError
-        If the loss is not strictly between the floor and ``ln(num_classes)``.
-    """
-    issues = []
-    if not (is_int(num_classes) and num_classes >= 2):
-        issues.append(Issue("num_classes", "an integer >= 2", num_classes))
-    elif not (
-        isinstance(loss_nats, int | float)
-        and math.isfinite(loss_nats)
-        and loss_floor_nats < loss_nats < math.log(num_classes)
-    ):
-        issues.append(
-            Issue(
-                "target_loss_nats",
-                f"a loss between the floor {loss_floor_nats:g} and "
-                f"ln({num_classes}) = {math.log(num_classes):.4g} nats",
-                loss_nats,
-            )
-        )
-    _raise_if(issues)
-    return (loss_nats - loss_floor_nats) / (math.log(num_classes) - loss_floor_nats)
 
 
 PROBLEM_RULES: dict[str, Rule] = {
