@@ -39,7 +39,22 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="the preset's data set instead of its own: 'wordnet', 'janeausten', a .csv/.jsonl file of text,label "
         "rows or a folder of them (the preset is saved with it; default folder runs/experiment-NAME-DATA)",
     )
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default runs/experiment-NAME)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default runs/experiment-NAME); with --partial-report, where that report goes "
+        "(default DIR/partial)",
+    )
+    parser.add_argument(
+        "--partial-report",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="run nothing: write the report, tables and plots of the runs finished so far in the experiment "
+        "folder DIR (it may be running: nothing there is locked or changed), counting only the seeds on which "
+        "every method has finished; relative targets come from those seeds only",
+    )
     parser.add_argument(
         "--cost-model", type=Path, default=None, help="a CostModel JSON to use instead of measuring this host"
     )
@@ -56,6 +71,8 @@ def handle(args: argparse.Namespace) -> int:
     from hierfedlora.validation.experiments import PRESETS, markdown_table, read_preset, run_experiment, summarize
     from hierfedlora.validation.targets import finalize
 
+    if args.partial_report is not None:
+        return _partial(args)
     if (args.preset is None) == (args.preset_file is None):
         raise InvalidInputError(
             [Issue("preset", f"either a preset name ({', '.join(sorted(PRESETS))}) or --preset-file", args.preset)]
@@ -82,4 +99,28 @@ def handle(args: argparse.Namespace) -> int:
     fine = preset.target_relative is not None or preset.evaluate_intra_rounds
     sys.stdout.write(markdown_table(summarize(results, targets if fine else None)) + "\n")
     sys.stdout.write(f"report: {out / 'report.md'}\n")
+    return 0
+
+
+def _partial(args: argparse.Namespace) -> int:
+    """``--partial-report DIR``: the report of DIR's finished runs, nothing run."""
+    from hierfedlora.planner.errors import InvalidInputError, Issue
+    from hierfedlora.validation.experiment_presets import read_preset
+    from hierfedlora.validation.experiment_report import markdown_table, summarize
+    from hierfedlora.validation.partial_report import write_partial_report
+    from hierfedlora.validation.targets import finalize
+
+    given = [name for name in ("preset", "preset_file", "data", "cost_model") if getattr(args, name) is not None]
+    if given:
+        expected = "nothing besides --out with --partial-report (the folder's own preset and costs are used)"
+        raise InvalidInputError([Issue(given[0].replace("_", "-"), expected, getattr(args, given[0]))])
+    report = write_partial_report(args.partial_report, args.out)
+    preset = read_preset(args.partial_report / "preset.json")
+    results, targets = finalize(preset, report.results)
+    fine = preset.target_relative is not None or preset.evaluate_intra_rounds
+    sys.stdout.write(markdown_table(summarize(results, targets if fine else None)) + "\n")
+    sys.stdout.write(
+        f"partial report ({report.finished} of {report.total} runs finished, {len(report.included)} whole "
+        f"seed(s) included): {report.out / 'report.md'}\n"
+    )
     return 0

@@ -7,6 +7,7 @@ table, the headline against the paper's bar, plots); the summaries and tables co
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -47,7 +48,7 @@ from hierfedlora.validation.targets import (
     resolve_targets,
 )
 
-__all__ = ["headline", "render_report", "write_outputs"]
+__all__ = ["headline", "regenerate_command", "render_report", "write_outputs"]
 
 
 def write_outputs(
@@ -57,11 +58,13 @@ def write_outputs(
     folder: Path,
     *,
     data: DataSummary | None = None,
+    note: str | None = None,
 ) -> None:
     """results.json, results.csv, summary.csv, one PNG per setting, report.md (all atomic).
 
     ``data`` describes the data set (classes, sizes, majority, chance); without it, ``folder/data.json``
     (written by ``run_experiment``) is read if present, else the report says the data set is unknown.
+    ``note`` is a paragraph the report puts first, under its title (a partial report says what it holds).
     """
     if data is None and (folder / "data.json").is_file():
         data = read_json(DataSummary, folder / "data.json")
@@ -94,8 +97,21 @@ def write_outputs(
             chance=None if data is None else data.chance,
         )
         plots.append(name)
-    report = render_report(preset, cost_model, results, rows, plots, data=data, targets=targets)
+    report = render_report(preset, cost_model, results, rows, plots, data=data, targets=targets, note=note)
     atomic_write_text(folder / "report.md", report)
+
+
+def regenerate_command(preset: ExperimentPreset) -> str:
+    """The command that runs ``preset`` again: its name when it is a built-in preset (with ``--data`` when
+    only its data differs), else ``--preset-file`` on the ``preset.json`` the experiment folder holds."""
+    from hierfedlora.validation.experiment_presets import PRESETS
+
+    builtin = PRESETS.get(preset.name)
+    if builtin == preset:
+        return f"hierfedlora experiment {preset.name} --out <folder>"
+    if builtin is not None and dataclasses.replace(builtin, data=preset.data) == preset:
+        return f"hierfedlora experiment {preset.name} --data {preset.data} --out <folder>"
+    return "hierfedlora experiment --preset-file <this folder>/preset.json --out <folder>"
 
 
 def _cpu_count() -> int:
@@ -133,10 +149,12 @@ def render_report(
     *,
     data: DataSummary | None = None,
     targets: dict[SettingKey, float] | None = None,
+    note: str | None = None,
 ) -> str:
     """The Markdown report: assumptions first, then the table, the headline comparison and the plots.
 
-    ``targets`` are the settings' resolved targets (default: resolved here from ``results``).
+    ``targets`` are the settings' resolved targets (default: resolved here from ``results``); ``note`` a
+    paragraph put first, under the title.
     """
     from hierfedlora.planner.fleets.tiers import TIERS, resolve_tier_mix
 
@@ -157,10 +175,11 @@ def render_report(
     lines = [
         f"# Experiment `{preset.name}`",
         "",
+        *((note, "") if note else ()),
         f"{preset.description}. Generated {time.strftime('%Y-%m-%d %H:%M')} on {platform.node() or 'this host'} "
         f"({platform.machine()}, {_cpu_count()} CPU cores, Python {platform.python_version()}); "
         f"{len(results)} runs, {wall / 60:.1f} min of run wall time. Regenerate with "
-        f"`hierfedlora experiment {preset.name} --out <folder>`.",
+        f"`{regenerate_command(preset)}`.",
         "",
         "## Fixed before any result (the preset)",
         "",
@@ -182,7 +201,7 @@ def render_report(
         "HierFAVG and the ablations that fix tau use "
         f"tau = {preset.baseline.uniform_intra_rounds}; LEGEND's deadline is the "
         f"{preset.baseline.legend_deadline_quantile:g} quantile of the devices' full-depth round times.",
-        *(f"- Tuning: {note}" for note in preset.tuning_notes),
+        *(f"- Tuning: {tuning}" for tuning in preset.tuning_notes),
         *(() if preset.tuning_notes else ("- No per-method tuning.",)),
         f"- Closed loop: re-plan every {preset.replan_every} rounds (planner/feedback.py), 5% minimum predicted gain"
         + (
