@@ -4,7 +4,8 @@
 node's :class:`~hierfedlora.runtime.flower.protocol.NodeProfile`; the answers map device ids to node
 ids. :class:`FlowerExecutor` is the engine's :class:`~hierfedlora.runtime.executors.base.Executor` on
 a Flower Grid: for a batch of training tasks (one intra-group round of each group in flight) it builds
-one fresh ``train`` message per device, sends them all with one ``grid.send_and_receive``, and turns
+one fresh ``train`` message per device (the task's state, its base delta and whether ``lora_A`` trains,
+and the run's aggregation rule), sends them all with one ``grid.send_and_receive``, and turns
 the replies back into :class:`~hierfedlora.runtime.local_training.DeviceUpdate` objects, per task and
 per device in the task's order. A missing reply or a reply carrying an error stops the run with an
 :class:`~hierfedlora.planner.errors.InvalidInputError` naming the node and device; the engine commits
@@ -21,6 +22,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.runtime.aggregation_rules import get_rule
 from hierfedlora.runtime.executors.base import TrainTask
 from hierfedlora.runtime.flower.protocol import (
     QUERY,
@@ -118,6 +120,9 @@ class FlowerExecutor:
         Device id -> node id (from :func:`discover_nodes`).
     timeout_s : float
         How long to wait for one batch's replies.
+    aggregation : str
+        The run's rule (``RunOptions.aggregation``), named in every job: a node drops its frozen-prefix
+        cache under a rule that changes the base weights, as ``RunContext.for_rule`` does in-process.
 
     Attributes
     ----------
@@ -126,10 +131,14 @@ class FlowerExecutor:
         nodes' own account, checked against the task in :meth:`train`).
     """
 
-    def __init__(self, grid: Grid, node_of: Mapping[str, int], *, timeout_s: float = 3600.0) -> None:
+    def __init__(
+        self, grid: Grid, node_of: Mapping[str, int], *, timeout_s: float = 3600.0, aggregation: str = "fedavg"
+    ) -> None:
+        get_rule(aggregation)  # an unknown rule is refused here, not on every node
         self.grid = grid
         self.node_of = dict(node_of)
         self.timeout_s = timeout_s
+        self.aggregation = aggregation
         self.received: list[dict[str, object]] = []
 
     def train(self, tasks: Sequence[TrainTask]) -> list[list[DeviceUpdate]]:
@@ -164,6 +173,9 @@ class FlowerExecutor:
                     global_round=task.global_round,
                     intra_round=task.intra_round,
                     start_state=task.start_state,
+                    aggregation=self.aggregation,
+                    base_delta=dict(task.base_delta),
+                    train_lora_a=task.train_lora_a,
                 )
                 group_id = f"round-{task.global_round}.{task.intra_round}"
                 jobs.append(job)

@@ -11,6 +11,12 @@ process in deployment), one process often serving several nodes. The model is lo
 and model spec, and a node's tokenized rows and frozen-prefix cache once per (run, node): both live in
 module-level caches here, never in the handlers (which Flower may pickle by value).
 
+A ``train`` message names the run's aggregation rule and carries what the engine's task carries for it:
+the base delta the device trains on and whether ``lora_A`` trains (FFA-LoRA keeps it frozen). The node
+trains through :class:`~hierfedlora.runtime.executors.base.LocalTrainer` with both, as the in-process
+executor does, and under a rule that changes the frozen weights (FedEx-LoRA, FLoRA) it trains without
+its frozen-prefix cache (``RunContext.for_rule``): states cached from the pristine base would be stale.
+
 Two hooks let users bring their own model and data:
 
 - ``model_fn(context, num_labels) -> ModelSpec``: the model folder and LoRA settings for a head of
@@ -39,6 +45,7 @@ from hierfedlora.models.lora import AdaptedModel, load_adapted_model
 from hierfedlora.planner.errors import InvalidInputError, Issue
 from hierfedlora.planner.fleets.datasets import read_dataset
 from hierfedlora.planner.types import DeviceProfile, Fleet
+from hierfedlora.runtime.aggregation_rules import get_rule
 from hierfedlora.runtime.context import RunContext
 from hierfedlora.runtime.data import tokenize_texts
 from hierfedlora.runtime.executors.base import LocalTrainer, TrainTask
@@ -204,6 +211,15 @@ class _Node:
     model_sha256: str
     seed: int
     batch_size: int
+    base_trainer: LocalTrainer | None = None  # without the prefix cache, for rules that change the base
+
+    def trainer_for(self, aggregation: str) -> LocalTrainer:
+        """The trainer for a job under ``aggregation``: without the prefix cache when the rule changes the base."""
+        if not get_rule(aggregation).changes_base:
+            return self.trainer
+        if self.base_trainer is None:
+            self.base_trainer = LocalTrainer(self.context.for_rule(aggregation))
+        return self.base_trainer
 
 
 _MODELS: dict[tuple[ModelSpec, int], tuple[AdaptedModel, object, str]] = {}
@@ -329,8 +345,10 @@ def handle_train(
         batch_size=job.batch_size,
         learning_rate=job.learning_rate,
         optimizer=job.optimizer,
+        base_delta=job.base_delta,
+        train_lora_a=job.train_lora_a,
     )
-    (update,) = node.trainer.train_task(task)
+    (update,) = node.trainer_for(job.aggregation).train_task(task)
     return Message(encode_update(update, job, len(node.data.texts)), reply_to=message)
 
 

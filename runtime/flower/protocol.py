@@ -6,14 +6,18 @@ Two exchanges, both Flower ``Message``s built fresh per node:
   ConfigRecord :data:`PROFILE_RECORD` holds the device id, label counts, sample count, memory, link
   rates, measured step seconds and (optionally) a simulated ``compute-scale`` (:class:`NodeProfile`).
 - **Training** (``train`` message, :data:`TRAIN`): the server sends one device its group's adapter
-  slice (ArrayRecord :data:`STATE_RECORD`, the keys of the group's depth or layers plus the head) and a
+  slice (ArrayRecord :data:`STATE_RECORD`, the keys of the group's depth or layers plus the head), a
   ConfigRecord :data:`TASK_RECORD` (group, lora-depth, layers, local-steps, batch-size, learning-rate,
-  optimizer, seed, global-round, intra-round, device-id); the reply holds the trained state under the
-  same ArrayRecord name and a MetricRecord :data:`RESULT_RECORD` (mean loss, mean step seconds, the
-  depth and group it trained, num-examples).
+  optimizer, seed, global-round, intra-round, device-id, and the run's aggregation rule: aggregation,
+  train-lora-a) and, when the rule changes the frozen weights (FedEx-LoRA, FLoRA) and the delta is not
+  empty, the base delta the device trains on (ArrayRecord :data:`BASE_DELTA_RECORD`, one ``(out, in)``
+  tensor per LoRA module, ``models.base_delta``); the reply holds the trained state under the same
+  ArrayRecord name and a MetricRecord :data:`RESULT_RECORD` (mean loss, mean step seconds, the depth
+  and group it trained, num-examples). A message without the rule's fields (made before they existed)
+  reads as FedAvg's: rule ``fedavg``, ``lora_A`` trained, no base delta.
 
 Tensors travel as numpy arrays (``ArrayRecord.from_torch_state_dict``), which is exact for every
-dtype torch and numpy share: a state decoded equals the state encoded bit for bit.
+dtype torch and numpy share: a state (or base delta) decoded equals the one encoded bit for bit.
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 
 from hierfedlora.models.adapters import AdapterState
 from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.runtime.aggregation_rules import RULE_NAMES, BaseDelta, get_rule
 from hierfedlora.runtime.local_training import DeviceUpdate
 
 __all__ = [
+    "BASE_DELTA_RECORD",
     "PROFILE_RECORD",
     "QUERY",
     "RESULT_RECORD",
@@ -52,13 +58,19 @@ PROFILE_RECORD = "hierfedlora-profile"
 STATE_RECORD = "hierfedlora-state"
 TASK_RECORD = "hierfedlora-task"
 RESULT_RECORD = "hierfedlora-result"
+BASE_DELTA_RECORD = "hierfedlora-base-delta"
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceJob:
     """One device's share of a training task: what a ``train`` message asks a node to do.
 
-    ``layers`` is FedRA's explicit layer set, or ``None`` for the top ``depth`` layers.
+    ``layers`` is FedRA's explicit layer set, or ``None`` for the top ``depth`` layers. ``aggregation``,
+    ``base_delta`` and ``train_lora_a`` are the run's rule and what the engine's
+    :class:`~hierfedlora.runtime.executors.base.TrainTask` carries for it: the base-weight delta the device
+    trains on (FedEx-LoRA, FLoRA; empty otherwise) and ``False`` to keep ``lora_A`` frozen (FFA-LoRA).
+    The node drops its frozen-prefix cache under a rule that changes the base
+    (``RunContext.for_rule``), as the in-process engine does.
     """
 
     device_id: str
@@ -73,6 +85,9 @@ class DeviceJob:
     global_round: int
     intra_round: int
     start_state: AdapterState
+    aggregation: str = "fedavg"
+    base_delta: BaseDelta = dataclasses.field(default_factory=dict)
+    train_lora_a: bool = True
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,9 +138,14 @@ def encode_job(job: DeviceJob) -> RecordDict:
             "seed": job.seed,
             "global-round": job.global_round,
             "intra-round": job.intra_round,
+            "aggregation": job.aggregation,
+            "train-lora-a": bool(job.train_lora_a),
         }
     )
-    return RecordDict({STATE_RECORD: _state_record(job.start_state), TASK_RECORD: config})
+    records: dict[str, ArrayRecord | ConfigRecord] = {STATE_RECORD: _state_record(job.start_state), TASK_RECORD: config}
+    if job.base_delta:
+        records[BASE_DELTA_RECORD] = _state_record(job.base_delta)
+    return RecordDict(records)
 
 
 def _require(content: RecordDict, name: str, kind: type) -> object:
@@ -138,19 +158,36 @@ def _require(content: RecordDict, name: str, kind: type) -> object:
 def decode_job(content: RecordDict) -> DeviceJob:
     """The :class:`DeviceJob` a ``train`` message carries.
 
+    The rule's fields are optional: without ``aggregation``, ``train-lora-a`` and the base-delta record
+    (a message made before they existed) the job is FedAvg's.
+
     Raises
     ------
     InvalidInputError
-        A missing record or field (the message was not made by :func:`encode_job`).
+        A missing record or field (the message was not made by :func:`encode_job`); an unknown
+        ``aggregation``; a ``train-lora-a`` that is not a bool; a base-delta record that is not an ArrayRecord,
+        or one under a rule that does not change the base.
     """
     config = _require(content, TASK_RECORD, ConfigRecord)
     state = _require(content, STATE_RECORD, ArrayRecord)
     assert isinstance(config, ConfigRecord) and isinstance(state, ArrayRecord)
     names = ("device-id", "group", "lora-depth", "layers", "local-steps", "batch-size", "learning-rate")
     names += ("optimizer", "seed", "global-round", "intra-round")
-    missing = [Issue(f"{TASK_RECORD}[{name!r}]", "present", "missing") for name in names if name not in config]
-    if missing:
-        raise InvalidInputError(missing, "train message")
+    issues = [Issue(f"{TASK_RECORD}[{name!r}]", "present", "missing") for name in names if name not in config]
+    aggregation, train_lora_a = config.get("aggregation", "fedavg"), config.get("train-lora-a", True)
+    if aggregation not in RULE_NAMES:
+        issues.append(Issue(f"{TASK_RECORD}['aggregation']", f"one of {', '.join(RULE_NAMES)}", aggregation))
+    if not isinstance(train_lora_a, bool):
+        issues.append(Issue(f"{TASK_RECORD}['train-lora-a']", "true or false", train_lora_a))
+    delta = content.get(BASE_DELTA_RECORD)
+    if delta is not None and not isinstance(delta, ArrayRecord):
+        issues.append(Issue(f"message.content[{BASE_DELTA_RECORD!r}]", "an ArrayRecord", type(delta).__name__))
+    elif delta is not None and aggregation in RULE_NAMES and not get_rule(aggregation).changes_base:
+        # a node caches frozen-prefix states from the pristine base under such a rule: they would be stale
+        expected = "absent unless the aggregation changes the base (fedex, flora)"
+        issues.append(Issue(f"message.content[{BASE_DELTA_RECORD!r}]", expected, f"present under {aggregation!r}"))
+    if issues:
+        raise InvalidInputError(issues, "train message")
     layers = config["layers"]
     return DeviceJob(
         device_id=str(config["device-id"]),
@@ -165,6 +202,9 @@ def decode_job(content: RecordDict) -> DeviceJob:
         global_round=int(config["global-round"]),  # type: ignore[arg-type]
         intra_round=int(config["intra-round"]),  # type: ignore[arg-type]
         start_state=_state_of(state),
+        aggregation=str(aggregation),
+        base_delta=_state_of(delta) if isinstance(delta, ArrayRecord) else {},
+        train_lora_a=bool(train_lora_a),
     )
 
 

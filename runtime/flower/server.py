@@ -10,12 +10,17 @@
    the devices' speed, memory and links are the nodes' answers (a node without a simulated
    ``compute-scale`` gets its measured step seconds divided by the cost model's host step).
 3. **Plan**: the run config's ``plan-file``, or the ``planner`` the App passes in (``make_plan``) over
-   the discovered devices. The runtime imports no solver: the App's ``server_app`` module wires the
-   planner and the closed loop's re-planner in.
+   the discovered devices, priced under the run config's ``aggregation`` rule. The runtime imports no
+   solver: the App's ``server_app`` module wires the planner and the closed loop's re-planner in.
 4. **Run**: :func:`~hierfedlora.runtime.engine.run_plan` with the Flower executor: the engine keeps
-   every round's logic (intra-group FedAvg, the layer-wise merge, evaluation on the held-out split,
-   the simulated clock, checkpoints committed before each report, resume, the closed loop's re-plan);
-   only the devices' local training happens on the nodes.
+   every round's logic (aggregation inside groups and the layer-wise merge under the run's rule, base
+   deltas and HetLoRA's ranks, evaluation on the held-out split, the simulated clock, checkpoints
+   committed before each report, resume, the closed loop's re-plan); only the devices' local training
+   happens on the nodes.
+
+The run's rule is chosen as ``hierfedlora run --aggregation`` chooses it (:func:`run_rule`): the run
+config's ``aggregation``, else the plan's (``Plan.aggregation``); a plan priced under FedAvg runs under
+any rule (with a warning), one priced under another rule only under its own.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from hierfedlora.runtime.flower.protocol import NodeProfile
 from hierfedlora.runtime.flower.settings import AppSettings
 from hierfedlora.runtime.options import RunOptions
 
-__all__ = ["FlowerRun", "discovered_fleet", "make_server_app", "run_options", "run_server"]
+__all__ = ["FlowerRun", "discovered_fleet", "make_server_app", "run_options", "run_rule", "run_server"]
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +66,48 @@ class FlowerRun:
     replies: tuple[Mapping[str, object], ...]
 
 
-def run_options(settings: AppSettings) -> RunOptions:
-    """The engine's options for the App's settings."""
+def run_rule(settings: AppSettings, plan: Plan | None) -> str:
+    """The run's aggregation rule: the run config's ``aggregation``, else ``plan``'s rule, else ``fedavg``.
+
+    As ``hierfedlora run --aggregation``: a plan priced under FedAvg runs under any rule (logged as a
+    warning: the clock then charges the rule's traffic, not the plan's predictions); a plan priced under
+    another rule runs only under its own.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming ``aggregation``: a rule other than the one a non-FedAvg plan was priced under.
+
+    Examples
+    --------
+    >>> run_rule(AppSettings(aggregation="fedex"), None)
+    'fedex'
+    >>> run_rule(AppSettings(), None)
+    'fedavg'
+    """
+    if not settings.aggregation:
+        return plan.aggregation if plan is not None else "fedavg"
+    if plan is None or plan.aggregation == settings.aggregation:
+        return settings.aggregation
+    if plan.aggregation == "fedavg":
+        log.warning(
+            "plan %s was priced under fedavg and runs under %s: the clock charges %s's traffic, so simulated times "
+            "differ from the plan's predictions",
+            plan.plan_id,
+            settings.aggregation,
+            settings.aggregation,
+        )
+        return settings.aggregation
+    expected = f"the rule the plan was priced under, {plan.aggregation!r} (or empty)"
+    hint = f"re-plan with 'hierfedlora plan --aggregation {settings.aggregation}'"
+    raise InvalidInputError([Issue("aggregation", expected, settings.aggregation, hint)], "run config")
+
+
+def run_options(settings: AppSettings, aggregation: str | None = None) -> RunOptions:
+    """The engine's options for the App's settings, under ``aggregation`` (default: the settings' rule or fedavg)."""
     return RunOptions(
+        aggregation=aggregation or settings.aggregation or "fedavg",
+        hetlora_prune_gamma=settings.hetlora_prune_gamma,
         rounds=settings.rounds,
         learning_rate=settings.learning_rate,
         optimizer=settings.optimizer,
@@ -141,8 +185,9 @@ def _cost_model(settings: AppSettings, num_classes: int) -> CostModel:
     return measure_cost_model(spec, batch_size=settings.batch_size, seq_len=settings.max_seq_len, seed=settings.seed)
 
 
-def _problem(settings: AppSettings, fleet: Fleet, cost_model: CostModel) -> PlanningProblem:
+def _problem(settings: AppSettings, fleet: Fleet, cost_model: CostModel, aggregation: str) -> PlanningProblem:
     return PlanningProblem(
+        aggregation=aggregation,
         devices=fleet.devices,
         cost_model=cost_model,
         num_groups=min(settings.groups, len(fleet.devices)),
@@ -210,21 +255,20 @@ def run_server(
         fleet = node_fleet(settings, 0)  # the file's fleet, whatever the node count
     if plan is None and settings.plan_file:
         plan = read_json(Plan, settings.plan_file)
+    aggregation = run_rule(settings, plan)  # before discovery: a plan-file under another rule is refused at once
     # Nodes register one by one: with a known fleet or plan, wait for every device they name.
     expected = len(fleet.devices) if fleet is not None else len(plan.device_ids) if plan is not None else 0
     profiles = discover_nodes(grid, timeout_s=settings.timeout_s, min_nodes=max(min_nodes, expected))
     reference = fleet if fleet is not None else node_fleet(settings, len(profiles))
     cost = cost_model or _cost_model(settings, len(reference.class_names))
     run_fleet = discovered_fleet(reference, profiles, cost)
-    problem = _problem(settings, run_fleet, cost)
-    if plan is None and settings.plan_file:
-        plan = read_json(Plan, settings.plan_file)
+    problem = _problem(settings, run_fleet, cost, aggregation)  # planned and re-planned under the run's rule
     if plan is None:
         if planner is None:
             raise InvalidInputError([Issue("plan", "a plan, a plan-file or a planner", None)], "flower server")
         plan = planner(problem)
-    log.info("%s", _summary(plan))
-    options = run_options(settings)
+    log.info("%s under %s", _summary(plan), aggregation)
+    options = run_options(settings, aggregation)
     run_context = prepare_run(plan, run_fleet, options, device_ids=())
     wrong_model = [
         Issue(f"node {n}.model_sha256", run_context.model_sha256, p.model_sha256)
@@ -244,7 +288,7 @@ def run_server(
             raise InvalidInputError([issue], "run config")
         replanner = replanner_factory(problem, settings.replan_every)
     node_of = {p.device_id: n for n, p in profiles.items()}
-    executor = FlowerExecutor(grid, node_of, timeout_s=settings.timeout_s)
+    executor = FlowerExecutor(grid, node_of, timeout_s=settings.timeout_s, aggregation=aggregation)
     reports = []
     for report in run_plan(
         plan,

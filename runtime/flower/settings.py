@@ -1,8 +1,9 @@
 """``AppSettings``: the Flower App's run config (``[tool.flwr.app.config]``), parsed and checked once.
 
-Flower config values are scalars, so "absent" is spelled ``""`` (files) or ``0`` (sample caps, re-plan
-period) in the TOML; here they become ``None``. Keys use Flower's dashes (``local-steps``); fields use
-underscores. Unknown keys are refused with a "did you mean" hint, like every hierfedlora input.
+Flower config values are scalars, so "absent" is spelled ``""`` (files, the aggregation rule) or ``0``
+(sample caps, re-plan period) in the TOML; here they become ``None``. Keys use Flower's dashes
+(``local-steps``); fields use underscores. Unknown keys are refused with a "did you mean" hint, like every
+hierfedlora input.
 
 Examples
 --------
@@ -29,6 +30,8 @@ from hierfedlora.planner.rules import (
     Rule,
     check_fields,
 )
+from hierfedlora.runtime.aggregation_rules import RULE_NAMES
+from hierfedlora.runtime.options import RUN_OPTION_RULES
 
 __all__ = ["AppSettings"]
 
@@ -64,6 +67,12 @@ SETTING_RULES: dict[str, Rule] = {
     "replan_every": NON_NEGATIVE_INT,
     "resume": _BOOL,
     "timeout_s": FINITE_POSITIVE,
+    "aggregation": Rule(
+        f"one of {', '.join(RULE_NAMES)} (or empty: the plan's rule)",
+        lambda v: v == "" or v in RULE_NAMES,
+        ("fedprox", "FedAvg", 1),
+    ),
+    "hetlora_prune_gamma": RUN_OPTION_RULES["hetlora_prune_gamma"],
 }
 
 
@@ -105,6 +114,15 @@ class AppSettings:
         Continue ``run_dir``'s last committed round.
     timeout_s : float
         How long the server waits for one batch of replies.
+    aggregation : str
+        The aggregation rule inside and across groups (``runtime.aggregation_rules``): ``fedavg``, ``ffa``,
+        ``fedex``, ``flora``, ``lora-fair`` or ``hetlora``, as ``hierfedlora run --aggregation``. Empty (the
+        default): the rule the plan was priced under (``Plan.aggregation``), so ``fedavg`` when the App
+        plans. The App plans under the rule (``PlanningProblem.aggregation``); a ``plan-file`` priced under
+        another rule than ``fedavg`` runs only under its own.
+    hetlora_prune_gamma : float
+        Under ``hetlora``, a group drops its last rank component after a round when it carries under
+        ``1 - gamma`` of the norm (``RunOptions.hetlora_prune_gamma``; 0 prunes one every round).
     """
 
     rounds: int = 3
@@ -134,6 +152,8 @@ class AppSettings:
     replan_every: int = 0
     resume: bool = False
     timeout_s: float = 3600.0
+    aggregation: str = ""
+    hetlora_prune_gamma: float = 0.99
 
     def __post_init__(self) -> None:
         issues = check_fields(self, SETTING_RULES)

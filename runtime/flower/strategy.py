@@ -22,6 +22,12 @@ devices gets one fresh ``train`` message with its group's state and depth (the n
 
 Device ids map to node ids by ``node_of``, or by discovery (a ``query`` to every node) on the first
 round.
+
+The Strategy aggregates with FedAvg only. The other rules need run state a ``Strategy``'s arrays do not
+hold (FedEx-LoRA's and FLoRA's base deltas, HetLoRA's pruned ranks) or the engine's per-rule traffic and
+evaluation, so a plan priced under another rule (``Plan.aggregation``) is refused at construction rather
+than averaged. Run such a plan with the App (:func:`~hierfedlora.runtime.flower.server.run_server`, run
+config ``aggregation``), which runs every rule.
 """
 
 from __future__ import annotations
@@ -71,6 +77,12 @@ class HierFedLoraStrategy(Strategy):
     timeout_s : float
         Discovery's wait for nodes and replies.
 
+    Raises
+    ------
+    InvalidInputError
+        Naming ``plan.aggregation``: a plan priced under another rule than ``fedavg`` (the Strategy
+        averages with FedAvg only; the App runs every rule).
+
     Examples
     --------
     With a plan whose deepest group aggregates twice per global round, 3 global rounds are 6 Flower
@@ -87,6 +99,12 @@ class HierFedLoraStrategy(Strategy):
         node_of: Mapping[str, int] | None = None,
         timeout_s: float = 600.0,
     ) -> None:
+        if plan.aggregation != "fedavg":
+            expected = "'fedavg' (HierFedLoraStrategy averages with FedAvg only)"
+            hint = "run the plan with the Flower App (run config 'aggregation'), which runs every rule"
+            raise InvalidInputError(
+                [Issue("plan.aggregation", expected, plan.aggregation, hint)], "HierFedLoraStrategy"
+            )
         self.plan = plan
         self.learning_rate, self.optimizer, self.seed = learning_rate, optimizer, seed
         self.node_of = dict(node_of) if node_of is not None else None

@@ -160,3 +160,120 @@ def test_flower_docstring_examples_run(module_name):
     """doctest.testmod finds no failure in the module."""
     result = doctest.testmod(importlib.import_module(module_name), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_a_train_message_carries_the_rules_base_delta_and_frozen_a_bit_for_bit():
+    """A FedEx-LoRA job's base delta, rule and train-lora-a come back exactly; FedAvg jobs carry no delta record."""
+    from hierfedlora.runtime.flower.protocol import BASE_DELTA_RECORD, decode_job, encode_job
+
+    # Arrange
+    delta = {"layers.1.query": torch.randn(4, 4, dtype=torch.float64) * 1e-30, "layers.1.value": torch.zeros(3, 2)}
+    job = dataclasses.replace(_job(), aggregation="fedex", base_delta=delta, train_lora_a=False)
+    # Act
+    content = encode_job(job)
+    back = decode_job(content)
+    plain = encode_job(_job())
+    # Assert
+    assert (back.aggregation, back.train_lora_a) == ("fedex", False)
+    assert back.base_delta.keys() == delta.keys()
+    assert all(torch.equal(back.base_delta[k], delta[k]) and back.base_delta[k].dtype == delta[k].dtype for k in delta)
+    assert BASE_DELTA_RECORD in content and BASE_DELTA_RECORD not in plain
+
+
+def test_a_train_message_without_the_rules_fields_reads_as_fedavg():
+    """A message made before the rule's fields existed decodes as a FedAvg job: A trained, no base delta."""
+    from flwr.app import ConfigRecord
+
+    from hierfedlora.runtime.flower.protocol import TASK_RECORD, decode_job, encode_job
+
+    # Arrange
+    content = encode_job(_job())
+    config = dict(content[TASK_RECORD])
+    del config["aggregation"], config["train-lora-a"]
+    content[TASK_RECORD] = ConfigRecord(config)
+    # Act
+    back = decode_job(content)
+    # Assert
+    assert (back.aggregation, back.train_lora_a, back.base_delta) == ("fedavg", True, {})
+
+
+def test_a_train_message_with_a_bad_rule_or_a_stray_base_delta_is_refused_by_name():
+    """An unknown rule, a non-bool train-lora-a and a base delta under FedAvg are each named."""
+    from flwr.app import ConfigRecord
+
+    from hierfedlora.runtime.flower.protocol import BASE_DELTA_RECORD, TASK_RECORD, decode_job, encode_job
+
+    # Arrange
+    unknown = encode_job(_job())
+    unknown[TASK_RECORD] = ConfigRecord({**dict(unknown[TASK_RECORD]), "aggregation": "fedprox", "train-lora-a": 1})
+    stray = encode_job(
+        dataclasses.replace(_job(), aggregation="fedex", base_delta={"layers.1.query": torch.ones(2, 2)})
+    )
+    stray[TASK_RECORD] = ConfigRecord({**dict(stray[TASK_RECORD]), "aggregation": "fedavg"})
+    # Act
+    with pytest.raises(InvalidInputError) as bad_rule:
+        decode_job(unknown)
+    with pytest.raises(InvalidInputError) as bad_delta:
+        decode_job(stray)
+    # Assert
+    assert [i.path for i in bad_rule.value.issues] == [
+        f"{TASK_RECORD}['aggregation']",
+        f"{TASK_RECORD}['train-lora-a']",
+    ]
+    assert "fedavg, ffa, fedex, flora, lora-fair, hetlora" in bad_rule.value.issues[0].expected
+    assert [i.path for i in bad_delta.value.issues] == [f"message.content[{BASE_DELTA_RECORD!r}]"]
+
+
+@pytest.mark.parametrize(
+    ("key", "bad"), [("aggregation", "fedprox"), ("aggregation", "FedEx"), ("hetlora-prune-gamma", 1.0)]
+)
+def test_run_config_refuses_a_bad_rule_or_prune_gamma_naming_the_key(key, bad):
+    """An unknown rule is refused naming ``aggregation`` and the six rules; gamma outside [0, 1) naming its key."""
+    from hierfedlora.runtime.flower.settings import AppSettings
+
+    # Act
+    with pytest.raises(InvalidInputError) as info:
+        AppSettings.from_run_config({key: bad})
+    # Assert
+    assert [issue.path for issue in info.value.issues] == [key.replace("-", "_")]
+    assert f"run config: {key.replace('-', '_')}" in str(info.value)
+    if key == "aggregation":
+        assert "one of fedavg, ffa, fedex, flora, lora-fair, hetlora" in info.value.issues[0].expected
+
+
+def test_the_run_rule_and_options_follow_the_run_config_as_the_cli_does():
+    """The run config's rule wins over a FedAvg plan's; empty takes the plan's; another rule than a non-FedAvg
+    plan's is refused naming ``aggregation``; the rule and gamma reach ``RunOptions``."""
+    from hierfedlora.runtime.flower.server import run_options, run_rule
+    from hierfedlora.runtime.flower.settings import AppSettings
+
+    # Arrange
+    from tests.factories import make_two_group_plan
+
+    fleet = _fleet()
+    fedavg_plan = make_two_group_plan(fleet)
+    flora_plan = dataclasses.replace(fedavg_plan, aggregation="flora")
+    settings = AppSettings.from_run_config({"aggregation": "hetlora", "hetlora-prune-gamma": 0})
+    # Act
+    rules = [run_rule(settings, fedavg_plan), run_rule(AppSettings(), flora_plan), run_rule(AppSettings(), None)]
+    options = run_options(settings, rules[0])
+    with pytest.raises(InvalidInputError) as info:
+        run_rule(settings, flora_plan)
+    # Assert
+    assert rules == ["hetlora", "flora", "fedavg"]
+    assert (options.aggregation, options.hetlora_prune_gamma) == ("hetlora", 0.0)
+    assert [issue.path for issue in info.value.issues] == ["aggregation"] and "'flora'" in info.value.issues[0].expected
+
+
+def test_the_strategy_refuses_a_plan_priced_under_another_rule():
+    """``HierFedLoraStrategy`` averages with FedAvg only: a FLoRA plan is refused, not silently averaged."""
+    from hierfedlora.runtime.flower.strategy import HierFedLoraStrategy
+    from tests.factories import make_two_group_plan
+
+    # Arrange
+    plan = dataclasses.replace(make_two_group_plan(_fleet()), aggregation="flora")
+    # Act
+    with pytest.raises(InvalidInputError) as info:
+        HierFedLoraStrategy(plan)
+    # Assert
+    assert [issue.path for issue in info.value.issues] == ["plan.aggregation"]
