@@ -7,6 +7,9 @@ unknown keys with a "did you mean" hint, wrong shapes, broken field rules) into 
 a temporary file in the same folder, ``fsync`` and ``os.replace``, so a reader never sees
 a half-written file.
 
+Strict JSON parsing lives in :mod:`hierfedlora.planner.strict_json`, reading and atomic writing of files in
+:mod:`hierfedlora.planner.file_io`; their functions are importable from here.
+
 Examples
 --------
 >>> from hierfedlora.planner.types import SolverOptions
@@ -28,15 +31,15 @@ import hashlib
 import json
 import math
 import os
-import tempfile
-import threading
 import types
 import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hierfedlora.planner.errors import InvalidInputError, Issue, StorageError
+from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.file_io import atomic_write_bytes, atomic_write_text, current_umask, read_text
+from hierfedlora.planner.strict_json import MAX_JSON_DEPTH, MAX_NUMBER_DIGITS, parse_json
 
 __all__ = [
     "SEAL_KEY",
@@ -54,6 +57,9 @@ __all__ = [
     "with_settings",
     "to_json",
     "write_json",
+    # defined in planner.strict_json; importable from here as before
+    "MAX_JSON_DEPTH",
+    "MAX_NUMBER_DIGITS",
 ]
 
 T = TypeVar("T")
@@ -193,112 +199,6 @@ def from_dict(cls: type[T], data: Any, *, source: str | None = None) -> T:
     return typing.cast(T, result)
 
 
-MAX_JSON_DEPTH = 64
-"""Deepest nesting of arrays and objects a JSON input may have (ours need fewer than 8)."""
-
-MAX_NUMBER_DIGITS = 64
-"""Longest number literal a JSON input may hold (a count needs at most 19 digits)."""
-
-
-class _BadJsonError(ValueError):
-    def __init__(self, expected: str, got: str) -> None:
-        super().__init__(expected)
-        self.expected, self.got = expected, got
-
-
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if len(text) > MAX_NUMBER_DIGITS or not math.isfinite(value):
-        raise _BadJsonError(f"a finite number of at most {MAX_NUMBER_DIGITS} characters", text[:40])
-    return value
-
-
-def _parse_int(text: str) -> int:
-    if len(text) > MAX_NUMBER_DIGITS:
-        raise _BadJsonError(f"a number of at most {MAX_NUMBER_DIGITS} digits", f"{text[:10]}... ({len(text)} digits)")
-    return int(text)
-
-
-def _refuse_constant(name: str) -> Any:
-    raise _BadJsonError("a finite number (strict JSON has no NaN or Infinity)", name)
-
-
-def _too_deep(data: Any) -> bool:
-    """Whether arrays and objects nest deeper than :data:`MAX_JSON_DEPTH` (iterative: no recursion)."""
-    stack = [(data, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict | list):
-            if depth > MAX_JSON_DEPTH:
-                return True
-            children = value.values() if isinstance(value, dict) else value
-            stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return False
-
-
-def _bad_number_path(text: str) -> str:
-    """Where the first refused number sits (``devices[3].uplink_mbps``), found by a lenient re-parse; '' if unknown."""
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
-        return ""
-    stack: list[tuple[Any, str]] = [(data, "")]
-    while stack:
-        value, path = stack.pop()
-        if isinstance(value, float) and not math.isfinite(value):
-            return path or "(top level)"
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**MAX_NUMBER_DIGITS:
-            return path or "(top level)"
-        if isinstance(value, dict):
-            stack.extend((v, _join(path, str(k))) for k, v in reversed(list(value.items())))
-        elif isinstance(value, list):
-            stack.extend((v, f"{path}[{i}]") for i, v in reversed(list(enumerate(value))))
-    return ""
-
-
-def parse_json(text: str, *, source: str | None = None, where: str = "") -> Any:
-    """Strict JSON data from ``text``: a UTF-8 byte order mark is skipped; NaN, Infinity, numbers that
-    overflow a float or run past :data:`MAX_NUMBER_DIGITS`, and nesting past :data:`MAX_JSON_DEPTH` are
-    refused, so nothing downstream meets a non-finite number or recurses without bound.
-
-    Parameters
-    ----------
-    text : str
-    source : str, optional
-        The file, named in the error.
-    where : str, optional
-        The issue path to use (``line 4`` of a JSON Lines file); default: the line of the error.
-
-    Raises
-    ------
-    InvalidInputError
-        Malformed or refused JSON, one issue naming the line.
-    """
-    try:
-        data = json.loads(
-            text.removeprefix("\ufeff"),
-            parse_float=_parse_float,
-            parse_int=_parse_int,
-            parse_constant=_refuse_constant,
-        )
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError([Issue(where or f"line {exc.lineno}", "valid JSON", exc.msg)], source) from None
-    except _BadJsonError as exc:
-        path = where or _bad_number_path(text.removeprefix("\ufeff")) or "(number)"
-        raise InvalidInputError([Issue(path, exc.expected, exc.got)], source) from None
-    except RecursionError:
-        data = None
-        deep = True
-    except ValueError as exc:  # int() past the interpreter's digit limit and the like
-        raise InvalidInputError([Issue(where or "(number)", "valid JSON numbers", str(exc))], source) from None
-    else:
-        deep = _too_deep(data)
-    if deep:
-        expected = f"JSON nested at most {MAX_JSON_DEPTH} levels deep"
-        raise InvalidInputError([Issue(where or "(top level)", expected, "deeper nesting")], source)
-    return data
-
-
 SEAL_KEY = "content_sha256"
 """A top-level key some files carry (``planner.sealed``): the sha256 of the rest of their content, checked on read."""
 
@@ -327,93 +227,6 @@ def read_json(cls: type[T], path: str | os.PathLike[str]) -> T:
         The file exists but cannot be read (no permission, an I/O error).
     """
     return from_json(cls, read_text(path), source=Path(path).name)
-
-
-def read_text(path: str | os.PathLike[str]) -> str:
-    """A UTF-8 text file's contents (a byte order mark kept; :func:`parse_json` skips it).
-
-    Raises
-    ------
-    InvalidInputError
-        A missing file, a folder, or bytes that are not UTF-8, naming the file.
-    StorageError
-        Any other failure to read it (no permission, an I/O error), naming the path.
-    """
-    file = Path(path)
-    try:
-        return file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InvalidInputError([Issue("path", "an existing file", str(file))], file.name) from None
-    except IsADirectoryError:
-        raise InvalidInputError([Issue("path", "a file, not a folder", str(file))], file.name) from None
-    except UnicodeDecodeError as exc:
-        raise InvalidInputError([Issue("path", "a readable UTF-8 file", f"{file}: {exc}")], file.name) from None
-    except OSError as exc:
-        raise StorageError.from_os_error(exc, file, "read") from None
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically: temp file in the same folder, fsync, replace."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, flush, fsync, ``os.replace``,
-    fsync of the folder. A crash at any point leaves the old file or the new one, never a mix. The file
-    gets the permissions a plain ``open`` would give it (``0o666`` less the umask).
-
-    Raises
-    ------
-    StorageError
-        The folder or file cannot be written (read-only file system, no space, no permission), naming
-        ``path``; no temporary file is left behind.
-    """
-    target = Path(path)
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # names the folder that could not be made
-        raise StorageError.from_os_error(exc, target.parent, "write") from None
-    try:
-        fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    except OSError as exc:  # the file the user asked for, not our temporary name
-        raise StorageError(str(target), "write", exc.strerror or str(exc), exc.errno) from None
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o666 & ~current_umask())  # mkstemp makes 0600
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, target)
-    except BaseException as exc:
-        Path(temp_name).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise StorageError(str(target), "write", exc.strerror or str(exc), exc.errno) from None
-        raise
-    _fsync_dir(target.parent)
-
-
-_UMASK_LOCK = threading.Lock()
-
-
-def current_umask() -> int:
-    """The process's umask (read by setting it and putting it back, under a lock)."""
-    with _UMASK_LOCK:
-        mask = os.umask(0o022)
-        os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
