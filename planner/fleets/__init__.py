@@ -8,9 +8,10 @@
   k classes per device);
 - :mod:`~hierfedlora.planner.fleets.tiers`: device tiers from published figures (speed, memory, links);
 - :mod:`~hierfedlora.planner.fleets.synthetic`: synthetic fleets with Dirichlet label skew, no data set;
-- :mod:`~hierfedlora.planner.fleets.fleet_store`: the columnar ``.npz`` fleet file.
+- :mod:`~hierfedlora.planner.fleets.fleet_store`: the columnar ``.npz`` fleet file;
+- :mod:`~hierfedlora.planner.fleets.fedscale`: FedScale device traces imported into a fleet.
 
-``planner.fleet`` keeps the entry points (``make_fleet``, ``load_fleet``, ``save_fleet``), and
+``planner.fleet`` keeps the entry points (``make_fleet``, ``load_fleet``, ``save_fleet``, ``import_fedscale``), and
 ``hierfedlora.planner`` exports them and this package's public names. Nothing here imports a solver.
 """
 
