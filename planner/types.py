@@ -87,7 +87,8 @@ __all__ = [
     "PROBLEM_LIMITS",
     "PlanningProblem",
     "SolverOptions",
-    # defined in fleet_types, cost_model and convergence_params; importable from here as before
+    # defined in fleet_types, cost_model, convergence_params and schema; importable from here as before
+    "SCHEMA_RULE",
     "CONVERGENCE_RULES",
     "COST_MODEL_LIMITS",
     "DATASET_RULES",
