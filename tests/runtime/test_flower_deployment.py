@@ -32,8 +32,8 @@ pytest.importorskip("flwr")
 
 APP_DIR = Path(__file__).resolve().parents[2] / "flower_app"
 BIN = Path(sys.executable).parent
-START_TIMEOUT_S = 60.0
-RUN_TIMEOUT_S = 240.0
+START_TIMEOUT_S = 240.0
+RUN_TIMEOUT_S = 900.0
 WORDS = {"animal": ["dog", "cat", "horse", "cow"], "food": ["bread", "cake", "rice", "soup"]}
 
 
@@ -112,7 +112,7 @@ def test_flwr_run_on_a_loopback_superlink_with_three_supernodes(loopback_inputs,
     env = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     files = {"fleet-file": "fleet.json", "plan-file": "plan.json", "cost-model-file": "cost.json", "run-dir": "run"}
     run_config = " ".join(
-        [f"rounds=1 model='{minilm_slice_dir}' batch-size=4 eval-samples=4 timeout-s=180.0"]
+        [f"rounds=1 model='{minilm_slice_dir}' batch-size=4 eval-samples=4 timeout-s=600.0"]
         + [f"{key}='{folder / name}'" for key, name in files.items()]
     )
     processes: list[subprocess.Popen] = []
