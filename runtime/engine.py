@@ -23,7 +23,7 @@ One global round ``r`` (1-based, like Flower's ``server_round``):
 5. the simulated clock advances by the cost model's round time (``clock.global_round_time_s``);
 6. round r is committed (checkpoint, then a fsynced JSONL line) and only then yielded.
 
-Ctrl-C (SIGINT) during a round lets the round finish and commit, then raises
+Ctrl-C (SIGINT) during a round lets the round finish and commit (``runtime.interrupts``), then raises
 ``RunInterruptedError``; ``resume=True`` continues from the last committed round, refusing a
 checkpoint of another plan, fleet or model (``ResumeMismatchError``).
 
@@ -33,13 +33,10 @@ Where the loop starts (fresh, or from the last commit) and what a checkpoint's t
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import signal
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from hierfedlora.models.adapters import AdapterState
@@ -48,7 +45,7 @@ from hierfedlora.planner.errors import InvalidInputError, Issue, RunInterruptedE
 from hierfedlora.planner.intra_evals import IntraRoundEval
 from hierfedlora.planner.outcomes import GroupRoundResult, Plan, RoundReport
 from hierfedlora.planner.types import CostModel, DeviceProfile, Fleet
-from hierfedlora.runtime.aggregation_rules import BaseDelta, get_rule
+from hierfedlora.runtime.aggregation_rules import get_rule
 from hierfedlora.runtime.batched_training import device_batching
 from hierfedlora.runtime.checkpoint import (
     REPORTS_NAME,
@@ -58,14 +55,15 @@ from hierfedlora.runtime.checkpoint import (
     read_reports,
     save_checkpoint,
 )
-from hierfedlora.runtime.clock import RoundTiming, SimClock, global_round_time_s
+from hierfedlora.runtime.clock import RoundTiming, global_round_time_s
 from hierfedlora.runtime.context import RunContext, check_plan_for_run, prepare_run
 from hierfedlora.runtime.executors.base import Executor
 from hierfedlora.runtime.executors.inprocess import InProcessExecutor
 from hierfedlora.runtime.faults import FaultOptions, RoundFaults, draw_round_faults
 from hierfedlora.runtime.forward import Forward
-from hierfedlora.runtime.group_training import LevelObserver, train_groups
-from hierfedlora.runtime.intra_evaluation import intra_level_time_s, observe_level
+from hierfedlora.runtime.group_training import train_groups
+from hierfedlora.runtime.interrupts import _sigint_deferred
+from hierfedlora.runtime.intra_evaluation import _intra_observer
 from hierfedlora.runtime.local_training import evaluate
 from hierfedlora.runtime.options import RunOptions
 from hierfedlora.runtime.rank_pruning import prune_ranks, ranked_plan
@@ -83,28 +81,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def _sigint_deferred() -> Iterator[threading.Event]:
-    """Turn Ctrl-C into a flag the round loop checks after committing (main thread only)."""
-    flag = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(_signum: int, _frame: object) -> None:
-        if flag.is_set():  # a second Ctrl-C: stop now, the last commit stands
-            raise KeyboardInterrupt
-        log.warning("interrupt received: finishing and committing this round, then stopping")
-        flag.set()
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def run_plan(
@@ -364,35 +340,6 @@ def _run_rounds(
                 raise RunInterruptedError(global_round, str(folder))
             if replanner is not None and global_round < options.rounds:
                 plan = consult_replanner(replanner, plan, reports, plans, fleet, context, folder, samples_of)
-
-
-def _intra_observer(
-    sink: list[IntraRoundEval],
-    context: RunContext,
-    rule: object,
-    global_state: AdapterState,
-    base_delta: BaseDelta,
-    plan: Plan,
-    fleet: Fleet,
-    positions: Mapping[str, int],
-    timing: RoundTiming,
-    clock: SimClock,
-    eval_depth: int,
-    batch_size: int,
-) -> LevelObserver:
-    """The observer of ``runtime.intra_evaluation`` for one round, appending to ``sink``."""
-    weights = [float(sum(fleet.devices[positions[d]].num_samples for d in g.device_ids)) for g in plan.groups]
-
-    def observe(level: int, states: Sequence[AdapterState], pending: Sequence[BaseDelta], done: Sequence[bool]) -> None:
-        seen = observe_level(
-            context, rule, global_state, base_delta, states, pending, done, weights,  # type: ignore[arg-type]
-            level=level, sim_time_s=intra_level_time_s(timing, level, clock.now_s), eval_depth=eval_depth,
-            batch_size=batch_size,
-        )  # fmt: skip
-        if seen is not None:
-            sink.append(seen)
-
-    return observe
 
 
 def _dropped(round_faults: RoundFaults | None, timing: RoundTiming) -> tuple[str, ...]:

@@ -20,14 +20,17 @@ same with and without the observer (tested bit for bit).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from hierfedlora.models.adapters import AdapterState
 from hierfedlora.models.base_delta import add_deltas, applied_base_delta
 from hierfedlora.planner.intra_evals import IntraRoundEval
+from hierfedlora.planner.outcomes import Plan
+from hierfedlora.planner.types import Fleet
 from hierfedlora.runtime.aggregation_rules import AggregationRule, BaseDelta
-from hierfedlora.runtime.clock import RoundTiming
+from hierfedlora.runtime.clock import RoundTiming, SimClock
 from hierfedlora.runtime.context import RunContext
+from hierfedlora.runtime.group_training import LevelObserver
 from hierfedlora.runtime.local_training import evaluate
 
 __all__ = ["intra_level_time_s", "observe_level"]
@@ -77,3 +80,32 @@ def observe_level(
     with applied_base_delta(context.model.peft_model, add_deltas(base_delta, merged.base_delta)):
         loss, accuracy = evaluate(forward, context.data.labels, context.eval_rows, batch_size=batch_size)
     return IntraRoundEval(intra_round=level, sim_time_s=sim_time_s, eval_loss=loss, eval_accuracy=accuracy)
+
+
+def _intra_observer(
+    sink: list[IntraRoundEval],
+    context: RunContext,
+    rule: object,
+    global_state: AdapterState,
+    base_delta: BaseDelta,
+    plan: Plan,
+    fleet: Fleet,
+    positions: Mapping[str, int],
+    timing: RoundTiming,
+    clock: SimClock,
+    eval_depth: int,
+    batch_size: int,
+) -> LevelObserver:
+    """The observer of ``runtime.intra_evaluation`` for one round, appending to ``sink``."""
+    weights = [float(sum(fleet.devices[positions[d]].num_samples for d in g.device_ids)) for g in plan.groups]
+
+    def observe(level: int, states: Sequence[AdapterState], pending: Sequence[BaseDelta], done: Sequence[bool]) -> None:
+        seen = observe_level(
+            context, rule, global_state, base_delta, states, pending, done, weights,  # type: ignore[arg-type]
+            level=level, sim_time_s=intra_level_time_s(timing, level, clock.now_s), eval_depth=eval_depth,
+            batch_size=batch_size,
+        )  # fmt: skip
+        if seen is not None:
+            sink.append(seen)
+
+    return observe
