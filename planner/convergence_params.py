@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.errors import Issue, raise_if_any
 from hierfedlora.planner.rules import (
     FINITE_NON_NEGATIVE,
     FINITE_POSITIVE,
@@ -19,11 +19,6 @@ from hierfedlora.planner.rules import (
 )
 
 __all__ = ["CALIBRATION_SOURCE", "CONVERGENCE_RULES", "REFERENCE_LOSS_GAP", "ConvergenceParams", "target_for_loss"]
-
-
-def _raise_if(issues: list[Issue]) -> None:
-    if issues:
-        raise InvalidInputError(issues)
 
 
 REFERENCE_LOSS_GAP = 0.1
@@ -74,7 +69,7 @@ class ConvergenceParams:
     target_loss_gap: float = REFERENCE_LOSS_GAP
 
     def __post_init__(self) -> None:
-        _raise_if(check_fields(self, CONVERGENCE_RULES))
+        raise_if_any(check_fields(self, CONVERGENCE_RULES))
 
     @property
     def target_rounds(self) -> float:
@@ -120,5 +115,5 @@ def target_for_loss(loss_nats: float, num_classes: int, *, loss_floor_nats: floa
                 loss_nats,
             )
         )
-    _raise_if(issues)
+    raise_if_any(issues)
     return (loss_nats - loss_floor_nats) / (math.log(num_classes) - loss_floor_nats)

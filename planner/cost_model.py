@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.errors import Issue, raise_if_any
 from hierfedlora.planner.rules import (
     ANY_STRING,
     FINITE_NON_NEGATIVE,
@@ -27,11 +27,6 @@ from hierfedlora.planner.rules import (
 from hierfedlora.planner.schema import SCHEMA_RULE, SCHEMA_VERSION
 
 __all__ = ["COST_MODEL_LIMITS", "COST_MODEL_RULES", "CostModel", "with_num_labels"]
-
-
-def _raise_if(issues: list[Issue]) -> None:
-    if issues:
-        raise InvalidInputError(issues)
 
 
 COST_MODEL_RULES: dict[str, Rule] = {
@@ -142,7 +137,7 @@ class CostModel:
                 value = getattr(self, name)
                 if isinstance(value, tuple) and len(value) != self.num_layers:
                     issues.append(Issue(name, f"one entry per layer ({self.num_layers})", f"{len(value)} entries"))
-        _raise_if(issues)
+        raise_if_any(issues)
 
 
 def with_num_labels(cost: CostModel, num_labels: int) -> CostModel:
@@ -171,6 +166,6 @@ def with_num_labels(cost: CostModel, num_labels: int) -> CostModel:
         issues.append(Issue("cost_model.num_labels", "the class count of the measured head (profile again)", None))
     if not (is_int(num_labels) and num_labels >= 1):
         issues.append(Issue("num_labels", "an integer >= 1", num_labels))
-    _raise_if(issues)
+    raise_if_any(issues)
     head = round(cost.head_bytes * num_labels / cost.num_labels)  # type: ignore[operator]
     return dataclasses.replace(cost, head_bytes=head, num_labels=num_labels)

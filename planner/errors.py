@@ -33,6 +33,7 @@ __all__ = [
     "RunInterruptedError",
     "SolverFailedError",
     "StorageError",
+    "raise_if_any",
 ]
 
 
@@ -114,6 +115,21 @@ class InvalidInputError(HierFedLoraError, ValueError):
 
     def __reduce__(self) -> tuple[object, ...]:  # picklable across process boundaries (Ray, Flower)
         return (InvalidInputError, (self.issues, self.source))
+
+
+def raise_if_any(issues: Iterable[Issue]) -> None:
+    """Raise one :class:`InvalidInputError` carrying every issue, if there is any.
+
+    >>> raise_if_any([])
+    >>> try:
+    ...     raise_if_any([Issue("rank", "an integer >= 1", 0)])
+    ... except InvalidInputError as err:
+    ...     print(err)
+    rank must be an integer >= 1; got 0
+    """
+    found = list(issues)
+    if found:
+        raise InvalidInputError(found)
 
 
 class InfeasibleError(HierFedLoraError):

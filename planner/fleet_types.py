@@ -18,7 +18,7 @@ import dataclasses
 import math
 from typing import Literal
 
-from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.errors import Issue, raise_if_any
 from hierfedlora.planner.rules import (
     ANY_STRING,
     FINITE_POSITIVE,
@@ -37,11 +37,6 @@ from hierfedlora.planner.rules import (
 from hierfedlora.planner.schema import SCHEMA_RULE, SCHEMA_VERSION
 
 __all__ = ["DATASET_RULES", "DEVICE_LIMITS", "DEVICE_RULES", "FLEET_RULES", "DatasetSpec", "DeviceProfile", "Fleet"]
-
-
-def _raise_if(issues: list[Issue]) -> None:
-    if issues:
-        raise InvalidInputError(issues)
 
 
 def _windows_ok(value: object) -> bool:
@@ -122,7 +117,7 @@ class DeviceProfile:
     def __post_init__(self) -> None:
         issues = check_fields(self, DEVICE_RULES)  # each rule runs once: fleets hold a million devices
         broken = frozenset(issue.path for issue in issues)
-        _raise_if(issues + check_limits(self, DEVICE_LIMITS, DEVICE_RULES, broken=broken))
+        raise_if_any(issues + check_limits(self, DEVICE_LIMITS, DEVICE_RULES, broken=broken))
 
     @property
     def num_samples(self) -> int:
@@ -162,7 +157,7 @@ class DatasetSpec:
     test_indices: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        _raise_if(check_fields(self, DATASET_RULES))
+        raise_if_any(check_fields(self, DATASET_RULES))
 
 
 FLEET_RULES: dict[str, Rule] = {
@@ -209,4 +204,4 @@ class Fleet:
                     "sample_indices", f"one list per device ({len(self.devices)})", f"{len(self.sample_indices)} lists"
                 )
             )
-        _raise_if(issues)
+        raise_if_any(issues)

@@ -30,7 +30,7 @@ import itertools
 import json
 import math
 
-from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.errors import Issue, raise_if_any
 from hierfedlora.planner.round_report import GROUP_ROUND_RULES, REPORT_RULES, GroupRoundResult, RoundReport
 from hierfedlora.planner.rules import (
     ANY_STRING,
@@ -87,11 +87,6 @@ class Limit(enum.Enum):
     INTERRUPTED = "INTERRUPTED"
 
 
-def _raise_if(issues: list[Issue]) -> None:
-    if issues:
-        raise InvalidInputError(issues)
-
-
 SKEW_RULES = {"kl": FINITE_NON_NEGATIVE, "l1": FINITE_NON_NEGATIVE, "hellinger": FINITE_NON_NEGATIVE}
 
 
@@ -108,7 +103,7 @@ class Skew:
     hellinger: float
 
     def __post_init__(self) -> None:
-        _raise_if(check_fields(self, SKEW_RULES))
+        raise_if_any(check_fields(self, SKEW_RULES))
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -217,7 +212,7 @@ class Group:
     sequential: bool = False
 
     def __post_init__(self) -> None:
-        _raise_if(check_fields(self, GROUP_RULES) + check_limits(self, GROUP_LIMITS, GROUP_RULES))
+        raise_if_any(check_fields(self, GROUP_RULES) + check_limits(self, GROUP_LIMITS, GROUP_RULES))
 
     @property
     def trained_layers(self) -> int:
@@ -336,7 +331,7 @@ class Plan:
                 seen[device_id] = idx
         if [g.group_id for g in self.groups] != list(range(len(self.groups))):
             issues.append(Issue("groups", "group_id 0, 1, ... in order", [g.group_id for g in self.groups]))
-        _raise_if(issues)
+        raise_if_any(issues)
 
     @property
     def relative_gap(self) -> float:

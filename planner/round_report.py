@@ -10,7 +10,7 @@ import dataclasses
 import itertools
 import math
 
-from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.errors import Issue, raise_if_any
 from hierfedlora.planner.intra_evals import IntraRoundEval
 from hierfedlora.planner.rules import (
     FINITE_NON_NEGATIVE,
@@ -25,11 +25,6 @@ from hierfedlora.planner.rules import (
 from hierfedlora.planner.schema import SCHEMA_RULE, SCHEMA_VERSION
 
 __all__ = ["GROUP_ROUND_RULES", "REPORT_RULES", "GroupRoundResult", "RoundReport"]
-
-
-def _raise_if(issues: list[Issue]) -> None:
-    if issues:
-        raise InvalidInputError(issues)
 
 
 GROUP_ROUND_RULES: dict[str, Rule] = {
@@ -61,7 +56,7 @@ class GroupRoundResult:
     sim_time_s: float
 
     def __post_init__(self) -> None:
-        _raise_if(check_fields(self, GROUP_ROUND_RULES))
+        raise_if_any(check_fields(self, GROUP_ROUND_RULES))
 
 
 def _ordered_within(evals: tuple[IntraRoundEval, ...], end_s: object) -> bool:
@@ -132,7 +127,7 @@ class RoundReport:
                     [(e.intra_round, e.sim_time_s) for e in self.intra_evals],
                 )
             )
-        _raise_if(issues)
+        raise_if_any(issues)
 
     @property
     def upload_bytes(self) -> int:

@@ -40,7 +40,7 @@ from hierfedlora.planner.convergence_params import (
     target_for_loss,
 )
 from hierfedlora.planner.cost_model import COST_MODEL_LIMITS, COST_MODEL_RULES, CostModel, with_num_labels
-from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.errors import Issue, raise_if_any
 from hierfedlora.planner.fleet_types import (
     DATASET_RULES,
     DEVICE_LIMITS,
@@ -106,11 +106,6 @@ AGGREGATION_RULE = Rule(
 GroupingMethod = Literal["auto", "cpsat", "flow", "random"]
 
 
-def _raise_if(issues: list[Issue]) -> None:
-    if issues:
-        raise InvalidInputError(issues)
-
-
 SOLVER_LIMITS = {"seed": 2**31 - 1, "threads": 1024, "time_limit_s": 1e7, "cpsat_deterministic_time_s": 1e7}
 """Upper bounds of solver options: CP-SAT and HiGHS take a 32-bit seed (a larger one was a solver failure)."""
 
@@ -152,7 +147,7 @@ class SolverOptions:
     cpsat_deterministic_time_s: float = 10.0
 
     def __post_init__(self) -> None:
-        _raise_if(check_fields(self, SOLVER_RULES) or check_limits(self, SOLVER_LIMITS, SOLVER_RULES))
+        raise_if_any(check_fields(self, SOLVER_RULES) or check_limits(self, SOLVER_LIMITS, SOLVER_RULES))
 
 
 PROBLEM_RULES: dict[str, Rule] = {
@@ -282,7 +277,7 @@ class PlanningProblem:
         issues += check_limits(self, PROBLEM_LIMITS, PROBLEM_RULES, broken=frozenset(i.path for i in issues))
         if not (isinstance(self.devices, tuple) and self.devices):
             issues.append(Issue("devices", "a non-empty list of devices", self.devices))
-        _raise_if(issues)
+        raise_if_any(issues)
 
     @property
     def effective_batch_size(self) -> int:

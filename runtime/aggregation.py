@@ -53,7 +53,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from hierfedlora.models.adapters import AdapterState, layer_of
-from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.errors import InvalidInputError, Issue, raise_if_any
 
 __all__ = [
     "AdapterState",
@@ -119,11 +119,6 @@ def _check_shapes(
     return issues
 
 
-def _raise_if(issues: list[Issue]) -> None:
-    if issues:
-        raise InvalidInputError(issues)
-
-
 def _weighted_sum(tensors: Sequence[torch.Tensor], fractions: Sequence[float], dtype: torch.dtype) -> torch.Tensor:
     """``sum_i fractions[i] * tensors[i]`` accumulated in float64, in order, cast to ``dtype``."""
     total = tensors[0].to(torch.float64) * fractions[0]
@@ -167,7 +162,7 @@ def fedavg(states: Sequence[AdapterState], weights: Sequence[float]) -> AdapterS
             issues.append(Issue(f"states[{idx}]", "the same keys as states[0]", f"extra {_key_list(extra)}"))
         issues += _check_tensors({k: v for k, v in state.items() if k not in extra}, f"states[{idx}]")
         issues += _check_shapes(reference, state, f"states[{idx}]", "states[0]")
-    _raise_if(issues)
+    raise_if_any(issues)
     total = math.fsum(float(w) for w in weights)
     fractions = [float(w) / total for w in weights]
     return {key: _weighted_sum([s[key] for s in states], fractions, reference[key].dtype) for key in reference}
@@ -217,7 +212,7 @@ def _check_merge(global_state: AdapterState, group_states: Sequence[AdapterState
             issues.append(Issue(f"group_states[{idx}]", "only keys of the global state", f"extra {_key_list(unknown)}"))
         issues += _check_tensors({k: v for k, v in state.items() if k not in unknown}, f"group_states[{idx}]")
         issues += _check_shapes(global_state, state, f"group_states[{idx}]", "global_state")
-    _raise_if(issues)
+    raise_if_any(issues)
 
 
 def merge_across_groups(

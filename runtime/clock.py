@@ -65,7 +65,7 @@ from collections.abc import Collection, Mapping
 import numpy as np
 
 from hierfedlora.planner import costs
-from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.errors import InvalidInputError, Issue, raise_if_any
 from hierfedlora.planner.outcomes import Group, Plan
 from hierfedlora.planner.plan_checks import check_plan_groups
 from hierfedlora.planner.rules import FINITE_NON_NEGATIVE, FINITE_POSITIVE, POSITIVE_INT
@@ -74,11 +74,6 @@ from hierfedlora.runtime.clock_faults import _faulty_round
 from hierfedlora.runtime.round_timing import GroupTiming, RoundTiming, _rule_bytes
 
 __all__ = ["GroupTiming", "RoundTiming", "SimClock", "global_round_time_s"]
-
-
-def _raise_if(issues: list[Issue]) -> None:
-    if issues:
-        raise InvalidInputError(issues)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -124,7 +119,7 @@ def _check_inputs(
     if missing:
         issues.append(Issue("devices_by_id", "a profile for every device in the plan", f"none for {missing}"))
     issues += [issue.with_prefix("plan") for issue in check_plan_groups(plan, num_layers=cost_model.num_layers)]
-    _raise_if(issues)
+    raise_if_any(issues)
 
 
 def global_round_time_s(

@@ -24,7 +24,7 @@ from typing import Any, TypeGuard
 
 import torch
 
-from hierfedlora.planner.errors import InvalidInputError, Issue
+from hierfedlora.planner.errors import InvalidInputError, Issue, raise_if_any
 from hierfedlora.planner.rules import POSITIVE_INT, optional
 from hierfedlora.planner.types import DatasetSpec, Fleet
 
@@ -37,11 +37,6 @@ __all__ = [
     "test_split",
     "tokenize_texts",
 ]
-
-
-def _raise_if(issues: list[Issue]) -> None:
-    if issues:
-        raise InvalidInputError(issues)
 
 
 def _is_int_tensor(value: object, dims: int) -> TypeGuard[torch.Tensor]:
@@ -74,7 +69,7 @@ class TokenizedData:
         if not (_is_int_tensor(self.labels, 1) and self.labels.shape[0] == self.input_ids.shape[0]):
             expected = f"a 1-D integer tensor, one label per sample ({self.input_ids.shape[0]})"
             issues.append(Issue("labels", expected, _shape(self.labels)))
-        _raise_if(issues)
+        raise_if_any(issues)
 
     @property
     def num_samples(self) -> int:
@@ -88,7 +83,7 @@ class TokenizedData:
 
     def subset(self, indices: torch.Tensor) -> TokenizedData:
         """The rows ``indices`` (checked to be in range), as a new table."""
-        _raise_if(_index_issues("indices", indices, self.num_samples))
+        raise_if_any(_index_issues("indices", indices, self.num_samples))
         return TokenizedData(
             input_ids=self.input_ids[indices], attention_mask=self.attention_mask[indices], labels=self.labels[indices]
         )
@@ -150,7 +145,7 @@ def tokenize_texts(
         issues.append(Issue("tokenizer", "a tokenizer with a pad token", type(tokenizer).__name__, hint))
     if not POSITIVE_INT.accepts(chunk_size):
         issues.append(Issue("chunk_size", POSITIVE_INT.expected, chunk_size))
-    _raise_if(issues)
+    raise_if_any(issues)
     ids, masks = [], []
     for start in range(0, len(texts), chunk_size):
         encoded = tokenizer(
@@ -211,7 +206,7 @@ def device_data(data: TokenizedData, device_id: str, indices: torch.Tensor | Seq
         If the device has no samples, or an index is repeated or outside ``data``.
     """
     tensor = _as_indices(indices)
-    _raise_if([issue.with_prefix(device_id) for issue in _index_issues("indices", tensor, data.num_samples)])
+    raise_if_any([issue.with_prefix(device_id) for issue in _index_issues("indices", tensor, data.num_samples)])
     assert isinstance(tensor, torch.Tensor)
     return DeviceData(device_id=device_id, indices=tensor.to(torch.int64))
 
@@ -256,7 +251,7 @@ def devices_from_fleet(fleet: Fleet, data: TokenizedData) -> tuple[DeviceData, .
         if shared.numel():
             got = f"{shared.numel()} on several devices, e.g. {int(shared[0])}"
             issues.append(Issue("sample_indices", "each sample on one device at most", got))
-    _raise_if(issues)
+    raise_if_any(issues)
     return tuple(devices)
 
 
@@ -290,7 +285,7 @@ def device_batches(
         issues.append(Issue("num_batches", optional(POSITIVE_INT).expected, num_batches))
     if not isinstance(generator, torch.Generator):
         issues.append(Issue("generator", "a torch.Generator (seeded by the caller)", type(generator).__name__))
-    _raise_if(issues)
+    raise_if_any(issues)
     assert isinstance(tensor, torch.Tensor)
     return _batches(tensor, batch_size, generator, num_batches)
 
@@ -329,7 +324,7 @@ def test_split(data: TokenizedData, dataset: DatasetSpec) -> TokenizedData:
         issues.append(Issue("dataset.test_indices", "a non-empty held-out split", (), hint))
     else:
         issues += _index_issues("dataset.test_indices", indices, data.num_samples)
-    _raise_if(issues)
+    raise_if_any(issues)
     return data.subset(indices)
 
 

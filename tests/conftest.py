@@ -9,10 +9,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 from hierfedlora.models.catalog import ModelSpec, resolve_model_dir
 from hierfedlora.planner.types import CostModel, DeviceProfile
 from tests.factories import WORDS, make_cost_model
+
+# Property tests assert behaviour, never speed: generating nested examples or running one can take seconds on a
+# loaded 2-core host, which hypothesis' defaults (200 ms deadline, too_slow health check) would report as failures.
+settings.register_profile("hierfedlora", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("hierfedlora")
 
 # What the README's set-up installs and some tests need. A test that needs a missing one would be skipped, so a
 # broken set-up could pass unnoticed: the session refuses to start instead (set HIERFEDLORA_ALLOW_MISSING_EXTRAS=1

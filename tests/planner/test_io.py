@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hierfedlora.planner.errors import InvalidInputError, StorageError
@@ -92,7 +92,6 @@ reports = st.builds(
 )
 
 
-@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # generation is slow on a loaded host
 @given(devices)
 def test_device_round_trips(device):
     """from_json(to_json(device)) == device."""
