@@ -17,6 +17,11 @@ Memory is checked from the cost model before anything is dispatched (placement (
 and a cluster that cannot place them all is refused with the numbers instead of leaving actors
 pending forever. A re-plan that adds depths (more cached states) is checked again before its first
 task goes out.
+
+A local Ray this executor starts itself keeps its workers at the driver's CPU priority
+(``worker_niceness`` 0; Ray's default adds 15, which leaves the actors, the run's whole compute,
+waiting behind any other process on the machine); ``init_options={"_system_config": {...}}``
+overrides it. A cluster started with ``ray start`` keeps its own setting.
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ from hierfedlora.runtime.options import RunOptions
 __all__ = ["RayExecutor"]
 
 log = logging.getLogger(__name__)
+
+LOCAL_WORKER_NICENESS = 0
+"""The niceness a local Ray's workers add to the driver's (Ray's default is 15)."""
 
 
 class _TrainerActor:
@@ -144,6 +152,9 @@ class RayExecutor:
         self._actors: list[Any] = []
         if not ray.is_initialized():  # "local": a fresh local Ray, never one found on the machine by chance
             settings = {"include_dashboard": False, "log_to_driver": False, **(init_options or {})}
+            if address is None:  # a Ray of its own: its workers are the run's compute, not background work
+                system = settings.get("_system_config") or {}
+                settings["_system_config"] = {"worker_niceness": LOCAL_WORKER_NICENESS, **system}
             try:
                 ray.init(address=address or "local", **settings)
             except ConnectionError as err:

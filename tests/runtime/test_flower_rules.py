@@ -11,22 +11,20 @@ base, and ``batched_devices=1`` makes the in-process reference train device by d
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from hierfedlora.runtime.checkpoint import MANIFEST_NAME
 from hierfedlora.runtime.engine import run_plan
 from hierfedlora.runtime.options import RunOptions
 from hierfedlora.runtime.rank_pruning import RANK_PREFIX
 from hierfedlora.runtime.run_start import BASE_PREFIX, GLOBAL_PREFIX
 from tests.factories import make_cost_model, make_two_group_plan
+from tests.runtime.flower_sim import NUM_NODES, app_settings, initial_adapters, simulate
+from tests.runtime.runs import committed_tensors
 
 pytestmark = pytest.mark.flower
 
-flwr_simulation = pytest.importorskip("flwr.simulation")
+pytest.importorskip("flwr.simulation")
 
 SEED = 5
 ROUNDS = 2
@@ -34,41 +32,19 @@ RULES = ("fedex", "ffa", "flora", "hetlora")
 GAMMA = 0.0  # HetLoRA prunes one rank component per group every round
 
 
-def _checkpoint(run_dir) -> dict[str, torch.Tensor]:
-    manifest = json.loads((run_dir / MANIFEST_NAME).read_text())
-    return load_file(run_dir / manifest["tensor_file"])
-
-
-def _initial_state(model_dir) -> dict[str, torch.Tensor]:
-    """The seeded adapters every run of this module starts from (``runtime.run_start``)."""
-    from hierfedlora.models.adapters import initial_adapter_state
-    from hierfedlora.models.catalog import ModelSpec
-    from hierfedlora.models.lora import load_adapted_model
-
-    model, _ = load_adapted_model(ModelSpec(path=str(model_dir), num_labels=3), seed=SEED)
-    return initial_adapter_state(model.peft_model, model.max_depth, SEED)
-
-
 @pytest.fixture(scope="module")
 def by_rule(tmp_path_factory, six_device_fleet, minilm_slice_dir):
     """Per rule: the in-process engine's reports, and the App's run (or the error it raised) on one simulation."""
     from flwr.serverapp import ServerApp
 
-    from hierfedlora.runtime.flower import make_client_app, run_server
+    from hierfedlora.runtime.flower import run_server
 
     folder = tmp_path_factory.mktemp("flower-rules")
     fleet, fleet_path = six_device_fleet
     plan, cost = make_two_group_plan(fleet), make_cost_model(2)
-    settings = {
-        "rounds": ROUNDS,
-        "seed": SEED,
-        "model": str(minilm_slice_dir),
-        "fleet-file": str(fleet_path),
-        "eval-samples": 16,
-        "batch-size": plan.batch_size,
-        "timeout-s": 600.0,  # a safety cap: discovery on a loaded 2-core host took over 120 s
-        "hetlora-prune-gamma": GAMMA,
-    }
+    settings = app_settings(
+        plan, fleet_path, minilm_slice_dir, rounds=ROUNDS, seed=SEED, **{"hetlora-prune-gamma": GAMMA}
+    )
     references = {}
     for rule in RULES:
         options = RunOptions(
@@ -89,15 +65,13 @@ def by_rule(tmp_path_factory, six_device_fleet, minilm_slice_dir):
         for rule in RULES:
             defaults = {**settings, "aggregation": rule, "run-dir": str(folder / f"flower-{rule}")}
             try:
-                outcomes[rule] = run_server(grid, context, defaults=defaults, cost_model=cost, plan=plan, min_nodes=6)
+                outcomes[rule] = run_server(
+                    grid, context, defaults=defaults, cost_model=cost, plan=plan, min_nodes=NUM_NODES
+                )
             except Exception as exc:  # kept for the test's message; the next rule still runs
                 outcomes[rule] = exc
 
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2, "num_gpus": 0}}
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("RAY_worker_niceness", "0")  # the nodes keep the test's priority (Ray renices workers by 15)
-        env.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-        flwr_simulation.run_simulation(server_app, make_client_app(defaults=settings), 6, backend_config=backend)
+    simulate(server_app, settings)
     return {rule: (references[rule], outcomes.get(rule), folder) for rule in RULES}
 
 
@@ -107,7 +81,7 @@ def test_the_app_under_a_rule_equals_the_in_process_engine_bit_for_bit(by_rule, 
     # Arrange
     reference, result, folder = by_rule[rule]
     # Act
-    ours, theirs = _checkpoint(folder / f"inprocess-{rule}"), _checkpoint(folder / f"flower-{rule}")
+    ours, theirs = committed_tensors(folder / f"inprocess-{rule}"), committed_tensors(folder / f"flower-{rule}")
     # Assert
     assert not isinstance(result, Exception), f"the App under {rule} failed: {result!r}"
     assert [r.aggregation for r in result.reports] == [rule] * ROUNDS
@@ -120,7 +94,7 @@ def test_the_app_under_a_rule_equals_the_in_process_engine_bit_for_bit(by_rule, 
     assert bool(base_keys) == (rule in ("fedex", "flora"))  # the rules that change the base keep a delta
     assert all(theirs[k].abs().sum() > 0 for k in base_keys)
     if rule == "ffa":  # the nodes kept lora_A frozen: the global A is still the run's seeded draw
-        initial = _initial_state(minilm_slice_dir)
+        initial = initial_adapters(minilm_slice_dir, SEED)
         a_keys = [k for k in initial if k.endswith("lora_A")]
         assert a_keys and all(torch.equal(theirs[GLOBAL_PREFIX + k], initial[k]) for k in a_keys)
         assert any(not torch.equal(theirs[GLOBAL_PREFIX + k], initial[k]) for k in initial if k.endswith("lora_B"))

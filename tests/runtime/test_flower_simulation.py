@@ -10,30 +10,27 @@ cache is exact per row, so a node caching only its own rows computes what the dr
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from safetensors.torch import load_file
 
-from hierfedlora.runtime.checkpoint import MANIFEST_NAME, REPORTS_NAME, read_reports
+from hierfedlora.runtime.checkpoint import REPORTS_NAME, read_reports
 from hierfedlora.runtime.engine import run_plan
 from hierfedlora.runtime.options import RunOptions
 from hierfedlora.runtime.run_start import GLOBAL_PREFIX
 from tests.factories import make_cost_model, make_two_group_plan
+from tests.runtime.flower_sim import NUM_NODES, app_settings, initial_adapters, simulate
+from tests.runtime.runs import committed_tensors
 
 pytestmark = pytest.mark.flower
 
-flwr_simulation = pytest.importorskip("flwr.simulation")
+pytest.importorskip("flwr.simulation")
 
 SEED = 3
 ROUNDS = 2
 
 
 def _final_adapters(run_dir) -> dict[str, torch.Tensor]:
-    manifest = json.loads((run_dir / MANIFEST_NAME).read_text())
-    tensors = load_file(run_dir / manifest["tensor_file"])
-    return {key.removeprefix(GLOBAL_PREFIX): value for key, value in tensors.items()}
+    return {key.removeprefix(GLOBAL_PREFIX): value for key, value in committed_tensors(run_dir).items()}
 
 
 @pytest.fixture(scope="module")
@@ -42,46 +39,30 @@ def simulated(tmp_path_factory, six_device_fleet, minilm_slice_dir):
     from flwr.app import ArrayRecord
     from flwr.serverapp import ServerApp
 
-    from hierfedlora.models.adapters import initial_adapter_state
-    from hierfedlora.models.catalog import ModelSpec
-    from hierfedlora.models.lora import load_adapted_model
-    from hierfedlora.runtime.flower import make_client_app, run_server
+    from hierfedlora.runtime.flower import run_server
     from hierfedlora.runtime.flower.strategy import HierFedLoraStrategy
 
     folder = tmp_path_factory.mktemp("flower-sim")
     fleet, fleet_path = six_device_fleet
     plan, cost = make_two_group_plan(fleet), make_cost_model(2)
-    settings = {
-        "rounds": ROUNDS,
-        "seed": SEED,
-        "model": str(minilm_slice_dir),
-        "fleet-file": str(fleet_path),
-        "run-dir": str(folder / "flower"),
-        "eval-samples": 16,
-        "batch-size": plan.batch_size,
-        "timeout-s": 600.0,  # a safety cap: discovery on a loaded 2-core host took over 120 s
-    }
+    settings = app_settings(
+        plan, fleet_path, minilm_slice_dir, rounds=ROUNDS, seed=SEED, **{"run-dir": str(folder / "flower")}
+    )
     # batched_devices=1: Flower nodes train device by device, the in-process reference must too (bit for bit)
     options = RunOptions(rounds=ROUNDS, model=str(minilm_slice_dir), eval_samples=16, seed=SEED, batched_devices=1)
     reference = list(run_plan(plan, fleet, cost, options, folder / "inprocess"))
-    model, _ = load_adapted_model(ModelSpec(path=str(minilm_slice_dir), num_labels=3), seed=SEED)
-    initial = ArrayRecord.from_torch_state_dict(initial_adapter_state(model.peft_model, model.max_depth, SEED))
+    initial = ArrayRecord.from_torch_state_dict(initial_adapters(minilm_slice_dir, SEED))
     outcomes = {}
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid, context) -> None:
-        outcomes["app"] = run_server(grid, context, defaults=settings, cost_model=cost, plan=plan, min_nodes=6)
+        outcomes["app"] = run_server(grid, context, defaults=settings, cost_model=cost, plan=plan, min_nodes=NUM_NODES)
         strategy = HierFedLoraStrategy(plan, learning_rate=options.learning_rate, seed=SEED)
         outcomes["strategy"] = strategy.start(grid, initial, num_rounds=strategy.num_rounds(ROUNDS), timeout=600)
         outcomes["levels"] = strategy.levels
 
-    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0}, "init_args": {"num_cpus": 2, "num_gpus": 0}}
-    with pytest.MonkeyPatch.context() as env:
-        # Ray's raylet renices its workers (the nodes) by 15 (max 19); they keep the test's priority instead
-        env.setenv("RAY_worker_niceness", "0")
-        env.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # no accelerator here; silences Ray's FutureWarning
-        flwr_simulation.run_simulation(server_app, make_client_app(defaults=settings), 6, backend_config=backend)
+    simulate(server_app, settings)
     return plan, folder, reference, outcomes
 
 

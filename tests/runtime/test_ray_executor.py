@@ -144,6 +144,21 @@ def _live_processes_of_session(session_id: int, timeout_s: float = 30.0) -> list
     return alive
 
 
+def _niceness(pid: int) -> int:
+    """The process's nice value (field 19 of ``/proc/PID/stat``)."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+
+def _ray_workers_of_session(session_id: int) -> dict[int, int]:
+    """Ray worker processes (titled ``ray::...``) in ``session_id``, by pid: their nice values."""
+    found = {}
+    for pid in _live_processes_of_session(session_id, timeout_s=0.0):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::"):
+                found[pid] = _niceness(pid)
+    return found
+
+
 def test_cli_ray_run_killed_and_resumed_matches_the_in_process_run(
     tmp_path, ray_cluster, six_device_fleet, minilm_slice_dir
 ):
@@ -215,7 +230,8 @@ def test_ctrl_c_on_a_run_with_its_own_ray_finishes_the_round_and_stops_ray(
     tmp_path, six_device_fleet, minilm_slice_dir
 ):
     """SIGINT to the whole process group (a terminal's Ctrl-C) lets the round commit, exits 130, and the
-    local Ray the run started is stopped: no process is left in its session."""
+    local Ray the run started is stopped: no process is left in its session. Its Ray workers ran at the
+    run's own CPU priority (Ray's default would renice them by 15; the test does not set it)."""
     # Arrange
     fleet, fleet_path = six_device_fleet
     plan_path, cost_path = tmp_path / "plan.json", tmp_path / "cost.json"
@@ -223,6 +239,7 @@ def test_ctrl_c_on_a_run_with_its_own_ray_finishes_the_round_and_stops_ray(
     write_json(cost_path, make_cost_model(2))
     command = cli_run_args(plan_path, fleet_path, cost_path, minilm_slice_dir, tmp_path / "run", 4)
     env = {**os.environ, **RAY_ENV}
+    del env["RAY_worker_niceness"]  # the product's own setting is under test
     reports_path = tmp_path / "run" / REPORTS_NAME
     process = subprocess.Popen(
         [*command, "--executor", "ray", "--ray-actors", "2"],
@@ -238,6 +255,7 @@ def test_ctrl_c_on_a_run_with_its_own_ray_finishes_the_round_and_stops_ray(
             if reports_path.exists() and reports_path.read_bytes().count(b"\n") >= 1:
                 break
             time.sleep(0.05)
+        workers, own = _ray_workers_of_session(process.pid), _niceness(process.pid)
         # Act
         os.killpg(process.pid, signal.SIGINT)
         _, stderr = process.communicate(timeout=300)
@@ -251,3 +269,4 @@ def test_ctrl_c_on_a_run_with_its_own_ray_finishes_the_round_and_stops_ray(
     assert "Traceback" not in stderr and f"interrupted after global round {committed[-1]}" in stderr
     assert committed == list(range(1, len(committed) + 1)) and len(committed) < 4
     assert left_behind == []
+    assert len(workers) >= 2 and set(workers.values()) == {own}, (own, workers)
