@@ -58,6 +58,7 @@ from hierfedlora.planner.sealed import read_sealed_json, write_sealed_json
 from hierfedlora.planner.types import CostModel, DeviceProfile, Fleet, PlanningProblem, SolverOptions
 from hierfedlora.validation.baselines import make_method_plan
 from hierfedlora.validation.experiment_outputs import write_outputs
+from hierfedlora.validation.experiment_pool import SettingInputs
 from hierfedlora.validation.experiment_presets import (
     ALL_METHODS,
     LOOP_METHOD,
@@ -151,6 +152,7 @@ def run_experiment(
     *,
     cost_model: CostModel | None = None,
     progress: Callable[[str], None] | None = None,
+    workers: int = 1,
 ) -> list[RunResult]:
     """Run ``preset`` into ``out`` (resumable) and write the results, plots and report.
 
@@ -163,18 +165,25 @@ def run_experiment(
         Costs to plan and clock with; by default measured on this host once and saved as
         ``out/cost_model.json`` (reused on a second call).
     progress : callable, optional
-        Called with a line before each run (the CLI feeds a progress bar).
+        Called with a line ``"k/total ..."`` before each run, or with ``workers`` > 1 as each run
+        finishes (the CLI feeds a progress bar).
+    workers : int
+        Processes that run the grid's runs side by side, each with an equal share of the cores'
+        torch threads (:mod:`hierfedlora.validation.experiment_pool`). The results do not depend on it.
 
     Raises
     ------
     InvalidInputError
         ``out`` made with another preset or in use by another process (it is locked for the whole
-        experiment, each run folder too), or a setting the data cannot fill (before anything is written).
+        experiment, each run folder too), ``workers`` not an integer >= 1, or a setting the data cannot
+        fill (before anything is written).
     """
     from hierfedlora.planner.fleet import make_fleet
     from hierfedlora.planner.fleets.data_sources import describe_data, read_data
     from hierfedlora.runtime.run_folder import lock_folder
 
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise InvalidInputError([Issue("workers", "an integer >= 1", workers)])
     folder = Path(out)
     _refuse_another_presets_folder(preset, folder)
     data = read_data(preset.data)
@@ -195,7 +204,7 @@ def run_experiment(
         write_json(folder / "preset.json", preset)
         summary = describe_data(data)
         write_json(folder / "data.json", summary)
-        results, cost_model = _run_settings(preset, folder, fleets, cost_model, data.num_classes, progress)
+        results, cost_model = _run_settings(preset, folder, fleets, cost_model, data.num_classes, progress, workers)
         write_outputs(preset, cost_model, results, folder, data=summary)
     return results
 
@@ -207,10 +216,10 @@ def _run_settings(
     cost_model: CostModel | None,
     num_classes: int,
     progress: Callable[[str], None] | None,
+    workers: int,
 ) -> tuple[list[RunResult], CostModel]:
     from hierfedlora.models.catalog import ModelSpec
     from hierfedlora.models.profiling import measure_cost_model
-    from hierfedlora.planner.fleet import save_fleet
     from hierfedlora.runtime.engine import prepare_run
     from hierfedlora.runtime.options import RunOptions
 
@@ -227,43 +236,78 @@ def _run_settings(
             )
     cost_model = head_for(cost_model, num_classes)
     write_sealed_json(cost_path, cost_model)
+    inputs = [_setting_inputs(preset, folder, setting, fleet, cost_model) for setting, fleet in fleets.items()]
+    if workers > 1:
+        from hierfedlora.validation.experiment_pool import run_in_workers
+
+        by_setting = run_in_workers(preset, inputs, workers, progress, on_result=_log_result)
+        return [by_setting[i.setting][method] for i in inputs for method in preset.methods], cost_model
     results: list[RunResult] = []
     total = len(fleets) * len(preset.methods)
-    for setting, fleet in fleets.items():
-        seed = setting.seed
-        setting_dir = folder / "runs" / setting.name
-        setting_dir.mkdir(parents=True, exist_ok=True)
-        save_fleet(setting_dir / "fleet.json", fleet)
-        problem = problem_for(preset, fleet, cost_model, seed)
-        truth = clock_devices_for(fleet.devices, preset.speed_error_sigma, seed)
-        reference = make_method_plan("fedlora", problem, settings=preset.baseline)
-        budget_s = preset.budget_fedlora_rounds * reference.predicted_round_time_s
+    for setting_inputs in inputs:
+        setting, fleet = setting_inputs.setting, setting_inputs.fleet
         context = None
         done: dict[str, RunResult] = {}
         for method in stage_order(preset.methods):  # explicit rules first: `@best` resolves from their results
             if progress:
-                progress(f"{len(results) + len(done) + 1}/{total} {setting.label} seed {seed} {method}")
-            if context is None and not (setting_dir / method / RESULT_NAME).exists():
+                progress(f"{len(results) + len(done) + 1}/{total} {setting.label} seed {setting.seed} {method}")
+            if context is None and not (setting_inputs.folder / method / RESULT_NAME).exists():
                 options = RunOptions(
-                    rounds=1, max_seq_len=preset.max_seq_len, eval_samples=preset.eval_samples, seed=seed
+                    rounds=1, max_seq_len=preset.max_seq_len, eval_samples=preset.eval_samples, seed=setting.seed
                 )
-                context = prepare_run(reference, fleet, options)
+                context = prepare_run(setting_inputs.reference, fleet, options)  # type: ignore[arg-type]
             resolved = resolve_best_rule(list(done.values())) if is_best(method) else None
             result = _run_one(
-                preset, method, setting, problem, fleet, truth, budget_s, setting_dir / method, context, resolved
+                preset,
+                method,
+                setting,
+                setting_inputs.problem,
+                fleet,
+                setting_inputs.truth,
+                setting_inputs.budget_s,
+                setting_inputs.folder / method,
+                context,
+                resolved,
             )
-            log.info(
-                "%s %s seed %d: final accuracy %.3f, time to target %s, %.0f s wall",
-                setting.label,
-                method if resolved is None else f"{method} ({resolved})",
-                seed,
-                result.final_accuracy,
-                "-" if result.time_to_target_s is None else f"{result.time_to_target_s:.0f} s",
-                result.wall_time_s,
-            )
+            _log_result(setting_inputs, result)
             done[method] = result
         results.extend(done[method] for method in preset.methods)
     return results, cost_model
+
+
+def _setting_inputs(
+    preset: ExperimentPreset, folder: Path, setting: Setting, fleet: Fleet, cost_model: CostModel
+) -> SettingInputs:
+    """The fleet (saved in the setting's folder), problem, true speeds and budget every method of ``setting`` shares."""
+    from hierfedlora.planner.fleet import save_fleet
+
+    setting_dir = folder / "runs" / setting.name
+    setting_dir.mkdir(parents=True, exist_ok=True)
+    save_fleet(setting_dir / "fleet.json", fleet)
+    problem = problem_for(preset, fleet, cost_model, setting.seed)
+    reference = make_method_plan("fedlora", problem, settings=preset.baseline)
+    return SettingInputs(
+        setting=setting,
+        fleet=fleet,
+        problem=problem,
+        truth=clock_devices_for(fleet.devices, preset.speed_error_sigma, setting.seed),
+        budget_s=preset.budget_fedlora_rounds * reference.predicted_round_time_s,
+        folder=setting_dir,
+        reference=reference,
+    )
+
+
+def _log_result(inputs: SettingInputs, result: RunResult) -> None:
+    rule = result.resolved_rule
+    log.info(
+        "%s %s seed %d: final accuracy %.3f, time to target %s, %.0f s wall",
+        inputs.setting.label,
+        result.method if rule is None else f"{result.method} ({rule})",
+        inputs.setting.seed,
+        result.final_accuracy,
+        "-" if result.time_to_target_s is None else f"{result.time_to_target_s:.0f} s",
+        result.wall_time_s,
+    )
 
 
 def head_for(cost_model: CostModel, num_classes: int) -> CostModel:
