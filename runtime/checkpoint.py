@@ -40,15 +40,16 @@ import hashlib
 import os
 import signal
 from pathlib import Path
-
-import safetensors.torch
-import torch
+from typing import TYPE_CHECKING
 
 from hierfedlora.planner.errors import InvalidInputError, Issue, ResumeMismatchError, StorageError
 from hierfedlora.planner.io import atomic_write_bytes, from_dict, from_json, parse_json, sha256_of, to_json
 from hierfedlora.planner.outcomes import RoundReport
 from hierfedlora.planner.types import SCHEMA_VERSION
 from hierfedlora.runtime.run_state import RUN_STATE_RULES, RunState, numpy_rng_state, restore_numpy_rng
+
+if TYPE_CHECKING:  # torch is imported where tensors are saved or loaded: a refused command never loads it
+    import torch
 
 __all__ = [
     "CRASH_AFTER_COMMIT_ENV",
@@ -101,6 +102,9 @@ def save_checkpoint(run_dir: str | os.PathLike[str], state: RunState, tensors: d
     InvalidInputError
         If ``state`` is not a RunState or a tensor name or value is not a non-empty string and a tensor.
     """
+    import safetensors.torch
+    import torch
+
     issues = [] if isinstance(state, RunState) else [Issue("state", "a RunState", type(state).__name__)]
     for name, value in tensors.items():
         if not (isinstance(name, str) and name) or not isinstance(value, torch.Tensor):
@@ -214,6 +218,8 @@ def load_checkpoint(
     if digest != manifest.tensor_sha256:
         expected = f"the sha256 of {name} ({digest})"
         raise _invalid("tensor_sha256", expected, manifest.tensor_sha256, source, "the file is corrupt")
+    import safetensors.torch
+
     try:
         tensors = safetensors.torch.load(payload)
     except Exception as exc:  # SafetensorError is not importable by a stable path

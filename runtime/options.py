@@ -26,8 +26,8 @@ from hierfedlora.planner.rules import (
     check_fields,
     check_limits,
 )
+from hierfedlora.planner.types import AGGREGATION_RULES as RULE_NAMES  # the same names, without torch
 from hierfedlora.planner.types import SCHEMA_RULE, SCHEMA_VERSION, CostModel
-from hierfedlora.runtime.aggregation_rules import RULE_NAMES
 
 __all__ = ["RUN_OPTION_LIMITS", "RUN_OPTION_RULES", "RunOptions", "cost_mismatches"]
 

@@ -86,6 +86,22 @@ def test_building_the_command_line_pulls_no_torch_or_solver():
     assert result.stdout.strip() == ""
 
 
+def test_a_refused_run_pulls_no_torch(tmp_path):
+    """`hierfedlora run` with a bad option exits 2 with its error before loading torch or the model stack:
+    the options, the run folder's checks and the checkpoint's names are torch-free until tensors are read."""
+    code = (
+        "import sys\n"
+        "from hierfedlora.cli import main\n"
+        f"rc = main(['run', 'plan.json', '--fleet', 'fleet.json', '--cost-model', 'cost.json', '--rounds', '0',"
+        f" '--out', {str(tmp_path / 'run')!r}])\n"
+        "heavy = ('torch', 'transformers', 'peft', 'flwr', 'ray')\n"
+        "print(rc, ','.join(m for m in heavy if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert result.stdout.split() == ["2"], result.stdout + result.stderr[-2000:]
+    assert "error:" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_every_package_folder_is_installed():
     """pyproject.toml lists every folder holding an ``__init__.py``, so a wheel ships each subpackage."""
     import tomllib
