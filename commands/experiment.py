@@ -62,10 +62,13 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         "--workers",
         type=int,
         default=1,
+        metavar="N",
         help="run the grid's runs in this many processes side by side, each with an equal share of the cores "
-        "as torch threads (default 1: one process, every thread); the results are the same, bit for bit. On a "
-        "2-core host 2 workers finished the paper preset's runs about 1.3x sooner; each worker holds its own "
-        "model and caches (about 1.2 GB at the paper preset's scale)",
+        "as torch threads (default 1: one process, every thread). A run computes the same as in one process with "
+        "that many threads; with fewer threads float rounding differs and may move an evaluation row or two. "
+        "Each worker holds its own model and caches (about 1.2 GB at the paper preset's scale). On a 2-core host "
+        "it gains little (the paper preset's alpha 0.1 setting: 1.09x); it is for machines whose cores one run "
+        "cannot keep busy",
     )
     parser.set_defaults(handler=handle)
 

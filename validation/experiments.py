@@ -168,8 +168,9 @@ def run_experiment(
         Called with a line ``"k/total ..."`` before each run, or with ``workers`` > 1 as each run
         finishes (the CLI feeds a progress bar).
     workers : int
-        Processes that run the grid's runs side by side, each with an equal share of the cores'
-        torch threads (:mod:`hierfedlora.validation.experiment_pool`). The results do not depend on it.
+        Processes that run the grid's runs side by side, each with an equal share of the cores as
+        torch threads (:mod:`hierfedlora.validation.experiment_pool`). A run's results depend on its
+        thread count only through float rounding (an evaluation row or two may move).
 
     Raises
     ------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from hierfedlora.planner.errors import InvalidInputError
 from hierfedlora.planner.io import read_json
 from hierfedlora.planner.types import ConvergenceParams
+from hierfedlora.validation.experiment_pool import threads_per_worker
 from hierfedlora.validation.experiment_report import pair_speedup
 from hierfedlora.validation.experiments import (
     PRESETS,
@@ -209,10 +211,11 @@ def test_true_device_speeds_are_seeded_and_mean_one():
 
 @pytest.mark.slow
 def test_a_preset_runs_from_the_cli_resumes_and_calibrates(tmp_path):
-    """`hierfedlora experiment --preset-file --workers 2` writes every artefact; a second call, in one process,
-    reuses the finished runs and runs again the one whose folder was removed, to the same results bit for bit
-    (worker processes and their thread count change nothing); the built-in `quick` named for the same folder is
-    refused (another preset made it); `hierfedlora calibrate` fits the convergence constants to all four runs.
+    """`hierfedlora experiment --preset-file --workers 2` writes every artefact; a second call, in one process
+    with a worker's torch thread count, reuses the finished runs and runs again the one whose folder was removed,
+    to the same results bit for bit (a run computes the same in a worker as in the command's own process); the
+    built-in `quick` named for the same folder is refused (another preset made it); `hierfedlora calibrate` fits
+    the convergence constants to all four runs.
 
     The preset is `quick` with 16 samples a device, 16-token sequences, 32 evaluation samples and at most 4
     rounds: the same 12 devices, methods and budget, at about half the cost."""
@@ -230,7 +233,9 @@ def test_a_preset_runs_from_the_cli_resumes_and_calibrates(tmp_path):
     first = subprocess.run([*command, "--workers", "2"], capture_output=True, text=True)
     results = json.loads((out / "results.json").read_text()) if first.returncode == 0 else []
     shutil.rmtree(out / "runs" / "alpha_0.5_seed0" / "hierfedlora", ignore_errors=True)
-    second = subprocess.run(command, capture_output=True, text=True)
+    threads = threads_per_worker(2, len(os.sched_getaffinity(0)))  # float rounding depends on the thread count
+    one_worker = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    second = subprocess.run(command, capture_output=True, text=True, env=one_worker)
     named = subprocess.run([*experiment, "quick", "--out", str(out)], capture_output=True, text=True)
     fitted = tmp_path / "convergence.json"
     calibrated = subprocess.run(
