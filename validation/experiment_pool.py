@@ -41,7 +41,7 @@ from hierfedlora.validation.experiment_presets import ExperimentPreset, RunResul
 from hierfedlora.validation.experiment_run import RESULT_NAME, _run_one
 from hierfedlora.validation.method_rules import is_best, resolve_best_rule, stage_order
 
-__all__ = ["SettingInputs", "run_in_workers", "threads_per_worker"]
+__all__ = ["SettingInputs", "run_in_workers", "run_method", "threads_per_worker"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -58,6 +58,25 @@ class SettingInputs:
     budget_s: float
     folder: Path
     reference: object  # the FedLoRA plan: prepare_run loads the model and rows for it
+
+
+def run_method(
+    preset: ExperimentPreset, inputs: SettingInputs, method: str, context: object, resolved_rule: str | None
+) -> RunResult:
+    """Run (or resume, or read back) ``method`` on the setting of ``inputs`` (``experiment_run._run_one``);
+    ``context`` is the setting's prepared model and rows (``None`` only to read back a finished run)."""
+    return _run_one(
+        preset,
+        method,
+        inputs.setting,
+        inputs.problem,
+        inputs.fleet,
+        inputs.truth,
+        inputs.budget_s,
+        inputs.folder / method,
+        context,
+        resolved_rule,
+    )
 
 
 def threads_per_worker(workers: int, cores: int) -> int:
@@ -108,18 +127,7 @@ def _run_in_worker(inputs: SettingInputs, method: str, resolved_rule: str | None
         options = RunOptions(rounds=1, max_seq_len=preset.max_seq_len, eval_samples=preset.eval_samples, seed=seed)
         _WORKER["context"] = prepare_run(inputs.reference, inputs.fleet, options)  # type: ignore[arg-type]
         _WORKER["setting"] = inputs.setting
-    return _run_one(
-        preset,
-        method,
-        inputs.setting,
-        inputs.problem,
-        inputs.fleet,
-        inputs.truth,
-        inputs.budget_s,
-        inputs.folder / method,
-        _WORKER["context"],
-        resolved_rule,
-    )
+    return run_method(preset, inputs, method, _WORKER["context"], resolved_rule)
 
 
 # ---- in the parent -------------------------------------------------------------------------------
@@ -163,22 +171,7 @@ def run_in_workers(
     def submit(inputs: SettingInputs, method: str) -> None:
         resolved = resolve_best_rule(list(done[inputs.setting].values())) if is_best(method) else None
         if (inputs.folder / method / RESULT_NAME).exists():  # read back here: the context is never touched
-            record(
-                inputs,
-                method,
-                _run_one(
-                    preset,
-                    method,
-                    inputs.setting,
-                    inputs.problem,
-                    inputs.fleet,
-                    inputs.truth,
-                    inputs.budget_s,
-                    inputs.folder / method,
-                    None,
-                    resolved,
-                ),
-            )
+            record(inputs, method, run_method(preset, inputs, method, None, resolved))
             return
         pending[pool.submit(_run_in_worker, inputs, method, resolved)] = (inputs, method)
 

@@ -58,7 +58,7 @@ from hierfedlora.planner.sealed import read_sealed_json, write_sealed_json
 from hierfedlora.planner.types import CostModel, DeviceProfile, Fleet, PlanningProblem, SolverOptions
 from hierfedlora.validation.baselines import make_method_plan
 from hierfedlora.validation.experiment_outputs import write_outputs
-from hierfedlora.validation.experiment_pool import SettingInputs
+from hierfedlora.validation.experiment_pool import SettingInputs, run_method
 from hierfedlora.validation.experiment_presets import (
     ALL_METHODS,
     LOOP_METHOD,
@@ -70,7 +70,7 @@ from hierfedlora.validation.experiment_presets import (
     read_preset,
 )
 from hierfedlora.validation.experiment_report import markdown_table, summarize
-from hierfedlora.validation.experiment_run import RESULT_NAME, _run_one
+from hierfedlora.validation.experiment_run import RESULT_NAME
 from hierfedlora.validation.method_rules import is_best, resolve_best_rule, stage_order
 
 __all__ = [
@@ -258,18 +258,7 @@ def _run_settings(
                 )
                 context = prepare_run(setting_inputs.reference, fleet, options)  # type: ignore[arg-type]
             resolved = resolve_best_rule(list(done.values())) if is_best(method) else None
-            result = _run_one(
-                preset,
-                method,
-                setting,
-                setting_inputs.problem,
-                fleet,
-                setting_inputs.truth,
-                setting_inputs.budget_s,
-                setting_inputs.folder / method,
-                context,
-                resolved,
-            )
+            result = run_method(preset, setting_inputs, method, context, resolved)
             _log_result(setting_inputs, result)
             done[method] = result
         results.extend(done[method] for method in preset.methods)

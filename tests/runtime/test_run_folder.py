@@ -240,7 +240,8 @@ def one_run(out: str, fleet_path: str, model_dir: str) -> RunResult:
     from hierfedlora.runtime.options import RunOptions
     from hierfedlora.validation.baselines import make_method_plan
     from hierfedlora.validation.experiment_presets import Setting
-    from hierfedlora.validation.experiments import _run_one, clock_devices_for, problem_for
+    from hierfedlora.validation.experiment_run import _run_one
+    from hierfedlora.validation.experiments import clock_devices_for, problem_for
     from tests.factories import make_cost_model
 
     preset = dataclasses.replace(

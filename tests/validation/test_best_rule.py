@@ -194,7 +194,7 @@ def test_a_finished_best_run_under_another_rule_is_refused(tmp_path):
     # Arrange
     from hierfedlora.planner.io import write_json
     from hierfedlora.validation.experiment_presets import Setting
-    from hierfedlora.validation.experiments import _run_one
+    from hierfedlora.validation.experiment_run import _run_one
 
     write_json(tmp_path / "result.json", _result("hierfavg@best", 0.4, resolved="ffa"))
     setting = Setting(0.5, 6, "paper", 0)
