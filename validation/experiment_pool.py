@@ -36,12 +36,13 @@ import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from hierfedlora.planner.outcomes import Plan
 from hierfedlora.planner.types import DeviceProfile, Fleet, PlanningProblem
 from hierfedlora.validation.experiment_presets import ExperimentPreset, RunResult, Setting
 from hierfedlora.validation.experiment_run import RESULT_NAME, _run_one
 from hierfedlora.validation.method_rules import is_best, resolve_best_rule, stage_order
 
-__all__ = ["SettingInputs", "run_in_workers", "run_method", "threads_per_worker"]
+__all__ = ["SettingInputs", "prepare_setting", "run_in_workers", "run_method", "threads_per_worker"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -57,7 +58,7 @@ class SettingInputs:
     truth: tuple[DeviceProfile, ...]
     budget_s: float
     folder: Path
-    reference: object  # the FedLoRA plan: prepare_run loads the model and rows for it
+    reference: Plan  # the FedLoRA plan: prepare_run loads the model and rows for it
 
 
 def run_method(
@@ -77,6 +78,17 @@ def run_method(
         context,
         resolved_rule,
     )
+
+
+def prepare_setting(preset: ExperimentPreset, inputs: SettingInputs) -> object:
+    """The model and tokenized rows every method of the setting trains from (``runtime.engine.prepare_run``
+    for its FedLoRA plan, which touches every device)."""
+    from hierfedlora.runtime.engine import prepare_run
+    from hierfedlora.runtime.options import RunOptions
+
+    seed = inputs.setting.seed
+    options = RunOptions(rounds=1, max_seq_len=preset.max_seq_len, eval_samples=preset.eval_samples, seed=seed)
+    return prepare_run(inputs.reference, inputs.fleet, options)
 
 
 def threads_per_worker(workers: int, cores: int) -> int:
@@ -116,16 +128,11 @@ def _start_worker(parent_pid: int, threads: int, preset: ExperimentPreset) -> No
 
 
 def _run_in_worker(inputs: SettingInputs, method: str, resolved_rule: str | None) -> RunResult:
-    from hierfedlora.runtime.engine import prepare_run
-    from hierfedlora.runtime.options import RunOptions
-
     preset = _WORKER["preset"]
     assert isinstance(preset, ExperimentPreset)
     if _WORKER.get("setting") != inputs.setting:  # one setting's model and rows at a time
         _WORKER.pop("context", None)
-        seed = inputs.setting.seed
-        options = RunOptions(rounds=1, max_seq_len=preset.max_seq_len, eval_samples=preset.eval_samples, seed=seed)
-        _WORKER["context"] = prepare_run(inputs.reference, inputs.fleet, options)  # type: ignore[arg-type]
+        _WORKER["context"] = prepare_setting(preset, inputs)
         _WORKER["setting"] = inputs.setting
     return run_method(preset, inputs, method, _WORKER["context"], resolved_rule)
 
@@ -167,8 +174,10 @@ def run_in_workers(
         max_workers=workers, mp_context=context, initializer=_start_worker, initargs=(os.getpid(), threads, preset)
     )
     pending: dict[concurrent.futures.Future[RunResult], tuple[SettingInputs, str]] = {}
+    submitted: set[tuple[Setting, str]] = set()
 
     def submit(inputs: SettingInputs, method: str) -> None:
+        submitted.add((inputs.setting, method))
         resolved = resolve_best_rule(list(done[inputs.setting].values())) if is_best(method) else None
         if (inputs.folder / method / RESULT_NAME).exists():  # read back here: the context is never touched
             record(inputs, method, run_method(preset, inputs, method, None, resolved))
@@ -179,7 +188,7 @@ def run_in_workers(
         explicit = [m for m in preset.methods if not is_best(m)]
         if all(m in done[inputs.setting] for m in explicit):
             for method in (m for m in stage_order(preset.methods) if is_best(m)):
-                if method not in done[inputs.setting] and not any(p == (inputs, method) for p in pending.values()):
+                if (inputs.setting, method) not in submitted:
                     submit(inputs, method)
 
     try:

@@ -58,7 +58,7 @@ from hierfedlora.planner.sealed import read_sealed_json, write_sealed_json
 from hierfedlora.planner.types import CostModel, DeviceProfile, Fleet, PlanningProblem, SolverOptions
 from hierfedlora.validation.baselines import make_method_plan
 from hierfedlora.validation.experiment_outputs import write_outputs
-from hierfedlora.validation.experiment_pool import SettingInputs, run_method
+from hierfedlora.validation.experiment_pool import SettingInputs, prepare_setting, run_method
 from hierfedlora.validation.experiment_presets import (
     ALL_METHODS,
     LOOP_METHOD,
@@ -221,8 +221,6 @@ def _run_settings(
 ) -> tuple[list[RunResult], CostModel]:
     from hierfedlora.models.catalog import ModelSpec
     from hierfedlora.models.profiling import measure_cost_model
-    from hierfedlora.runtime.engine import prepare_run
-    from hierfedlora.runtime.options import RunOptions
 
     cost_path = folder / "cost_model.json"
     if cost_model is None:
@@ -246,17 +244,14 @@ def _run_settings(
     results: list[RunResult] = []
     total = len(fleets) * len(preset.methods)
     for setting_inputs in inputs:
-        setting, fleet = setting_inputs.setting, setting_inputs.fleet
+        setting = setting_inputs.setting
         context = None
         done: dict[str, RunResult] = {}
         for method in stage_order(preset.methods):  # explicit rules first: `@best` resolves from their results
             if progress:
                 progress(f"{len(results) + len(done) + 1}/{total} {setting.label} seed {setting.seed} {method}")
             if context is None and not (setting_inputs.folder / method / RESULT_NAME).exists():
-                options = RunOptions(
-                    rounds=1, max_seq_len=preset.max_seq_len, eval_samples=preset.eval_samples, seed=setting.seed
-                )
-                context = prepare_run(setting_inputs.reference, fleet, options)  # type: ignore[arg-type]
+                context = prepare_setting(preset, setting_inputs)
             resolved = resolve_best_rule(list(done.values())) if is_best(method) else None
             result = run_method(preset, setting_inputs, method, context, resolved)
             _log_result(setting_inputs, result)
