@@ -9,9 +9,9 @@ accuracy curves. Every artefact lands in ``--out``; a stage whose output already
 so an interrupted demo picks up where it stopped.
 
 The budget is ``--budget-fedlora-rounds`` times FedLoRA's predicted round time (a formula of the
-cost model and the fleet, known before training), as in the experiments; each method runs until
-the round that ends at or past the budget, and its accuracy at the budget is that of its last round
-ending within it.
+cost model and the fleet, known before training), as in the experiments; each method runs its
+rounds that end within the budget (a round that would end past it is not trained: the clock prices
+a round before it trains), and its accuracy at the budget is that of its last round.
 """
 
 from __future__ import annotations
@@ -178,7 +178,10 @@ def _run_both(
             continue
         context = context or prepare_run(plans["fedlora"], fleet, options)  # every device, every layer
         with tqdm(desc=method, unit="round", file=sys.stderr) as bar:
-            for report in run_plan(plan, fleet, cost_model, options, run_dir, resume=resume, context=context):
+            rounds = run_plan(
+                plan, fleet, cost_model, options, run_dir, resume=resume, context=context, stop_past_s=budget_s
+            )
+            for report in rounds:
                 bar.n = report.global_round
                 bar.set_postfix(sim=f"{report.sim_time_s:.0f}s", acc=f"{report.eval_accuracy:.1%}")
                 bar.refresh()

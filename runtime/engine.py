@@ -96,6 +96,7 @@ def run_plan(
     clock_devices: Sequence[DeviceProfile] | None = None,
     executor: Executor | None = None,
     faults: FaultOptions | None = None,
+    stop_past_s: float | None = None,
 ) -> Iterator[RoundReport]:
     """Execute ``plan`` for ``options.rounds`` global rounds, yielding each committed report.
 
@@ -130,6 +131,11 @@ def run_plan(
         round from ``options.seed``; screening of updates is on whenever faults are given.
         Reports name the devices that sent nothing (``dropped_device_ids``) and those whose
         update was rejected (``rejected_device_ids``).
+    stop_past_s : float, optional
+        A simulated-time budget: the run ends, untrained, before the first round whose simulated end
+        would pass it (its time is known before it trains: the clock prices a round first). The first
+        round of a run always trains. A caller whose metrics read only rounds ending within a budget
+        (the experiments, the demo) passes it, so no round is trained that no figure reads.
 
     Raises
     ------
@@ -152,7 +158,18 @@ def run_plan(
     executor = executor or InProcessExecutor(context, device_batching(options, cost_model))
     try:
         yield from _run_rounds(
-            plan, fleet, cost_model, options, folder, resume, context, replanner, clock_devices, executor, faults
+            plan,
+            fleet,
+            cost_model,
+            options,
+            folder,
+            resume,
+            context,
+            replanner,
+            clock_devices,
+            executor,
+            faults,
+            stop_past_s,
         )
     finally:
         if owned:
@@ -182,6 +199,7 @@ def _run_rounds(
     clock_devices: Sequence[DeviceProfile] | None,
     executor: Executor,
     faults: FaultOptions | None,
+    stop_past_s: float | None = None,
 ) -> Iterator[RoundReport]:
     samples_of = device_sample_counts(fleet)
     fleet_ids = tuple(device.device_id for device in fleet.devices)  # faults drawn per fleet device: every plan alike
@@ -228,6 +246,8 @@ def _run_rounds(
                 aggregation=rule.name,
                 dense_bytes_per_layer=dense_bytes,
             )
+            if stop_past_s is not None and reports and clock.advance(timing.round_s).now_s > stop_past_s:
+                return  # it would end past the budget: nothing reads it, so it is not trained (nor committed)
             eval_depth = max(group.depth for group in plan.groups)
             if any(group.layers is not None for group in plan.groups):
                 eval_depth = context.model.max_depth

@@ -21,6 +21,7 @@ from hierfedlora.runtime.options import RunOptions
 from hierfedlora.runtime.padding import PROBE_ROWS
 from hierfedlora.runtime.prefix_cache import PlainForward, PrefixCache
 from tests.factories import make_cost_model, make_two_group_plan
+from tests.runtime.runs import committed_tensors, comparable
 
 
 def _options(model_dir, rounds: int = 1, **overrides) -> RunOptions:
@@ -113,6 +114,33 @@ def test_a_one_group_plan_evaluates_once_a_round(tmp_path, small_fleet, minilm_s
     assert calls.count(16) == 1 and len(calls) == 3 and max(calls[:2]) <= PROBE_ROWS
     assert accuracy == report.groups[0].accuracy == report.eval_accuracy
     assert loss == pytest.approx(report.eval_loss, rel=1e-6)
+
+
+def test_a_round_ending_past_the_budget_is_not_trained(tmp_path, small_fleet, minilm_slice_dir):
+    """``stop_past_s``: the rounds ending within the budget, equal to an unbudgeted run's bit for bit, and
+    nothing past it committed; a resume stops at once; a budget before round 1's end still trains round 1."""
+    # Arrange
+    fleet, _ = small_fleet
+    plan, cost = make_two_group_plan(fleet), make_cost_model(2)
+    context = prepare_run(plan, fleet, _options(minilm_slice_dir))
+    whole = list(run_plan(plan, fleet, cost, _options(minilm_slice_dir, 4), tmp_path / "whole", context=context))
+    budget = (whole[1].sim_time_s + whole[2].sim_time_s) / 2  # rounds 1 and 2 end within it, round 3 past it
+    # Act
+    cut = list(run_plan(plan, fleet, cost, _options(minilm_slice_dir, 4), tmp_path / "cut", context=context,
+                        stop_past_s=budget))  # fmt: skip
+    resumed = list(run_plan(plan, fleet, cost, _options(minilm_slice_dir, 4), tmp_path / "cut", resume=True,
+                            context=context, stop_past_s=budget))  # fmt: skip
+    early = list(run_plan(plan, fleet, cost, _options(minilm_slice_dir, 4), tmp_path / "early", context=context,
+                          stop_past_s=whole[0].sim_time_s / 2))  # fmt: skip
+    # Assert
+    assert [r.global_round for r in cut] == [1, 2] and resumed == []
+    assert [comparable(r) for r in read_reports(tmp_path / "cut" / REPORTS_NAME)] == [comparable(r) for r in whole[:2]]
+    assert json.loads((tmp_path / "cut" / MANIFEST_NAME).read_text())["tensor_file"].startswith("checkpoint-000002-")
+    tensors = committed_tensors(tmp_path / "cut")
+    whole_after_two = list(run_plan(plan, fleet, cost, _options(minilm_slice_dir, 2), tmp_path / "two", context=context))
+    assert len(whole_after_two) == 2
+    assert all(torch.equal(tensors[k], v) for k, v in committed_tensors(tmp_path / "two").items())
+    assert [r.global_round for r in early] == [1]
 
 
 def test_training_after_an_inference_mode_evaluation_uses_the_cached_rows(small_fleet, minilm_slice_dir):
