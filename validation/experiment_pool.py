@@ -1,7 +1,8 @@
 """An experiment's runs in worker processes: ``hierfedlora experiment --workers N``.
 
 The runs of a preset are independent but for ``NAME@best`` methods, which wait for their setting's
-explicit-rule runs (:mod:`hierfedlora.validation.method_rules`). Where one run cannot keep a machine's
+explicit-rule runs (:mod:`hierfedlora.validation.method_rules`), and the closed loop, which waits for
+its static run and starts from it (:mod:`hierfedlora.validation.loop_fork`). Where one run cannot keep a machine's
 cores busy (many cores, small matrix products, Python between them), N processes of ``cores / N``
 torch threads each finish the grid sooner than one process with every thread. On a 2-core host it
 gains little: torch's two threads already keep both cores busy during training.
@@ -40,6 +41,7 @@ from hierfedlora.planner.outcomes import Plan
 from hierfedlora.planner.types import DeviceProfile, Fleet, PlanningProblem
 from hierfedlora.validation.experiment_presets import ExperimentPreset, RunResult, Setting
 from hierfedlora.validation.experiment_run import RESULT_NAME, _run_one
+from hierfedlora.validation.loop_fork import static_twin
 from hierfedlora.validation.method_rules import is_best, resolve_best_rule, stage_order
 
 __all__ = ["SettingInputs", "prepare_setting", "run_in_workers", "run_method", "threads_per_worker"]
@@ -184,24 +186,30 @@ def run_in_workers(
             return
         pending[pool.submit(_run_in_worker, inputs, method, resolved)] = (inputs, method)
 
-    def submit_best(inputs: SettingInputs) -> None:
-        explicit = [m for m in preset.methods if not is_best(m)]
-        if all(m in done[inputs.setting] for m in explicit):
-            for method in (m for m in stage_order(preset.methods) if is_best(m)):
-                if (inputs.setting, method) not in submitted:
-                    submit(inputs, method)
+    explicit = [m for m in preset.methods if not is_best(m)]
+
+    def ready(inputs: SettingInputs, method: str) -> bool:
+        """`@best` waits for every explicit rule; a closed loop for its static run (``validation.loop_fork``)."""
+        ran = done[inputs.setting]
+        if is_best(method):
+            return all(m in ran for m in explicit)
+        twin = static_twin(method, preset.methods)
+        return twin is None or twin in ran
+
+    def submit_ready(inputs: SettingInputs) -> None:
+        for method in stage_order(preset.methods):
+            if (inputs.setting, method) not in submitted and ready(inputs, method):
+                submit(inputs, method)
 
     try:
         for inputs in settings:
-            for method in (m for m in stage_order(preset.methods) if not is_best(m)):
-                submit(inputs, method)
-            submit_best(inputs)
+            submit_ready(inputs)
         while pending:
-            ready, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in ready:
+            completed, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in completed:
                 inputs, method = pending.pop(future)
                 record(inputs, method, future.result())  # a worker's error is raised here
-                submit_best(inputs)
+                submit_ready(inputs)
     except BaseException:
         for process in multiprocessing.active_children():  # the pool's workers: their runs resume later
             process.terminate()

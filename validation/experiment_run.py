@@ -25,6 +25,7 @@ from hierfedlora.validation.experiment_presets import (
     Setting,
     split_method,
 )
+from hierfedlora.validation.loop_fork import LoopFork, loop_twin
 from hierfedlora.validation.selfcal import FITTED_NAME, self_calibrating_replanner, write_fitted_constants
 
 __all__ = ["RESULT_NAME"]
@@ -95,9 +96,12 @@ def _run_one(
     )
     replanner = _replanner(preset, name, problem, plan, setting.seed)
     run_dir = folder / "run"
+    fork = _loop_fork(preset, method, problem, plan, setting.seed, folder, run_dir)
     started = time.perf_counter()
     with lock_folder(run_dir):
-        reports = _run_reports(plan, fleet, problem, options, run_dir, context, replanner, truth, budget_s, preset)
+        reports = _run_reports(
+            plan, fleet, problem, options, run_dir, context, replanner, truth, budget_s, preset, fork
+        )
     if method == SELFCAL_METHOD:  # the constants this run fitted, for `hierfedlora plan --convergence`
         write_fitted_constants(run_dir, problem, preset.selfcal_prior_weight, folder / FITTED_NAME)
     final, reached, traffic, replans = _metrics(reports, budget_s, preset.target_accuracy)
@@ -122,6 +126,20 @@ def _run_one(
     )
     write_sealed_json(done, result)
     return result
+
+
+def _loop_fork(
+    preset: ExperimentPreset, method: str, problem: PlanningProblem, plan: Plan, seed: int, folder: Path, run_dir: Path
+) -> LoopFork | None:
+    """Where the static run of ``method`` is copied for its closed loop (``validation.loop_fork``), or ``None``."""
+    twin = loop_twin(method, preset.methods)
+    if twin is None or (run_dir / "checkpoint.json").exists():  # a resumed run yields only its new rounds
+        return None
+    loop_dir = folder.parent / twin
+    if (loop_dir / "run").exists() or (loop_dir / RESULT_NAME).exists():
+        return None
+    loop_replanner = _replanner(preset, LOOP_METHOD, problem, plan, seed)
+    return LoopFork(plan, loop_replanner, loop_dir, preset.max_rounds)  # type: ignore[arg-type]
 
 
 def _replanner(preset: ExperimentPreset, method: str, problem: PlanningProblem, plan: Plan, seed: int) -> object:
@@ -166,6 +184,7 @@ def _run_reports(
     truth: tuple[DeviceProfile, ...],
     budget_s: float,
     preset: ExperimentPreset,
+    fork: LoopFork | None = None,
 ) -> list[RoundReport]:
     """Run (or resume) until the budget or the round cap; return every committed report, read back from
     the log after it is repaired, never pieced together from what was yielded: a crash between a round's
@@ -193,6 +212,10 @@ def _run_reports(
         # a round ending past the budget counts in no metric; its intra-round evaluations may (T3)
         stop_past_s=None if preset.evaluate_intra_rounds else budget_s,
     ):
+        if fork is not None:
+            fork.after_round(report, run_dir)
         if report.sim_time_s >= budget_s:
             break
+    if fork is not None:
+        fork.finish(run_dir)
     return read_reports(run_dir / REPORTS_NAME)
