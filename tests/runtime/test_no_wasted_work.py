@@ -137,8 +137,8 @@ def test_a_round_ending_past_the_budget_is_not_trained(tmp_path, small_fleet, mi
     assert [comparable(r) for r in read_reports(tmp_path / "cut" / REPORTS_NAME)] == [comparable(r) for r in whole[:2]]
     assert json.loads((tmp_path / "cut" / MANIFEST_NAME).read_text())["tensor_file"].startswith("checkpoint-000002-")
     tensors = committed_tensors(tmp_path / "cut")
-    whole_after_two = list(run_plan(plan, fleet, cost, _options(minilm_slice_dir, 2), tmp_path / "two", context=context))
-    assert len(whole_after_two) == 2
+    two = list(run_plan(plan, fleet, cost, _options(minilm_slice_dir, 2), tmp_path / "two", context=context))
+    assert len(two) == 2
     assert all(torch.equal(tensors[k], v) for k, v in committed_tensors(tmp_path / "two").items())
     assert [r.global_round for r in early] == [1]
 
