@@ -139,7 +139,7 @@ class LocalTrainer:
                     learning_rate=task.learning_rate,
                     optimizer=task.optimizer,
                 )
-                release_freed_memory()  # a chunk's freed activations would stay resident (runtime.memory)
+            release_freed_memory()  # the chunks' freed activations would stay resident (runtime.memory)
             return updates
         updates = [
             train_device(
