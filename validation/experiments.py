@@ -11,8 +11,11 @@ hyperparameters, the simulated-time budget and the target accuracy) run by :func
    clock charges) differ from their profiled ones by a seeded lognormal factor
    (``speed_error_sigma``), the same truth for every method;
 3. for every method build its plan (``validation.baselines``) from the profiles and run it with the
-   same runtime until the simulated clock passes the budget; ``hierfedlora_loop`` adds the closed
-   loop (``planner.feedback.Replanner``), which sees the true step times in the reports; a method
+   same runtime for the rounds that end within the budget (a round that would end past it is not
+   trained: no metric reads it; with ``evaluate_intra_rounds`` it is, for the evaluations inside it);
+   ``hierfedlora_loop`` adds the closed loop (``planner.feedback.Replanner``), which sees the true
+   step times in the reports, and starts from the static ``hierfedlora`` run up to its first re-plan
+   (:mod:`hierfedlora.validation.loop_fork`: the same rounds are not trained twice); a method
    under an explicit rule runs before any ``NAME@best`` method, which runs under the rule resolved
    from the setting's finished HierFedLoRA runs (:mod:`hierfedlora.validation.method_rules`);
 4. write ``results.json`` / ``results.csv`` (one row per run), ``summary.csv`` (mean and spread
@@ -35,6 +38,7 @@ Metrics, per run (definitions fixed here, before any run):
   crossing, round ends plus, with ``evaluate_intra_rounds``, the observed global model after every
   intra-group round (``RunResult.observed_*``);
 - ``traffic_bytes``: device bytes up and down until the budget;
+- ``replans``: the plans a run switched to in the rounds within the budget;
 - ``speedup``: FedLoRA's time to target over the method's, same setting and seed (``None`` if
   either did not reach the target);
 - ``speedup_at_fedlora_final`` (secondary): FedLoRA's time to its own final accuracy over the

@@ -19,6 +19,7 @@ with the same results, only slower.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -32,6 +33,8 @@ from hierfedlora.validation.method_rules import is_best, split_method
 __all__ = ["LoopFork", "copy_run", "loop_twin", "static_twin"]
 
 STATIC_METHOD = "hierfedlora"
+
+log = logging.getLogger(__name__)
 
 
 def _with_rule(name: str, method: str) -> str:
@@ -85,6 +88,7 @@ def copy_run(run_dir: Path, method_dir: Path) -> bool:
     except OSError:  # the loop's run began meanwhile: it trains itself
         shutil.rmtree(staged, ignore_errors=True)
         return False
+    log.info("%s starts from %s (its rounds so far are the same)", method_dir, run_dir)
     return True
 
 
