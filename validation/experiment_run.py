@@ -25,7 +25,7 @@ from hierfedlora.validation.experiment_presets import (
     Setting,
     split_method,
 )
-from hierfedlora.validation.loop_fork import LoopFork, loop_twin
+from hierfedlora.validation.loop_fork import LoopFork, discard_stale_copy, loop_twin, static_twin
 from hierfedlora.validation.selfcal import FITTED_NAME, self_calibrating_replanner, write_fitted_constants
 
 __all__ = ["RESULT_NAME"]
@@ -97,6 +97,8 @@ def _run_one(
     replanner = _replanner(preset, name, problem, plan, setting.seed)
     run_dir = folder / "run"
     fork = _loop_fork(preset, method, problem, plan, setting.seed, folder, run_dir)
+    if static_twin(method, preset.methods) is not None:
+        discard_stale_copy(folder)  # its static run was killed while copying: this loop trains without it
     started = time.perf_counter()
     with lock_folder(run_dir):
         reports = _run_reports(

@@ -30,9 +30,10 @@ from hierfedlora.runtime.run_folder import LOCK_NAME
 from hierfedlora.validation.experiment_presets import LOOP_METHOD
 from hierfedlora.validation.method_rules import is_best, split_method
 
-__all__ = ["LoopFork", "copy_run", "loop_twin", "static_twin"]
+__all__ = ["LoopFork", "copy_run", "discard_stale_copy", "loop_twin", "static_twin"]
 
 STATIC_METHOD = "hierfedlora"
+_STAGED, _STAGED_PLAN = "run.fork", "initial_plan.json.fork"  # a copy being made, renamed into place when whole
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +78,10 @@ def copy_run(run_dir: Path, method_dir: Path) -> bool:
     method_dir.mkdir(parents=True, exist_ok=True)
     plan_copy = method_dir / "initial_plan.json"
     if not plan_copy.exists():
-        staged_plan = method_dir / "initial_plan.json.fork"
+        staged_plan = method_dir / _STAGED_PLAN
         shutil.copyfile(run_dir.parent / "initial_plan.json", staged_plan)
         os.replace(staged_plan, plan_copy)
-    staged = method_dir / "run.fork"
+    staged = method_dir / _STAGED
     shutil.rmtree(staged, ignore_errors=True)  # a copy a kill interrupted
     shutil.copytree(run_dir, staged, ignore=shutil.ignore_patterns(LOCK_NAME))
     try:
@@ -90,6 +91,12 @@ def copy_run(run_dir: Path, method_dir: Path) -> bool:
         return False
     log.info("%s starts from %s (its rounds so far are the same)", method_dir, run_dir)
     return True
+
+
+def discard_stale_copy(method_dir: Path) -> None:
+    """Remove a copy a kill left half made in ``method_dir`` (the loop's run trains without it)."""
+    shutil.rmtree(method_dir / _STAGED, ignore_errors=True)
+    (method_dir / _STAGED_PLAN).unlink(missing_ok=True)
 
 
 @dataclasses.dataclass

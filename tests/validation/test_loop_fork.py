@@ -11,7 +11,7 @@ import pytest
 
 from hierfedlora.runtime.checkpoint import REPORTS_NAME
 from hierfedlora.validation.experiment_presets import LOOP_METHOD, PRESETS, RunResult, Setting
-from hierfedlora.validation.loop_fork import copy_run, loop_twin, static_twin
+from hierfedlora.validation.loop_fork import copy_run, discard_stale_copy, loop_twin, static_twin
 from tests.factories import make_cost_model
 from tests.runtime.conftest import build_small_fleet
 
@@ -116,3 +116,16 @@ def test_a_copy_never_lands_on_a_loop_that_began(tmp_path):
     assert (tmp_path / "new" / "initial_plan.json").exists()
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["initial_plan.json", "run"]
     shutil.rmtree(tmp_path / "new")
+
+
+def test_a_half_made_copy_is_discarded(tmp_path):
+    """What a kill leaves mid-copy (the staged run folder and plan) is removed; a whole copy stays."""
+    # Arrange
+    (tmp_path / "run.fork").mkdir()
+    (tmp_path / "run.fork" / REPORTS_NAME).write_text("{}\n")
+    (tmp_path / "initial_plan.json.fork").write_text("{")
+    (tmp_path / "run").mkdir()
+    # Act
+    discard_stale_copy(tmp_path)
+    # Assert
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
