@@ -18,9 +18,16 @@ The devices of a task start from the same state and are independent until the gr
      the stacked tensors is ``D`` independent optimizers: the same update, the same step counts.
 (B5) **Per-device randomness.** Each device has the global-RNG state the sequential path would have
      (``torch.manual_seed(seed)``). A ``TorchFunctionMode`` catches every dropout (``F.dropout``,
-     and SDPA's attention dropout) and calls it once per device on that device's rows, under that
+     and SDPA's attention dropout) and draws it once per device on that device's rows, under that
      device's RNG state: the same masks, drawn in the same order, as the device trained alone.
+     ``F.dropout`` is what torch computes on CPU, ``x * (bernoulli(1 - p) / (1 - p))``: each device's
+     noise is drawn as torch draws it (``empty_like`` of its rows, ``bernoulli_``, ``div_``), and one
+     product over all rows applies them (the same values as a product per device, without splitting
+     the activations and their gradients by device). SDPA's dropout runs per device on its rows.
      Any other random op under the mode raises (it would draw masks the sequential path does not).
+(B6) **Token packing** (``runtime.token_packing``, with ``attention_mask``): the frozen linear layers of
+     the trained layers compute the step's real tokens only; the same values (bit for bit where the
+     BLAS computes a row alike in calls of any size).
 
 So the batched path computes what the sequential one does; only rounding differs, from matmuls
 of other shapes (losses, gradients and states agree to ~1e-6, tested to 1e-5 on BERT, GPT-2 and
@@ -46,6 +53,7 @@ from hierfedlora.runtime.data import device_batches
 from hierfedlora.runtime.forward import Forward
 from hierfedlora.runtime.local_training import DeviceUpdate
 from hierfedlora.runtime.options import RunOptions
+from hierfedlora.runtime.token_packing import StepTokens, packed_linears
 
 __all__ = ["DeviceBatching", "batching_supported", "device_batching", "train_devices_batched"]
 
@@ -89,11 +97,14 @@ class DeviceBatching:
     activation_bytes_per_sample_per_layer : int
         From the cost model (``CostModel.activation_bytes_per_sample_per_layer``), scaled to the
         run's sequence length.
+    pack_tokens : bool
+        Skip padding in the frozen linear layers of the trained layers (``runtime.token_packing``).
     """
 
     max_devices: int
     memory_mib: int
     activation_bytes_per_sample_per_layer: int
+    pack_tokens: bool = True
 
     def chunk_size(self, batch_size: int, depth: int) -> int:
         """Devices per chunk for a task of ``batch_size`` samples a step at ``depth``."""
@@ -102,13 +113,15 @@ class DeviceBatching:
 
 
 def device_batching(options: RunOptions, cost_model: CostModel) -> DeviceBatching:
-    """The run's :class:`DeviceBatching`: ``options.batched_devices`` and ``options.batch_memory_mib``, with
-    the cost model's activation bytes scaled linearly from its ``seq_len`` to ``options.max_seq_len``."""
+    """The run's :class:`DeviceBatching`: ``options.batched_devices``, ``options.batch_memory_mib`` and
+    ``options.pack_tokens``, with the cost model's activation bytes scaled linearly from its ``seq_len`` to
+    ``options.max_seq_len``."""
     scaled = cost_model.activation_bytes_per_sample_per_layer * options.max_seq_len / cost_model.seq_len
     return DeviceBatching(
         max_devices=options.batched_devices,
         memory_mib=options.batch_memory_mib,
         activation_bytes_per_sample_per_layer=max(1, round(scaled)),
+        pack_tokens=options.pack_tokens,
     )
 
 
@@ -163,6 +176,9 @@ class _PerDeviceRandomness(TorchFunctionMode):
         if func is F.dropout:
             p = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
             training = kwargs.get("training", args[2] if len(args) > 2 else True)
+            inplace = kwargs.get("inplace", args[3] if len(args) > 3 else False)
+            if training and 0 < p < 1 and not inplace:
+                return self._per_device_noise(args[0] if args else kwargs["input"], p)
             if training and p > 0:
                 return self._per_device(func, args, kwargs)
         elif func is F.scaled_dot_product_attention:
@@ -171,6 +187,15 @@ class _PerDeviceRandomness(TorchFunctionMode):
         elif func in _REFUSED:
             raise RuntimeError(f"{func.__name__} under batched device training: only dropout is drawn per device")
         return func(*args, **kwargs)
+
+    def _per_device_noise(self, x: torch.Tensor, p: float) -> torch.Tensor:
+        """``F.dropout(x, p)`` as one product with each device's noise, drawn as torch draws it (B5)."""
+        noises = []
+        for device, start, count in self.step[0].spans():
+            torch.set_rng_state(self.states[device])
+            noises.append(torch.empty_like(x.narrow(0, start, count)).bernoulli_(1 - p).div_(1 - p))
+            self.states[device] = torch.get_rng_state()
+        return x * torch.cat(noises)
 
     def _per_device(self, func: Any, args: Any, kwargs: Any) -> torch.Tensor:
         layout = self.step[0]
@@ -248,10 +273,13 @@ def train_devices_batched(
     batch_size: int,
     learning_rate: float,
     optimizer: str = "adamw",
+    attention_mask: torch.Tensor | None = None,
 ) -> list[DeviceUpdate]:
     """Train every device of ``device_indices`` from ``start_state`` at once; one update per device, in order.
 
-    ``labels`` are the labels of every sample of the forward's data set (``TokenizedData.labels``).
+    ``labels`` are the labels of every sample of the forward's data set (``TokenizedData.labels``);
+    with its ``attention_mask`` too, the frozen linear layers skip padding tokens (B6; only for a model
+    :func:`~hierfedlora.runtime.token_packing.packing_is_exact` accepts).
 
     The same contract as :func:`~hierfedlora.runtime.local_training.train_device` per device (the
     model at the group's depth; the caller's RNG untouched); see the module docstring for why the
@@ -280,12 +308,16 @@ def train_devices_batched(
         for seed in seeds:
             torch.manual_seed(seed)
             states.append(torch.get_rng_state())
-        with _stacked(model, stacks, step), _PerDeviceRandomness(states, step):
+        tokens = StepTokens()
+        packing = contextlib.nullcontext() if attention_mask is None else packed_linears(model, tokens)
+        with _stacked(model, stacks, step), packing, _PerDeviceRandomness(states, step):
             for _ in range(local_steps):
                 parts = [next(device) for device in batches]
                 counts = tuple(int(part.numel()) for part in parts)
                 step[:] = [_Layout(counts, torch.repeat_interleave(torch.arange(count), torch.tensor(counts)))]
                 indices = torch.cat(parts)
+                if attention_mask is not None:
+                    tokens.set(attention_mask[indices])
                 step_rule.zero_grad(set_to_none=True)
                 logits = forward.train_logits(indices)
                 targets = labels[indices]

@@ -45,6 +45,7 @@ RUN_OPTION_RULES: dict[str, Rule] = {
     "prefix_cache_max_mib": NON_NEGATIVE_INT,
     "batched_devices": POSITIVE_INT,
     "batch_memory_mib": POSITIVE_INT,
+    "pack_tokens": Rule("true or false", lambda v: isinstance(v, bool), (1, "yes")),
     "evaluate_groups": Rule("true or false", lambda v: isinstance(v, bool), (1, "yes")),
     "evaluate_intra_rounds": Rule("true or false", lambda v: isinstance(v, bool), (1, "yes")),
     "clock_noise": FINITE_NON_NEGATIVE,
@@ -126,6 +127,12 @@ class RunOptions:
         grows by about twice this at a chunk's peak (the C allocator's free pages between live
         activations; ``runtime.memory``). The default 160 and the cache's 256 keep an 80-device
         planned round of the packaged model at seq 32 under 1.5 GB.
+    pack_tokens : bool
+        In batched chunks, the frozen linear layers of the trained layers compute the real tokens of a
+        step only, not its padding (``runtime.token_packing``; CLI ``--no-token-packing`` turns it off).
+        The same values: bit for bit where the BLAS computes a row alike in calls of any size (this
+        project's host), to rounding elsewhere. Used only where a probe finds the model's logits
+        unchanged by it.
     evaluate_groups : bool
         Also evaluate every group's model each round (``GroupRoundResult.accuracy``); off, only
         the merged global model is evaluated (plans with many groups run much faster).
@@ -165,6 +172,7 @@ class RunOptions:
     prefix_cache_max_mib: int = 256
     batched_devices: int = 64
     batch_memory_mib: int = 160
+    pack_tokens: bool = True
     evaluate_groups: bool = True
     evaluate_intra_rounds: bool = False
     clock_noise: float = 0.0

@@ -62,11 +62,11 @@ class RunStart:
 
 
 # Settings a resume may change: how many rounds in all, where the model is read from (model_sha256 checks what is
-# read), caches that are exact either way, and the memory knobs (the same math in other chunks, rounding within
-# 1e-5): a run stopped for memory resumes with less.
+# read), caches that are exact either way, the memory knobs (the same math in other chunks, rounding within
+# 1e-5: a run stopped for memory resumes with less) and token packing (the same values).
 _FREE_ON_RESUME = frozenset(
     {"rounds", "model", "use_prefix_cache", "prefix_cache_max_mib", "batched_devices", "batch_memory_mib",
-     "eval_batch_size", "schema_version"}
+     "pack_tokens", "eval_batch_size", "schema_version"}
 )  # fmt: skip
 
 

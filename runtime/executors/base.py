@@ -20,6 +20,7 @@ and device position), and :class:`LocalTrainer` is the same code path everywhere
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -32,8 +33,11 @@ from hierfedlora.runtime.context import RunContext
 from hierfedlora.runtime.forward import Forward
 from hierfedlora.runtime.local_training import DeviceUpdate, train_device
 from hierfedlora.runtime.memory import release_freed_memory
+from hierfedlora.runtime.token_packing import packing_is_exact
 
 __all__ = ["Executor", "LocalTrainer", "TrainTask"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,6 +114,20 @@ class LocalTrainer:
     def __init__(self, context: RunContext, batching: DeviceBatching | None = None) -> None:
         self.context = context
         self.batching = batching
+        self._packs: bool | None = None
+
+    def _attention_mask(self) -> torch.Tensor | None:
+        """The data's attention mask when batched steps pack tokens (``runtime.token_packing``), else ``None``."""
+        if self.batching is None:
+            return None
+        if self._packs is None:
+            self._packs = self.batching.pack_tokens and packing_is_exact(self.context.model, self.context.data)
+            log.info(
+                "token packing %s: batched steps' frozen linear layers compute %s",
+                "on" if self._packs else "off",
+                "real tokens only" if self._packs else "padding too",
+            )
+        return self.context.data.attention_mask if self._packs else None
 
     def train_task(self, task: TrainTask) -> list[DeviceUpdate]:
         """Train every device of ``task`` from its start state; one update per device, in order.
@@ -138,6 +156,7 @@ class LocalTrainer:
                     batch_size=task.batch_size,
                     learning_rate=task.learning_rate,
                     optimizer=task.optimizer,
+                    attention_mask=self._attention_mask(),
                 )
             release_freed_memory()  # the chunks' freed activations would stay resident (runtime.memory)
             return updates

@@ -2,7 +2,8 @@
 
 Real peft LoRA on the 2-layer slice of the default model, a tiny GPT-2 and a tiny LLaMA, dropout on everywhere
 (LoRA dropout 0.1; BERT and GPT-2 add their own 0.1 dropouts, BERT's inside SDPA attention too), devices of
-unequal sizes so that steps mix batch sizes (the gathered path) and of equal sizes (the uniform path).
+unequal sizes so that steps mix batch sizes (the gathered path) and of equal sizes (the uniform path). The
+batched side packs tokens (``runtime.token_packing``) as runs do; rows are padded by different amounts.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def _both(model, data, *, depth, cached, optimizer, devices, steps, lr):
         batch_size=3,
         learning_rate=lr,
         optimizer=optimizer,
+        attention_mask=data.attention_mask,  # token packing on, as runs have it
     )
     assert torch.equal(torch.get_rng_state(), rng)  # the caller's RNG is untouched
     return start, sequential, batched

@@ -20,6 +20,7 @@ from hierfedlora.runtime.local_training import evaluate, train_device
 from hierfedlora.runtime.options import RunOptions
 from hierfedlora.runtime.padding import PROBE_ROWS
 from hierfedlora.runtime.prefix_cache import PlainForward, PrefixCache
+from hierfedlora.runtime.token_packing import PROBE_ROWS as PACKING_PROBE_ROWS
 from tests.factories import make_cost_model, make_two_group_plan
 from tests.runtime.runs import committed_tensors, comparable
 
@@ -110,8 +111,9 @@ def test_a_one_group_plan_evaluates_once_a_round(tmp_path, small_fleet, minilm_s
     # Act
     loss, accuracy = evaluate(forward, context.data.labels, context.eval_rows, batch_size=5)
     # Assert
-    # 16 evaluation rows in one batch of 16, once; the rest is the padding probe's two forwards of a few rows
-    assert calls.count(16) == 1 and len(calls) == 3 and max(calls[:2]) <= PROBE_ROWS
+    # 16 evaluation rows in one batch of 16, once; the rest are the padding probe's and the token-packing
+    # probe's two forwards each, of a few rows
+    assert calls.count(16) == 1 and len(calls) == 5 and max(calls[:4]) <= max(PROBE_ROWS, PACKING_PROBE_ROWS)
     assert accuracy == report.groups[0].accuracy == report.eval_accuracy
     assert loss == pytest.approx(report.eval_loss, rel=1e-6)
 
@@ -206,16 +208,26 @@ def test_cli_names_each_bad_memory_bound(tmp_path, small_fleet, minilm_slice_dir
 
 def test_cli_run_options_reach_the_run(tmp_path, small_fleet, minilm_slice_dir):
     """Seq length and rank default to the cost model's (else exit 2); --no-group-eval drops group accuracies;
-    a mismatch can be allowed; --batch-memory-mib 1 leaves room for one device a chunk."""
+    a mismatch can be allowed; --batch-memory-mib 1 leaves room for one device a chunk; --no-token-packing turns
+    packing off, to the same losses."""
     # Act
     done = _cli(
         tmp_path, small_fleet, minilm_slice_dir, "--no-group-eval", "--eval-batch-size", "8", "--batched-devices", "4"
     )
     small_chunks = ("--lora-rank", "4", "--allow-cost-mismatch", "--batch-memory-mib", "1")
     allowed = _cli(tmp_path / "b", small_fleet, minilm_slice_dir, *small_chunks)
+    unpacked = _cli(
+        tmp_path / "c", small_fleet, minilm_slice_dir, "--no-group-eval", "--eval-batch-size", "8", "--batched-devices",
+        "4", "--no-token-packing",
+    )  # fmt: skip
     # Assert
     assert done.returncode == 0, done.stderr
+    assert "token packing on" in done.stderr
+    assert unpacked.returncode == 0, unpacked.stderr
+    assert "token packing off" in unpacked.stderr
+    (plain,) = read_reports(tmp_path / "c" / "run" / REPORTS_NAME)
     (report,) = read_reports(tmp_path / "run" / REPORTS_NAME)
+    assert report.eval_loss == pytest.approx(plain.eval_loss, abs=1e-6)  # the same values, packed or not
     assert report.groups[0].accuracy is None
     assert len(set(report.measured_step_s.values())) == 1  # the group's 4 devices trained as one batch
     assert allowed.returncode == 0, allowed.stderr

@@ -41,7 +41,7 @@ def test_every_setting_that_decides_the_run_is_compared():
     """The list above covers every RunOptions field but those a resume may change."""
     fields = {f.name for f in dataclasses.fields(RunOptions)}
     free = {"rounds", "model", "use_prefix_cache", "prefix_cache_max_mib", "schema_version"}
-    assert fields - set(CHANGED) == free | {"batched_devices", "batch_memory_mib", "eval_batch_size"}
+    assert fields - set(CHANGED) == free | {"batched_devices", "batch_memory_mib", "pack_tokens", "eval_batch_size"}
 
 
 @pytest.mark.parametrize(("field", "value"), CHANGED.items())
@@ -62,8 +62,8 @@ def test_a_changed_option_is_refused_naming_it(field, value):
 
 def test_rounds_model_and_exact_caches_may_change_and_faults_may_not():
     """More rounds, another model path (its sha256 is checked apart), the cache or the memory settings (a run
-    stopped for memory resumes with less) resume; faults do not; a checkpoint without recorded settings (an older
-    folder) resumes as before."""
+    stopped for memory resumes with less) or token packing (the same values) resume; faults do not; a checkpoint
+    without recorded settings (an older folder) resumes as before."""
     # Arrange
     recorded = run_settings(BASE, FaultOptions(dropout=0.2))
     free = dataclasses.replace(
@@ -74,6 +74,7 @@ def test_rounds_model_and_exact_caches_may_change_and_faults_may_not():
         prefix_cache_max_mib=1,
         batched_devices=1,
         batch_memory_mib=8,
+        pack_tokens=False,
     )
     # Act
     _check_settings(recorded, run_settings(free, FaultOptions(dropout=0.2)))
