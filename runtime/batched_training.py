@@ -198,18 +198,26 @@ class _PerDeviceRandomness(TorchFunctionMode):
         return x * torch.cat(noises)
 
     def _per_device(self, func: Any, args: Any, kwargs: Any) -> torch.Tensor:
+        """``func`` once per device on its rows, under its RNG state. The rows are split in one call per
+        argument (``torch.split``), whose backward concatenates the devices' gradients once, where a
+        ``narrow`` per device would pad each device's gradient to every row and add them up."""
         layout = self.step[0]
 
-        def part(value: Any, start: int, count: int) -> Any:
+        def parts(value: Any) -> Any:
             if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == layout.total:
-                return value.narrow(0, start, count)
-            return value
+                return torch.split(value, layout.counts)
+            return None
 
+        split_args = [parts(a) for a in args]
+        split_kwargs = {k: parts(v) for k, v in kwargs.items()}
         outputs = []
-        for device, start, count in layout.spans():
+        for device in range(len(layout.counts)):
             torch.set_rng_state(self.states[device])
             outputs.append(
-                func(*(part(a, start, count) for a in args), **{k: part(v, start, count) for k, v in kwargs.items()})
+                func(
+                    *(a if p is None else p[device] for a, p in zip(args, split_args, strict=True)),
+                    **{k: v if split_kwargs[k] is None else split_kwargs[k][device] for k, v in kwargs.items()},
+                )
             )
             self.states[device] = torch.get_rng_state()
         return torch.cat(outputs)
