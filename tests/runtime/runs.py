@@ -1,5 +1,6 @@
 """Helpers the run tests share: the tests' run options, a run's committed tensors, reports compared without their
-wall-clock fields, and the ``hierfedlora run`` command line over a plan, fleet and cost model file."""
+wall-clock fields, the ``hierfedlora run`` command line over a plan, fleet and cost model file, and small adapted
+models with padded rows."""
 
 from __future__ import annotations
 
@@ -11,9 +12,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from hierfedlora.models.catalog import ModelSpec, load_base_model
+from hierfedlora.models.lora import AdaptedModel
 from hierfedlora.planner.outcomes import RoundReport
 from hierfedlora.runtime.checkpoint import MANIFEST_NAME
+from hierfedlora.runtime.data import TokenizedData, tokenize_texts
 from hierfedlora.runtime.options import RunOptions
+from tests.factories import make_texts
+
+NUM_LABELS = {"minilm": 4, "gpt2": 3, "llama": 3}
 
 
 def run_options(model_dir: str | Path, rounds: int, **overrides) -> RunOptions:
@@ -61,3 +68,23 @@ def cli_run_args(plan_path, fleet_path, cost_path, model_dir, out, rounds, *extr
         *extra,
     ]
     return args + (["--resume"] if resume else [])
+
+
+def adapted_models(
+    slice_dir: Path, make_decoder, kinds: tuple[str, ...], *, texts: int, seq_len: int, lora_dropout: float = 0.0
+) -> dict[str, tuple[AdaptedModel, TokenizedData]]:
+    """Per kind (``minilm``: the 2-layer slice of the default model; ``gpt2``, ``llama``: tiny decoders from
+    ``make_decoder``), an :class:`AdaptedModel` with random adapters (seed 1, scale 0.2) and ``texts`` texts of
+    1 to 8 words tokenized to ``seq_len``, so rows are padded by different amounts; labels cycle."""
+    found = {}
+    for kind in kinds:
+        path = slice_dir if kind == "minilm" else make_decoder(kind)
+        spec = ModelSpec(path=str(path), num_labels=NUM_LABELS[kind], lora_dropout=lora_dropout)
+        base, tokenizer = load_base_model(spec, seed=0)
+        model = AdaptedModel(base, spec, seed=0)
+        generator = torch.Generator().manual_seed(1)
+        params = model.trainable_parameters()
+        model.set_adapter_state({key: torch.randn(p.shape, generator=generator) * 0.2 for key, p in params.items()})
+        rows = make_texts(texts)
+        found[kind] = (model, tokenize_texts(rows, [i % spec.num_labels for i in range(texts)], tokenizer, seq_len))
+    return found

@@ -11,13 +11,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hierfedlora.models.catalog import ModelSpec, load_base_model
-from hierfedlora.models.lora import AdaptedModel
 from hierfedlora.runtime.batched_training import DeviceBatching, batching_supported, train_devices_batched
-from hierfedlora.runtime.data import tokenize_texts
 from hierfedlora.runtime.local_training import train_device
 from hierfedlora.runtime.prefix_cache import PlainForward, PrefixCache
-from tests.factories import make_texts
+from tests.runtime.runs import adapted_models
 
 TOLERANCE = {"atol": 1e-5, "rtol": 0.0}
 SEEDS = (11, 12, 13)
@@ -28,22 +25,7 @@ EQUAL = (torch.arange(0, 6), torch.arange(6, 12), torch.arange(12, 18))
 @pytest.fixture(scope="module")
 def setups(request: pytest.FixtureRequest):
     slice_dir, make_decoder = request.getfixturevalue("minilm_slice_dir"), request.getfixturevalue("make_decoder_dir")
-    specs = {
-        "minilm": ModelSpec(path=str(slice_dir), num_labels=4, lora_dropout=0.1),
-        "gpt2": ModelSpec(path=str(make_decoder("gpt2")), num_labels=3, lora_dropout=0.1),
-        "llama": ModelSpec(path=str(make_decoder("llama")), num_labels=3, lora_dropout=0.1),
-    }
-    found = {}
-    for kind, spec in specs.items():
-        base, tokenizer = load_base_model(spec, seed=0)
-        model = AdaptedModel(base, spec, seed=0)
-        generator = torch.Generator().manual_seed(1)
-        params = model.trainable_parameters()
-        model.set_adapter_state({key: torch.randn(p.shape, generator=generator) * 0.2 for key, p in params.items()})
-        texts = make_texts(18)
-        data = tokenize_texts(texts, [i % spec.num_labels for i in range(len(texts))], tokenizer, 10)
-        found[kind] = (model, data)
-    return found
+    return adapted_models(slice_dir, make_decoder, ("minilm", "gpt2", "llama"), texts=18, seq_len=10, lora_dropout=0.1)
 
 
 def _forward(model, data, cached: bool, depth: int):

@@ -9,36 +9,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hierfedlora.models.catalog import ModelSpec, load_base_model
 from hierfedlora.models.lora import AdaptedModel
 from hierfedlora.runtime.local_training import evaluate
 from hierfedlora.runtime.padding import padded_width, padding_is_ignored
 from hierfedlora.runtime.prefix_cache import PlainForward, PrefixCache
-from tests.factories import make_texts
+from tests.runtime.runs import adapted_models
 
 SEQ_LEN = 12
 
 
 @pytest.fixture(scope="module")
 def setups(request: pytest.FixtureRequest):
-    from hierfedlora.runtime.data import tokenize_texts
-
     slice_dir, make_decoder = request.getfixturevalue("minilm_slice_dir"), request.getfixturevalue("make_decoder_dir")
-    specs = {
-        "minilm": ModelSpec(path=str(slice_dir), num_labels=4),
-        "gpt2": ModelSpec(path=str(make_decoder("gpt2")), num_labels=3),
-        "llama": ModelSpec(path=str(make_decoder("llama")), num_labels=3),
-    }
-    found = {}
-    for kind, spec in specs.items():
-        base, tokenizer = load_base_model(spec, seed=0)
-        model = AdaptedModel(base, spec, seed=0)
-        generator = torch.Generator().manual_seed(1)
-        params = model.trainable_parameters()
-        model.set_adapter_state({key: torch.randn(p.shape, generator=generator) * 0.2 for key, p in params.items()})
-        texts = make_texts(16)
-        found[kind] = (model, tokenize_texts(texts, [i % spec.num_labels for i in range(16)], tokenizer, SEQ_LEN))
-    return found
+    return adapted_models(slice_dir, make_decoder, ("minilm", "gpt2", "llama"), texts=16, seq_len=SEQ_LEN)
 
 
 def _reference_logits(model: AdaptedModel, data, rows: torch.Tensor) -> torch.Tensor:

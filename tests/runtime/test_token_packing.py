@@ -10,13 +10,11 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from hierfedlora.models.catalog import ModelSpec, load_base_model
-from hierfedlora.models.lora import AdaptedModel
 from hierfedlora.runtime.batched_training import train_devices_batched
-from hierfedlora.runtime.data import TokenizedData, tokenize_texts
+from hierfedlora.runtime.data import TokenizedData
 from hierfedlora.runtime.prefix_cache import PlainForward, PrefixCache
 from hierfedlora.runtime.token_packing import StepTokens, packed_linears, packing_is_exact
-from tests.factories import make_texts
+from tests.runtime.runs import adapted_models
 
 SEEDS = (11, 12, 13)
 DEVICES = (torch.arange(0, 5), torch.arange(5, 12), torch.arange(12, 18))
@@ -25,21 +23,7 @@ DEVICES = (torch.arange(0, 5), torch.arange(5, 12), torch.arange(12, 18))
 @pytest.fixture(scope="module")
 def setups(request: pytest.FixtureRequest):
     slice_dir, make_decoder = request.getfixturevalue("minilm_slice_dir"), request.getfixturevalue("make_decoder_dir")
-    specs = {
-        "minilm": ModelSpec(path=str(slice_dir), num_labels=4, lora_dropout=0.1),
-        "llama": ModelSpec(path=str(make_decoder("llama")), num_labels=3, lora_dropout=0.1),
-    }
-    found = {}
-    for kind, spec in specs.items():
-        base, tokenizer = load_base_model(spec, seed=0)
-        model = AdaptedModel(base, spec, seed=0)
-        generator = torch.Generator().manual_seed(1)
-        params = model.trainable_parameters()
-        model.set_adapter_state({key: torch.randn(p.shape, generator=generator) * 0.2 for key, p in params.items()})
-        texts = make_texts(18)
-        data = tokenize_texts(texts, [i % spec.num_labels for i in range(len(texts))], tokenizer, 10)
-        found[kind] = (model, data)
-    return found
+    return adapted_models(slice_dir, make_decoder, ("minilm", "llama"), texts=18, seq_len=10, lora_dropout=0.1)
 
 
 def _train(model, data, *, depth, cached, packed, steps=3):
