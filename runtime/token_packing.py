@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -66,7 +67,7 @@ class StepTokens:
         self.rows = 0
         self.width = 0
         self.positions: torch.Tensor | None = None
-        self._packed_of: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._packed_of: dict[int, tuple[weakref.ref[torch.Tensor], torch.Tensor]] = {}
 
     def set(self, attention_mask: torch.Tensor) -> None:
         """The step's ``[rows, width]`` attention mask: its nonzero entries are the real tokens."""
@@ -80,12 +81,12 @@ class StepTokens:
 
     def remember(self, full: torch.Tensor, packed: torch.Tensor) -> None:
         """``full`` (padded shape) was scattered from ``packed`` (real tokens) during this step (K4)."""
-        self._packed_of[id(full)] = (full, packed)
+        self._packed_of[id(full)] = (weakref.ref(full), packed)  # weak: a padded tensor nobody reads is freed
 
     def packed_form(self, x: torch.Tensor) -> torch.Tensor | None:
         """The real-token rows ``x`` was scattered from this step, if it was (K4)."""
         known = self._packed_of.get(id(x))
-        return known[1] if known is not None and known[0] is x else None
+        return known[1] if known is not None and known[0]() is x else None
 
     def applies_to(self, x: torch.Tensor) -> bool:
         """Whether ``x`` is a ``[rows, width, features]`` activation of this step with padding to skip."""
