@@ -121,6 +121,15 @@ def _cpu_count() -> int:
 _LOOP_TEXT = "HierFedLoRA with the closed loop: refits convergence constants and device speeds from the reports"
 
 
+def _cost_source(cost_model: CostModel) -> str:
+    """Where the costs that plan and clock the runs come from, naming the host they were measured on (a
+    committed cost model was measured elsewhere than where the report is written)."""
+    where = cost_model.measured_on.strip()
+    if where.startswith("analytic"):
+        return where
+    return f"measured by `models/profiling` on {where or 'a host the cost model does not name'}"
+
+
 def _method_text(method: str, preset: ExperimentPreset) -> str:
     name, rule = split_method(method)
     if is_best(method):  # "hierfavg@best": resolved per setting by the harness
@@ -165,7 +174,7 @@ def render_report(
             tier = TIERS[name]
             tier_lines.append(
                 f"  - `{name}` ({share:.0%}), {tier.description}: compute scale {tier.compute_scale[0]:.2f}-"
-                f"{tier.compute_scale[1]:.2f} x this host's step, memory {tier.memory_bytes[0] / 2**30:.1f}-"
+                f"{tier.compute_scale[1]:.2f} x the profiled host's step, memory {tier.memory_bytes[0] / 2**30:.1f}-"
                 f"{tier.memory_bytes[1] / 2**30:.1f} GiB, link `{tier.network}`. Sources: {'; '.join(tier.sources)}"
             )
     problem_defaults = PlanningProblem.__dataclass_fields__
@@ -240,7 +249,7 @@ def render_report(
         f"{problem_defaults['backhaul_mbps'].default} Mbps, intra-group latency "
         f"{problem_defaults['intra_latency_s'].default} s, global aggregation latency "
         f"{problem_defaults['global_latency_s'].default} s.",
-        f"- Costs: measured on this host by `models/profiling` ({cost_model.model_name}, "
+        f"- Costs: {_cost_source(cost_model)} ({cost_model.model_name}, "
         f"batch {cost_model.batch_size}, {cost_model.seq_len} tokens), scaled per device (planner/costs.py C1-C8). "
         f"Convergence model prior: depth exponent {preset.convergence.depth_exponent:g}, skew sensitivity "
         f"{preset.convergence.skew_sensitivity:g}, reference rounds {preset.convergence.reference_rounds:g} "

@@ -195,6 +195,25 @@ def test_outputs_are_written_and_state_the_fixed_target(tmp_path):
     assert not list(tmp_path.glob(".*tmp*"))
 
 
+def test_the_report_names_the_host_its_cost_model_was_measured_on(tmp_path):
+    """A cost model measured elsewhere (e.g. a committed one) is not called this host's: the report names the
+    host in its `measured_on`, and an analytic cost model is not called measured."""
+    # Arrange
+    preset = dataclasses.replace(PRESETS["quick"], alphas=(0.1,), methods=("fedlora",))
+    results = [_result("fedlora", 0, (0.1, 0.3), (10.0, 20.0))]
+    measured = dataclasses.replace(make_cost_model(6), measured_on="Example CPU; 2 cores; 2 torch threads")
+    analytic = dataclasses.replace(make_cost_model(6), measured_on="analytic (planner.analytic_costs) on phone")
+    # Act
+    write_outputs(preset, measured, results, tmp_path / "measured")
+    write_outputs(preset, analytic, results, tmp_path / "analytic")
+    # Assert
+    measured_report = (tmp_path / "measured" / "report.md").read_text()
+    analytic_report = (tmp_path / "analytic" / "report.md").read_text()
+    assert "- Costs: measured by `models/profiling` on Example CPU; 2 cores; 2 torch threads (" in measured_report
+    assert "- Costs: analytic (planner.analytic_costs) on phone (" in analytic_report
+    assert "this host" not in measured_report.split("## Assumptions")[1].split("## Methods")[0]
+
+
 def test_true_device_speeds_are_seeded_and_mean_one():
     """The clock's devices differ from the profiles by a seeded factor; sigma 0 is the profiles themselves."""
     # Arrange
