@@ -16,14 +16,16 @@ The devices of a task start from the same state and are independent until the gr
      gradient in device ``d``'s slice is exactly ``grad loss_d``: no row of another device reaches it.
 (B4) **One optimizer step.** AdamW (weight decay 0) and SGD are elementwise, so one optimizer over
      the stacked tensors is ``D`` independent optimizers: the same update, the same step counts.
-(B5) **Per-device randomness.** Each device has the global-RNG state the sequential path would have
-     (``torch.manual_seed(seed)``). A ``TorchFunctionMode`` catches every dropout (``F.dropout``,
-     and SDPA's attention dropout) and draws it once per device on that device's rows, under that
-     device's RNG state: the same masks, drawn in the same order, as the device trained alone.
-     ``F.dropout`` is what torch computes on CPU, ``x * (bernoulli(1 - p) / (1 - p))``: each device's
-     noise is drawn as torch draws it (``empty_like`` of its rows, ``bernoulli_``, ``div_``), and one
-     product over all rows applies them (the same values as a product per device, without splitting
-     the activations and their gradients by device). SDPA's dropout runs per device on its rows.
+(B5) **Per-device randomness.** Each device has its own generator in the state the sequential path's
+     global RNG would have (``torch.manual_seed(seed)``). A ``TorchFunctionMode`` catches every dropout
+     (``F.dropout``, and SDPA's attention dropout) and draws it per device on that device's rows from that
+     device's generator: the same masks, drawn in the same order, as the device trained alone.
+     ``F.dropout`` is what torch computes on CPU, ``x * (bernoulli(1 - p) / (1 - p))``: the noise is drawn
+     device by device as ``bernoulli_`` draws it (``runtime.device_dropout``: uniform doubles where they
+     give the same bits, for less), and one product over all rows applies it (the same values as a product
+     per device, without splitting the activations and their gradients by device). Attention with dropout
+     runs as one call over every device's rows where ``runtime.device_dropout`` checked its replica of
+     torch's kernel bit for bit for that kind of call, and per device through torch's kernel otherwise.
      Any other random op under the mode raises (it would draw masks the sequential path does not).
 (B6) **Token packing** (``runtime.token_packing``, with ``attention_mask``): the frozen linear layers of
      the trained layers compute the step's real tokens only; the same values (bit for bit where the
@@ -50,6 +52,13 @@ from hierfedlora.models.adapters import AdapterState
 from hierfedlora.models.lora import AdaptedModel
 from hierfedlora.planner.types import CostModel
 from hierfedlora.runtime.data import device_batches
+from hierfedlora.runtime.device_dropout import (
+    AttentionCall,
+    DeviceRows,
+    attention_with_dropout,
+    draw_keep_masks,
+    replica_admits,
+)
 from hierfedlora.runtime.forward import Forward
 from hierfedlora.runtime.local_training import DeviceUpdate
 from hierfedlora.runtime.options import RunOptions
@@ -165,11 +174,12 @@ def _stacked_linear(step: list[_Layout], weight: torch.Tensor, bias: torch.Tenso
 
 
 class _PerDeviceRandomness(TorchFunctionMode):
-    """(B5) Dropout drawn per device, from each device's own global-RNG state, on its own rows."""
+    """(B5) Dropout drawn per device, from each device's own generator, on its own rows (``runtime.device_dropout``:
+    the same masks as ``bernoulli_`` per device, drawn on every core; attention with dropout in one call)."""
 
-    def __init__(self, states: list[torch.Tensor], step: list[_Layout]) -> None:
+    def __init__(self, generators: list[torch.Generator], step: list[_Layout]) -> None:
         super().__init__()
-        self.states, self.step = states, step
+        self.generators, self.step = generators, step
 
     def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -177,30 +187,41 @@ class _PerDeviceRandomness(TorchFunctionMode):
             p = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
             training = kwargs.get("training", args[2] if len(args) > 2 else True)
             inplace = kwargs.get("inplace", args[3] if len(args) > 3 else False)
-            if training and 0 < p < 1 and not inplace:
-                return self._per_device_noise(args[0] if args else kwargs["input"], p)
+            x = args[0] if args else kwargs["input"]
+            if training and 0 < p < 1 and not inplace and x.is_contiguous():
+                self._check_rows(func, x)
+                return x * draw_keep_masks(self._rows(), x.shape, 1 - p, x.dtype)
             if training and p > 0:
+                self._check_rows(func, x)
                 return self._per_device(func, args, kwargs)
         elif func is F.scaled_dot_product_attention:
             if kwargs.get("dropout_p", args[4] if len(args) > 4 else 0.0) > 0:
+                self._check_rows(func, args[0] if args else kwargs["query"])
+                call = AttentionCall.parse(args, kwargs)
+                if call is not None and replica_admits(call, self._rows()):
+                    return attention_with_dropout(call, self._rows())
                 return self._per_device(func, args, kwargs)
         elif func in _REFUSED:
             raise RuntimeError(f"{func.__name__} under batched device training: only dropout is drawn per device")
         return func(*args, **kwargs)
 
-    def _per_device_noise(self, x: torch.Tensor, p: float) -> torch.Tensor:
-        """``F.dropout(x, p)`` as one product with each device's noise, drawn as torch draws it (B5)."""
-        noises = []
-        for device, start, count in self.step[0].spans():
-            torch.set_rng_state(self.states[device])
-            noises.append(torch.empty_like(x.narrow(0, start, count)).bernoulli_(1 - p).div_(1 - p))
-            self.states[device] = torch.get_rng_state()
-        return x * torch.cat(noises)
+    def _check_rows(self, func: Any, x: Any) -> None:
+        """Dropout is drawn per device on dim 0: a tensor whose dim 0 is not the step's rows cannot be split."""
+        total = self.step[0].total
+        if not isinstance(x, torch.Tensor) or x.dim() == 0 or x.shape[0] != total:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise RuntimeError(
+                f"{func.__name__} under batched device training on a tensor of shape {shape}: its first dimension "
+                f"must be the step's {total} rows to draw each device's masks; train with batched_devices=1"
+            )
+
+    def _rows(self) -> list[DeviceRows]:
+        return [DeviceRows(start, count, self.generators[device]) for device, start, count in self.step[0].spans()]
 
     def _per_device(self, func: Any, args: Any, kwargs: Any) -> torch.Tensor:
-        """``func`` once per device on its rows, under its RNG state. The rows are split in one call per
-        argument (``torch.split``), whose backward concatenates the devices' gradients once, where a
-        ``narrow`` per device would pad each device's gradient to every row and add them up."""
+        """``func`` once per device on its rows, under its generator's state as the global one. The rows are split
+        in one call per argument (``torch.split``), whose backward concatenates the devices' gradients once, where
+        a ``narrow`` per device would pad each device's gradient to every row and add them up."""
         layout = self.step[0]
 
         def parts(value: Any) -> Any:
@@ -212,14 +233,14 @@ class _PerDeviceRandomness(TorchFunctionMode):
         split_kwargs = {k: parts(v) for k, v in kwargs.items()}
         outputs = []
         for device in range(len(layout.counts)):
-            torch.set_rng_state(self.states[device])
+            torch.set_rng_state(self.generators[device].get_state())
             outputs.append(
                 func(
                     *(a if p is None else p[device] for a, p in zip(args, split_args, strict=True)),
                     **{k: v if split_kwargs[k] is None else split_kwargs[k][device] for k, v in kwargs.items()},
                 )
             )
-            self.states[device] = torch.get_rng_state()
+            self.generators[device].set_state(torch.get_rng_state())
         return torch.cat(outputs)
 
 
@@ -312,13 +333,10 @@ def train_devices_batched(
     step: list[_Layout] = []
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
-        states = []
-        for seed in seeds:
-            torch.manual_seed(seed)
-            states.append(torch.get_rng_state())
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         tokens = StepTokens()
         packing = contextlib.nullcontext() if attention_mask is None else packed_linears(model, tokens)
-        with _stacked(model, stacks, step), packing, _PerDeviceRandomness(states, step):
+        with _stacked(model, stacks, step), packing, _PerDeviceRandomness(generators, step):
             for _ in range(local_steps):
                 parts = [next(device) for device in batches]
                 counts = tuple(int(part.numel()) for part in parts)
