@@ -175,7 +175,7 @@ def _stacked_linear(step: list[_Layout], weight: torch.Tensor, bias: torch.Tenso
 
 class _PerDeviceRandomness(TorchFunctionMode):
     """(B5) Dropout drawn per device, from each device's own generator, on its own rows (``runtime.device_dropout``:
-    the same masks as ``bernoulli_`` per device, drawn on every core; attention with dropout in one call)."""
+    the same masks as ``bernoulli_`` per device, for less; attention with dropout in one call)."""
 
     def __init__(self, generators: list[torch.Generator], step: list[_Layout]) -> None:
         super().__init__()
@@ -197,9 +197,9 @@ class _PerDeviceRandomness(TorchFunctionMode):
         elif func is F.scaled_dot_product_attention:
             if kwargs.get("dropout_p", args[4] if len(args) > 4 else 0.0) > 0:
                 self._check_rows(func, args[0] if args else kwargs["query"])
-                call = AttentionCall.parse(args, kwargs)
-                if call is not None and replica_admits(call, self._rows()):
-                    return attention_with_dropout(call, self._rows())
+                call, rows = AttentionCall.parse(args, kwargs), self._rows()
+                if call is not None and replica_admits(call, rows):
+                    return attention_with_dropout(call, rows)
                 return self._per_device(func, args, kwargs)
         elif func in _REFUSED:
             raise RuntimeError(f"{func.__name__} under batched device training: only dropout is drawn per device")
