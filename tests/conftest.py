@@ -20,10 +20,45 @@ from tests.factories import WORDS, make_cost_model
 settings.register_profile("hierfedlora", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("hierfedlora")
 
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# The suite runs in pytest-xdist workers (pyproject's addopts). Each worker takes its share of the cores for torch,
+# in this process and in the commands its tests start (they inherit OMP_NUM_THREADS), so that two workers do not
+# each spin two OpenMP threads on a 2-core host.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    _threads = str(max(1, _cores() // _workers))
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = _threads
+    torch.set_num_threads(int(_threads))
+
 # What the README's set-up installs and some tests need. A test that needs a missing one would be skipped, so a
 # broken set-up could pass unnoticed: the session refuses to start instead (set HIERFEDLORA_ALLOW_MISSING_EXTRAS=1
 # to run the rest without them).
 REQUIRED_MODULES = {"ray": "hierfedlora[ray]", "flwr": "hierfedlora[flower]", "psutil": "hierfedlora[flower]"}
+
+
+MAX_WORKERS = 4  # each worker holds its own models and data: more would cost memory for little
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto`` (pyproject's addopts): one worker a core, at most :data:`MAX_WORKERS`; none (one process) when
+    benchmarks run, since pytest-benchmark measures nothing inside xdist workers."""
+    if config.getoption("benchmark_only", False) or config.getoption("benchmark_enable", False):
+        return 0
+    return max(1, min(MAX_WORKERS, _cores()))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``ray`` start Ray clusters (their own, or Flower's simulation): they run in one worker, one
+    after another (``--dist loadgroup``), and first, since together they are the suite's longest share."""
+    uses_ray = [item for item in items if item.get_closest_marker("ray")]
+    for item in uses_ray:
+        item.add_marker(pytest.mark.xdist_group("ray"))
+    items[:] = uses_ray + [item for item in items if not item.get_closest_marker("ray")]
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -21,7 +21,7 @@ from tests.factories import make_cost_model, make_two_group_plan
 from tests.runtime.flower_sim import NUM_NODES, app_settings, initial_adapters, simulate
 from tests.runtime.runs import committed_tensors
 
-pytestmark = pytest.mark.flower
+pytestmark = [pytest.mark.flower, pytest.mark.ray]  # Flower's simulation starts Ray
 
 pytest.importorskip("flwr.simulation")
 
