@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, settings
 
 from hierfedlora.models.catalog import ModelSpec, resolve_model_dir
 from hierfedlora.planner.types import CostModel, DeviceProfile
+from hierfedlora.validation.experiment_pool import threads_per_worker
 from tests.factories import WORDS, make_cost_model
 
 # Property tests assert behaviour, never speed: generating nested examples or running one can take seconds on a
@@ -30,9 +31,9 @@ def _cores() -> int:
 # each spin two OpenMP threads on a 2-core host.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    _threads = str(max(1, _cores() // _workers))
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = _threads
-    torch.set_num_threads(int(_threads))
+    _threads = threads_per_worker(_workers, _cores())  # the share `hierfedlora experiment --workers` gives
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
 
 # What the README's set-up installs and some tests need. A test that needs a missing one would be skipped, so a
 # broken set-up could pass unnoticed: the session refuses to start instead (set HIERFEDLORA_ALLOW_MISSING_EXTRAS=1
